@@ -1,0 +1,29 @@
+"""What every command-line face shares: error reporting and JAX start-up."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+from jaxseg.errors import JaxsegError
+
+# TensorFlow (export) and absl (orbax) log at INFO/WARNING by default; a user reading a
+# command's output wants its results and real errors only.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
+    """Runs `main(argv)`; a `JaxsegError` (bad user input) prints one line and exits 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        code = main(argv)
+    except JaxsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

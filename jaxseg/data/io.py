@@ -1,0 +1,363 @@
+"""Read and write images and masks: NIfTI (nibabel) and 2D PNG/TIFF (PIL).
+
+Every array returned here is in canonical RAS voxel order, channels-last:
+images `[X, Y, (Z,) C]` float32, labels `[X, Y, (Z)]` int32.
+
+NIfTI
+    Read with nibabel and reoriented to the closest canonical (RAS+) orientation, exactly
+    as `nib.as_closest_canonical` does (a permutation and flips of the voxel axes, no
+    resampling). `Image.affine` and `Image.spacing` are the canonical affine and the
+    canonical header zooms; `Image.original_affine` and `Image.original_shape` remember the
+    file as it is on disk, so that `write_mask` can undo the reorientation exactly.
+    `.nii.gz` files are decompressed in full and their gzip checksum verified, so a
+    truncated or corrupt file is reported as a `DataError` naming it (nibabel alone reads
+    a file cut inside its gzip trailer without complaint).
+    3D images are `[X, Y, Z]` or, MSD style, `[X, Y, Z, C]` (channels on the 4th axis).
+    2D images are stored as `[X, Y]`, `[X, Y, 1]` or `[X, Y, 1, C]`. The singleton axis
+    takes part in the reorientation (so a coronal slice keeps its R and S axes in that
+    order) and is then dropped.
+
+PNG / TIFF (2D only)
+    Read with PIL. Axis convention: **x is the column index and y is the row index**, i.e.
+    `data[x, y] == pixel(column=x, row=y)` (the transpose of `np.asarray(pil_image)`).
+    The affine is the identity (spacing 1 x 1, no orientation information), so the
+    canonical array is just that transpose. Greyscale modes (1, L, I;16, I, F) give C=1,
+    RGB gives C=3; RGBA/LA are accepted only when fully opaque. `write_mask` to a
+    `.png`/`.tif` path transposes back, so a mask written for a PNG input overlays it
+    pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import nibabel.wrapstruct
+import numpy as np
+from nibabel import orientations as nio
+
+from jaxseg.errors import DataError
+
+__all__ = ["Image", "read_image", "read_label", "write_mask", "NIFTI_SUFFIXES", "PIL_SUFFIXES"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+PIL_SUFFIXES = (".png", ".tif", ".tiff")
+
+_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Image:
+    """An image in canonical RAS voxel order.
+
+    Attributes:
+      data: float32 `[X, Y, (Z,) C]`, canonical RAS voxel order, channels last.
+      affine: 4x4 float64 canonical affine (voxel index -> world mm, RAS).
+      spacing: `dims` floats, voxel size in mm along the canonical axes.
+      original_affine: 4x4 affine of the file as stored on disk.
+      original_shape: spatial shape of the file as stored on disk (e.g. `(X, Y)` or
+        `(X, Y, 1)` for a 2D NIfTI, `(W, H)` for a PNG).
+      path: the first file the image was read from.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+    original_affine: np.ndarray
+    original_shape: tuple[int, ...]
+    path: Path
+
+    @property
+    def dims(self) -> int:
+        return self.data.ndim - 1
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.data.shape[-1])
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in NIFTI_SUFFIXES + PIL_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. Check the path (and dataset.json entries).")
+
+
+def _load_nifti(path: Path):
+    """Loads a NIfTI file fully into memory, turning every read failure into DataError."""
+    _check_exists(path)
+    try:
+        if path.name.lower().endswith(".gz"):
+            raw = gzip.decompress(path.read_bytes())  # verifies the gzip CRC and length
+            sizeof_hdr = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
+            klass = nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image
+            img = klass.from_bytes(raw)
+        else:
+            img = nib.load(str(path))
+        arr = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as e:
+        raise DataError(
+            f"{path}: cannot read NIfTI file ({type(e).__name__}: {e}). The file is truncated "
+            "or corrupt; re-download or re-export it."
+        ) from e
+    return img, arr
+
+
+def _to_canonical(arr: np.ndarray, affine: np.ndarray, zooms3: Sequence[float]):
+    """Reorients `arr` (>= 3 axes, first 3 spatial) like nib.as_closest_canonical.
+
+    Returns (canonical array, canonical affine, canonical zooms (3,), ornt).
+    """
+    ornt = nio.io_orientation(affine)
+    if np.array_equal(ornt, _RAS):
+        return arr, np.asarray(affine, float), tuple(float(z) for z in zooms3), ornt
+    canon = nio.apply_orientation(arr, ornt)
+    new_affine = np.asarray(affine, float) @ nio.inv_ornt_aff(ornt, arr.shape[:3])
+    zooms = [0.0, 0.0, 0.0]
+    for in_ax, (out_ax, _) in enumerate(ornt):
+        zooms[int(out_ax)] = float(zooms3[in_ax])
+    return canon, new_affine, tuple(zooms), ornt
+
+
+def _nifti_canonical(path: Path, dims: int, *, allow_channels: bool):
+    """Reads a NIfTI file -> (canonical array [*spatial(dims), (C)], Image metadata kwargs)."""
+    img, arr = _load_nifti(path)
+    disk_shape = tuple(int(s) for s in arr.shape)
+    zooms = tuple(float(z) for z in img.header.get_zooms())
+    if dims == 3:
+        if arr.ndim == 3:
+            arr4 = arr[..., None]
+        elif arr.ndim == 4 and allow_channels:
+            arr4 = arr
+        else:
+            raise DataError(
+                f"{path}: has shape {disk_shape}, expected a 3D volume [X, Y, Z]"
+                + (" or [X, Y, Z, C]" if allow_channels else "")
+                + ". Check the dataset's dims / tensorImageSize."
+            )
+        spatial_disk = disk_shape[:3]
+    else:
+        if arr.ndim == 2:
+            arr4 = arr[:, :, None, None]
+        elif arr.ndim == 3 and arr.shape[2] == 1:
+            arr4 = arr[..., None]
+        elif arr.ndim == 4 and arr.shape[2] == 1 and allow_channels:
+            arr4 = arr
+        else:
+            raise DataError(
+                f"{path}: has shape {disk_shape}; a 2D NIfTI must be stored as [X, Y] or "
+                "[X, Y, 1]" + (" (or [X, Y, 1, C])" if allow_channels else "")
+                + ". For volumes set the dataset's dims to 3."
+            )
+        spatial_disk = disk_shape[:2] if arr.ndim == 2 else disk_shape[:3]
+    zooms3 = (list(zooms) + [1.0, 1.0, 1.0])[:3]
+    canon, affine, czooms, ornt = _to_canonical(arr4, img.affine, zooms3)
+    if dims == 2:
+        single = int(ornt[2, 0])  # where the on-disk singleton axis went
+        canon = np.take(canon, 0, axis=single)
+        czooms = tuple(z for i, z in enumerate(czooms) if i != single)
+    if not allow_channels:
+        canon = canon[..., 0]
+    meta = dict(affine=affine, spacing=tuple(czooms[:dims]), original_affine=np.asarray(img.affine, float),
+                original_shape=tuple(spatial_disk))
+    return canon, meta
+
+
+def _pil_array(path: Path, *, label: bool) -> np.ndarray:
+    """Reads a PNG/TIFF -> array [X, Y] or [X, Y, 3] (x = column, y = row)."""
+    from PIL import Image as PILImage, UnidentifiedImageError
+
+    _check_exists(path)
+    try:
+        with PILImage.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise DataError(f"{path}: multi-page image ({im.n_frames} pages) is not supported; "
+                                "store volumes as NIfTI.")
+            im.load()
+            mode = im.mode
+            if mode == "P" and label:
+                arr = np.asarray(im)  # palette indices are the labels
+            elif mode == "P":
+                arr = np.asarray(im.convert("RGBA"))
+                mode = "RGBA"
+            elif mode == "1":
+                arr = np.asarray(im.convert("L"))
+            else:
+                arr = np.asarray(im)
+    except DataError:
+        raise
+    except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e}). The file is "
+                        "truncated or not a PNG/TIFF.") from e
+    if arr.ndim == 3:
+        if arr.shape[2] in (2, 4):  # LA / RGBA: only an all-opaque alpha is accepted
+            alpha = arr[..., -1]
+            full = np.iinfo(alpha.dtype).max if np.issubdtype(alpha.dtype, np.integer) else 1.0
+            if not np.all(alpha == full):
+                raise DataError(f"{path}: has a non-opaque alpha channel; save it without "
+                                "transparency (greyscale or RGB).")
+            arr = arr[..., :-1]
+        if arr.shape[2] == 1:
+            arr = arr[..., 0]
+        elif arr.shape[2] != 3:
+            raise DataError(f"{path}: has {arr.shape[2]} channels; expected greyscale or RGB.")
+    if label and arr.ndim == 3:
+        raise DataError(f"{path}: a label image must be single-channel (greyscale or palette "
+                        "indices), not RGB. Convert colours to class indices first.")
+    return np.swapaxes(arr, 0, 1)  # [row, col, ...] -> [x=col, y=row, ...]
+
+
+def _check_finite(arr: np.ndarray, path: Path) -> None:
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise DataError(f"{path}: contains {bad} NaN/Inf voxels. Fix or re-export the file "
+                            "(e.g. replace them with the background value).")
+
+
+def _read_one(path: Path, dims: int):
+    s = _suffix(path)
+    if s in NIFTI_SUFFIXES:
+        canon, meta = _nifti_canonical(path, dims, allow_channels=True)
+        data = canon if canon.ndim == dims + 1 else canon[..., None]
+    elif s in PIL_SUFFIXES:
+        if dims != 2:
+            raise DataError(f"{path}: PNG/TIFF images are 2D, but the dataset has dims={dims}.")
+        arr = _pil_array(path, label=False)
+        data = arr if arr.ndim == 3 else arr[..., None]
+        meta = dict(affine=np.eye(4), spacing=(1.0, 1.0), original_affine=np.eye(4),
+                    original_shape=tuple(int(v) for v in arr.shape[:2]))
+    else:
+        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif or .tiff.")
+    _check_finite(data, path)
+    return np.asarray(data, dtype=np.float32), meta
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def read_image(paths: Sequence[str | Path] | str | Path, dims: int) -> Image:
+    """Reads an image, one file per channel (nnU-Net v2) or one multi-channel file (MSD).
+
+    Args:
+      paths: a sequence of files (channels are concatenated in order), or a single path.
+      dims: 2 or 3.
+
+    Returns:
+      Image with `data` float32 `[X, Y, (Z,) C]` in canonical RAS order.
+
+    Raises:
+      DataError: missing/unreadable/truncated file, NaN or Inf voxels, wrong dimensionality,
+        or channel files that disagree in shape or affine.
+    """
+    if dims not in (2, 3):
+        raise DataError(f"dims must be 2 or 3, got {dims!r}.")
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError("read_image: no files given.")
+    chans, meta0 = [], None
+    for p in paths:
+        data, meta = _read_one(p, dims)
+        if meta0 is None:
+            meta0 = meta
+        else:
+            if data.shape[:-1] != chans[0].shape[:-1]:
+                raise DataError(f"{p}: shape {data.shape[:-1]} differs from {paths[0]} "
+                                f"{chans[0].shape[:-1]}; all channel files of a case must share one grid.")
+            if not np.allclose(meta["affine"], meta0["affine"], atol=1e-3):
+                raise DataError(f"{p}: affine differs from {paths[0]}; all channel files of a case "
+                                "must share one grid (resample them to the first channel).")
+        chans.append(data)
+    data = chans[0] if len(chans) == 1 else np.concatenate(chans, axis=-1)
+    return Image(data=np.ascontiguousarray(data, dtype=np.float32), path=paths[0], **meta0)
+
+
+def read_label(path: str | Path, dims: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Reads a label map -> (int32 `[X, Y, (Z)]` canonical, 4x4 canonical affine, spacing).
+
+    Raises DataError for unreadable files, NaN/Inf, non-integer values, or a wrong shape.
+    """
+    path = Path(path)
+    s = _suffix(path)
+    if s in NIFTI_SUFFIXES:
+        canon, meta = _nifti_canonical(path, dims, allow_channels=False)
+        affine, spacing = meta["affine"], meta["spacing"]
+    elif s in PIL_SUFFIXES:
+        if dims != 2:
+            raise DataError(f"{path}: PNG/TIFF labels are 2D, but the dataset has dims={dims}.")
+        canon, affine, spacing = _pil_array(path, label=True), np.eye(4), (1.0, 1.0)
+    else:
+        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif or .tiff.")
+    _check_finite(canon, path)
+    if np.issubdtype(canon.dtype, np.floating):
+        rounded = np.rint(canon)
+        nonint = int(np.count_nonzero(rounded != canon))
+        if nonint:
+            raise DataError(f"{path}: {nonint} label voxels are not integers; a label map must hold "
+                            "class indices (was it resampled with linear interpolation?).")
+        canon = rounded
+    return np.ascontiguousarray(canon, dtype=np.int32), affine, spacing
+
+
+def write_mask(mask_canonical: np.ndarray, reference: Image, path: str | Path) -> Path:
+    """Writes a mask on the reference image's on-disk grid, undoing the reorientation.
+
+    Args:
+      mask_canonical: integer `[X, Y, (Z)]` in canonical order (shape of `reference.data[..., 0]`);
+        stored as uint8.
+      reference: the Image the mask was predicted for.
+      path: output file; `.nii.gz`/`.nii` -> NIfTI with the reference's on-disk affine and
+        shape; `.png`/`.tif`/`.tiff` -> 2D image overlaying the reference (x = column).
+
+    Returns the path written.
+    """
+    path = Path(path)
+    mask = np.asarray(mask_canonical)
+    if mask.shape != reference.data.shape[:-1]:
+        raise DataError(f"{path}: mask shape {mask.shape} does not match the reference image "
+                        f"{reference.path} shape {reference.data.shape[:-1]}.")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise DataError(f"{path}: mask values must be in 0..255 to be stored as uint8.")
+    mask = mask.astype(np.uint8)
+    dims = mask.ndim
+    ornt = nio.io_orientation(reference.original_affine)
+    if dims == 2:
+        mask3 = np.expand_dims(mask, int(ornt[2, 0]))
+    else:
+        mask3 = mask
+    back = nio.apply_orientation(mask3, nio.ornt_transform(_RAS, ornt))
+    disk = back.reshape(reference.original_shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = _suffix(path)
+    if s in PIL_SUFFIXES:
+        from PIL import Image as PILImage
+
+        arr2 = disk.reshape(disk.shape[:2]) if disk.ndim == 3 and disk.shape[2] == 1 else disk
+        if arr2.ndim != 2:
+            raise DataError(f"{path}: cannot store a {dims}D mask as {s}; write a .nii.gz instead.")
+        PILImage.fromarray(np.ascontiguousarray(arr2.T)).save(path)  # uint8 -> mode L
+    elif s in NIFTI_SUFFIXES:
+        img = nib.Nifti1Image(np.ascontiguousarray(disk), reference.original_affine)
+        img.set_data_dtype(np.uint8)
+        img.header.set_qform(reference.original_affine, code=1)
+        img.header.set_sform(reference.original_affine, code=1)
+        nib.save(img, str(path))
+    else:
+        raise DataError(f"{path}: unsupported output type; use .nii.gz, .nii, .png or .tif.")
+    return path

@@ -1,0 +1,163 @@
+"""grain input pipeline: cases -> normalised arrays (cached) -> random patches -> batches.
+
+The pipeline is a `grain.MapDataset` chain, so every element is a pure function of
+`(seed, global element index)`:
+
+    range(num_cases).repeat()
+      .map_with_index(case = perm(seed, i // n)[i % n])  # element i -> case (an epoch = each case once)
+      .random_map(sample_patch, seed=seed)         # element i -> patch, rng from (seed, i)
+      .slice(process_index::process_count)         # this process's examples of each global batch
+      .batch(batch_size // process_count)
+      [start_step:]                                # resume: batch k is the same as in an unbroken run
+      .to_iter_dataset(ReadOptions(num_threads, prefetch))
+
+Global batch `k` consists of the global elements `k*B .. (k+1)*B - 1`; process `p` of `P`
+gets the elements `k*B + p + P*j` (j < B/P): disjoint strided slices that together form the
+global batch, so the global batch does not depend on the number of processes.
+
+Patch sampling (nnU-Net style): with probability `foreground_fraction` the patch is centred,
+with a uniform jitter of up to a quarter patch per axis, on a random voxel of a random
+foreground class present in the case (the voxel is always inside the patch); otherwise
+the patch position is uniform. Images smaller than the patch are padded (image with its
+per-channel minimum after normalisation, label with 0) at a random offset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from jaxseg.data import preprocess
+from jaxseg.data.dataset import Case, DatasetSpec, load_case
+from jaxseg.data.io import Image
+from jaxseg.errors import ConfigError, DataError
+
+__all__ = ["train_batches", "eval_cases", "load_training_arrays", "sample_patch"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _CaseArrays:
+    case_id: str
+    image: np.ndarray  # float32 [*S, C], normalised
+    label: np.ndarray  # int32 [*S]
+    pad_value: np.ndarray  # float32 [C]
+    fg: tuple[np.ndarray, ...]  # per present foreground class: flat voxel indices
+
+
+def load_training_arrays(spec: DatasetSpec, cases: Sequence[Case],
+                         ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> list[_CaseArrays]:
+    """Loads, validates and normalises labelled cases once (kept in memory)."""
+    out = []
+    for case in cases:
+        image, label = load_case(spec, case)
+        if label is None:
+            raise DataError(f"case '{case.case_id}': has no label file; training cases need labels.")
+        data = preprocess.normalize(image.data, spec.modalities, ct_window)
+        flat = label.reshape(-1)
+        fg = tuple(np.flatnonzero(flat == k) for k in range(1, spec.num_classes))
+        fg = tuple(f for f in fg if f.size)
+        pad = data.reshape(-1, data.shape[-1]).min(axis=0).astype(np.float32)
+        out.append(_CaseArrays(case.case_id, data, label, pad, fg))
+    return out
+
+
+def sample_patch(arrays: _CaseArrays, patch_size: Sequence[int], rng: np.random.Generator,
+                 foreground_fraction: float) -> dict[str, np.ndarray]:
+    """One random patch -> {"image": f32 [*patch, C], "label": int32 [*patch]}."""
+    shape = arrays.label.shape
+    patch = tuple(int(p) for p in patch_size)
+    lo = [min(0, s - p) for s, p in zip(shape, patch)]
+    hi = [max(0, s - p) for s, p in zip(shape, patch)]
+    forced = rng.random() < foreground_fraction
+    if forced and arrays.fg:
+        cls = arrays.fg[int(rng.integers(len(arrays.fg)))]
+        voxel = np.unravel_index(int(cls[int(rng.integers(cls.size))]), shape)
+        start = []
+        for d, p in enumerate(patch):
+            j = p // 4
+            s0 = int(voxel[d]) - p // 2 + (int(rng.integers(-j, j + 1)) if j else 0)
+            start.append(int(np.clip(s0, lo[d], hi[d])))
+    else:
+        start = [int(rng.integers(lo[d], hi[d] + 1)) for d in range(len(patch))]
+    src, dst = [], []
+    for s0, p, s in zip(start, patch, shape):
+        a, b = max(s0, 0), min(s0 + p, s)
+        src.append(slice(a, b))
+        dst.append(slice(a - s0, b - s0))
+    img = np.empty(patch + (arrays.image.shape[-1],), np.float32)
+    img[...] = arrays.pad_value
+    lab = np.zeros(patch, np.int32)
+    img[tuple(dst)] = arrays.image[tuple(src)]
+    lab[tuple(dst)] = arrays.label[tuple(src)]
+    return {"image": img, "label": lab}
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    # Same role as `MapDataset.shuffle(seed).repeat()`, whose per-element index_shuffle costs
+    # ~3 ms for datasets of a handful of cases; this is a cached numpy permutation per epoch.
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Sequence[int],
+                  batch_size: int, seed: int, start_step: int = 0, foreground_fraction: float = 0.33,
+                  num_threads: int = 2, prefetch: int = 4,
+                  ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> Iterator[dict]:
+    """An endless iterator of this process's training batches.
+
+    Yields `{"image": f32 [b, *patch_size, C], "label": int32 [b, *patch_size]}` with
+    `b = batch_size // jax.process_count()`. Batch `i` (counting from 0 in an unbroken run)
+    is a pure function of `(seed, i)` and the cases; starting at `start_step` yields batches
+    `start_step, start_step + 1, ...` of that run.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != spec.dims or min(patch) < 1:
+        raise ConfigError(f"patch_size {tuple(patch_size)} must have {spec.dims} positive entries "
+                          f"for this {spec.dims}D dataset.")
+    if not 0.0 <= foreground_fraction <= 1.0:
+        raise ConfigError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}.")
+    if not cases:
+        raise DataError(f"{spec.root}: no training cases to sample from.")
+    if start_step < 0:
+        raise ConfigError(f"start_step must be >= 0, got {start_step}.")
+    shard = grain.sharding.ShardByJaxProcess()
+    nproc, pidx = int(shard.shard_count), int(shard.shard_index)
+    if batch_size < 1 or batch_size % nproc:
+        raise ConfigError(f"batch_size {batch_size} must be a positive multiple of the number of "
+                          f"processes ({nproc}).")
+    per_process = batch_size // nproc
+    arrays = load_training_arrays(spec, cases, ct_window)
+
+    def _sample(idx: int, rng: np.random.Generator) -> dict:
+        return sample_patch(arrays[int(idx)], patch, rng, foreground_fraction)
+
+    n = len(arrays)
+
+    def _case_of(i: int, _) -> int:  # element i -> case: epoch i // n is a permutation of the cases
+        return int(_epoch_permutation(seed, i // n, n)[i % n])
+
+    ds = (grain.MapDataset.range(n)
+          .repeat()
+          .map_with_index(_case_of)
+          .random_map(_sample, seed=seed))
+    if nproc > 1:
+        ds = ds.slice(slice(pidx, None, nproc))
+    ds = ds.batch(per_process, drop_remainder=True)
+    if start_step:
+        ds = ds.slice(slice(start_step, None))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    return iter(it)
+
+
+def eval_cases(spec: DatasetSpec, cases: Sequence[Case],
+               ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> Iterator[tuple[str, Image, np.ndarray | None]]:
+    """Yields `(case_id, Image with normalised data [*S, C], label int32 [*S] or None)` per case,
+    loading lazily (one case in memory at a time)."""
+    for case in cases:
+        image, label = load_case(spec, case)
+        data = preprocess.normalize(image.data, spec.modalities, ct_window)
+        yield case.case_id, dataclasses.replace(image, data=data), label

@@ -1,0 +1,309 @@
+"""Reproducible synthetic phantom datasets, written to disk in MSD layout.
+
+    python -m jaxseg.data.synthetic --dims 2 --num-cases 60 --shape 128,128 --out DIR
+
+writes `DIR/dataset.json`, `DIR/imagesTr/phantom_XXX.nii.gz`, `DIR/labelsTr/...` and, with
+`--num-test N`, `DIR/imagesTs/` (+ `DIR/labelsTs/` so predictions can be scored).
+
+Each case is a single-channel "MRI" phantom with nested structures:
+
+- label 1 "organ": a rotated ellipse/ellipsoid with a thin dark capsule (part of the organ)
+  and fine texture;
+- label 2 "edema": a bright rim around the lesion core, inside the organ;
+- label 3 "core": the lesion core, whose intensity is close to the organ's;
+- background: a body of tissue with coarser texture, air outside it, and distractor blobs
+  that copy the organ's intensity, the edema's intensity, or a whole lesion (bright rim
+  around an organ-grey core) outside the organ.
+
+So classes overlap in intensity (the core looks like organ, distractors look like organ,
+edema or lesion) and only the local context (inside the capsule? surrounded by a rim?)
+separates them; a per-voxel intensity threshold cannot. The image is rendered at twice the
+resolution, blurred and block-averaged (partial volume), then multiplied by a smooth random
+bias field and corrupted with Rician noise. Structure sizes scale with the image: at 128x128
+the organ is ~55-85 px across, the lesion ~20-30 px and the core >= ~10 px.
+
+Geometry is generated in canonical (RAS) voxel order; the files are written with a
+non-canonical orientation (axes permuted and flipped, LPS-like) and a small random rotation
+in the affine, identical for image and label, with anisotropic spacing (default 0.7 x 0.9 mm
+in 2D, 0.8 x 0.8 x 2.5 mm in 3D), so reading them exercises the reorientation path of
+`jaxseg.data.io`. Case `i` depends only on `(seed, i)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as nio
+from scipy import ndimage
+
+__all__ = ["LABELS", "make_case", "write_dataset", "main"]
+
+LABELS = {0: "background", 1: "organ", 2: "edema", 3: "core"}
+_SS = 2  # supersampling factor for the partial-volume rendering
+
+# Base intensities (before bias field and noise).
+_AIR, _TISSUE, _ORGAN, _CAPSULE, _EDEMA, _CORE = 0.03, 0.30, 0.55, 0.22, 0.80, 0.52
+
+
+def _rotation(rng: np.random.Generator, dims: int) -> np.ndarray:
+    if dims == 2:
+        t = rng.uniform(-np.pi, np.pi)
+        return np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+class _Grid:
+    """Sample coordinates (in low-res voxel units) as open (broadcastable) grids."""
+
+    def __init__(self, shape: Sequence[int], ss: int):
+        self.shape = tuple(int(s) * ss for s in shape)
+        nd = len(shape)
+        self.axes = []
+        for d, s in enumerate(shape):
+            c = (np.arange(s * ss, dtype=np.float32) + 0.5) / ss - 0.5
+            sh = [1] * nd
+            sh[d] = -1
+            self.axes.append(c.reshape(sh))
+
+    def quad(self, centre, axes, rot) -> np.ndarray:
+        """Normalised squared radius sum_k ((R^T (x - c))_k / a_k)^2 of an ellipse(oid)."""
+        nd = len(self.axes)
+        q = np.zeros(self.shape, np.float32)
+        for k in range(nd):
+            u = sum(np.float32(rot[d, k]) * (self.axes[d] - np.float32(centre[d])) for d in range(nd))
+            q += (u / np.float32(axes[k])) ** 2
+        return q
+
+
+def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
+    f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return f / max(float(f.std()), 1e-6)
+
+
+def _bias_field(rng: np.random.Generator, shape, strength: float) -> np.ndarray:
+    coarse = rng.standard_normal([4] * len(shape)).astype(np.float32)
+    zoom = [s / 4 for s in shape]
+    f = ndimage.zoom(coarse, zoom, order=3, mode="nearest")[tuple(slice(0, s) for s in shape)]
+    f = f / max(float(np.abs(f).max()), 1e-6)
+    return np.exp(strength * f).astype(np.float32)
+
+
+def make_case(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom in canonical voxel order -> (image float32 `[*shape]`, label uint8 `[*shape]`)."""
+    shape = tuple(int(s) for s in shape)
+    dims = len(shape)
+    m = float(min(shape))
+    centre_img = np.array([(s - 1) / 2 for s in shape])
+    lo, hi = _Grid(shape, _SS), _Grid(shape, 1)
+
+    def ellipse(centre, axes, rot):
+        return lo.quad(centre, axes, rot) < 1.0, hi.quad(centre, axes, rot) < 1.0
+
+    def ratios(a, b):
+        return rng.uniform(a, b, size=dims)
+
+    # Body.
+    body_axes = np.array([0.47 * s for s in shape]) * ratios(0.9, 1.0)
+    body_hr, _ = ellipse(centre_img, body_axes, np.eye(dims))
+
+    # Organ: a rotated ellipse with a 1.5 px capsule (labelled organ).
+    organ_r = rng.uniform(0.22, 0.32) * m
+    organ_axes = organ_r * ratios(0.75, 1.0)
+    organ_rot = _rotation(rng, dims)
+    organ_c = centre_img + rng.uniform(-1, 1, dims) * (body_axes - organ_axes.max() - 2) * 0.45
+    inner_hr, _ = ellipse(organ_c, organ_axes, organ_rot)
+    organ_hr, organ_lr = ellipse(organ_c, organ_axes + 1.5, organ_rot)
+
+    # Lesion inside the organ: edema rim around a core.
+    les_r = rng.uniform(0.08, 0.12) * m
+    les_axes = les_r * ratios(0.8, 1.0)
+    les_rot = _rotation(rng, dims)
+    room = max(organ_axes.min() - les_axes.max() - 3.0, 0.0)
+    u = rng.normal(size=dims)
+    u = u / np.linalg.norm(u) * rng.uniform(0, 1) ** (1 / dims)
+    les_c = organ_c + organ_rot @ (u * room)
+    # The core is at least ~9 px across, but always leaves an edema rim.
+    core_axes = np.maximum(les_axes * rng.uniform(0.5, 0.65), np.minimum(max(4.5, 0.035 * m), 0.65 * les_axes))
+    core_c = les_c + rng.uniform(-1, 1, dims) * 0.15 * (les_axes - core_axes).clip(0)
+    les_hr, les_lr = ellipse(les_c, les_axes, les_rot)
+    core_hr, core_lr = ellipse(core_c, core_axes, les_rot)
+
+    # High-res intensity.
+    img = np.full(lo.shape, _AIR, np.float32)
+    img[body_hr] = _TISSUE
+    img += body_hr * (0.05 * _smooth_noise(rng, lo.shape, 3.0 * _SS))
+
+    # Distractors outside the organ (background label): organ-like, edema-like, lesion-like.
+    n_dis = int(rng.integers(3, 6))
+    kinds = rng.permutation([0, 1, 2] + list(rng.integers(0, 3, size=max(n_dis - 3, 0))))[:n_dis]
+    placed = [(organ_c, organ_axes.max() + 2)]
+    for kind in kinds:
+        for _ in range(30):
+            r = rng.uniform(0.05, 0.10) * m
+            c = centre_img + rng.uniform(-1, 1, dims) * (body_axes - r - 2)
+            if np.sum(((c - centre_img) / (body_axes - r - 2)) ** 2) <= 1.0 and \
+                    all(np.linalg.norm(c - pc) > r + pr + 3 for pc, pr in placed):
+                break
+        else:
+            continue
+        placed.append((c, r))
+        d_axes, d_rot = r * ratios(0.7, 1.0), _rotation(rng, dims)
+        d_hr, _ = ellipse(c, d_axes, d_rot)
+        if kind == 0:
+            img[d_hr] = _ORGAN + rng.uniform(-0.03, 0.03)
+        elif kind == 1:
+            img[d_hr] = _EDEMA + rng.uniform(-0.05, 0.03)
+        else:
+            img[d_hr] = _EDEMA
+            dc_hr, _ = ellipse(c, np.maximum(d_axes * 0.55, 4.0), d_rot)
+            img[dc_hr] = _CORE
+
+    img[organ_hr] = _CAPSULE
+    img[inner_hr] = _ORGAN
+    img += inner_hr * (0.05 * _smooth_noise(rng, lo.shape, 1.0 * _SS))
+    img[les_hr] = _EDEMA
+    img[core_hr] = _CORE
+
+    # Partial volume: blur at high resolution, then average blocks of SS^dims samples.
+    img = ndimage.gaussian_filter(img, 0.5 * _SS)
+    img = img.reshape([v for s in shape for v in (s, _SS)]).mean(axis=tuple(range(1, 2 * dims, 2)))
+
+    # Bias field, global gain, Rician noise.
+    img = img * _bias_field(rng, shape, 0.25) * rng.uniform(0.85, 1.15)
+    sigma = 0.05 * rng.uniform(0.8, 1.2)
+    n1 = rng.normal(0, sigma, shape).astype(np.float32)
+    n2 = rng.normal(0, sigma, shape).astype(np.float32)
+    img = np.sqrt((img + n1) ** 2 + n2**2) * 1000.0  # MR-like arbitrary units
+
+    label = np.zeros(shape, np.uint8)
+    label[organ_lr] = 1
+    label[les_lr] = 2
+    label[core_lr] = 3
+    return img.astype(np.float32), label
+
+
+# On-disk orientation of the canonical axes (rows: world axis, flip): disk axis 0 runs
+# posterior (-Y), disk axis 1 runs left (-X), disk axis 2 runs superior (+Z).
+_DISK_ORNT = np.array([[1, -1], [0, -1], [2, 1]], float)
+
+
+def _to_disk(canon3: np.ndarray, canon_affine: np.ndarray):
+    """Canonical array (3 spatial axes) -> (on-disk array, on-disk affine)."""
+    t = nio.ornt_transform(np.array([[0, 1], [1, 1], [2, 1]], float), _DISK_ORNT)
+    disk = nio.apply_orientation(canon3, t)
+    affine = canon_affine @ nio.inv_ornt_aff(t, canon3.shape)
+    return np.ascontiguousarray(disk), affine
+
+
+def _case_affine(rng: np.random.Generator, shape, spacing) -> np.ndarray:
+    sp = list(spacing) + [1.0] * (3 - len(spacing))
+    a = np.diag(sp + [1.0])
+    a[:3, 3] = [-(s - 1) * v / 2 for s, v in zip(list(shape) + [1] * (3 - len(shape)), sp)]
+    t = np.deg2rad(rng.uniform(-8, 8))
+    rz = np.eye(4)
+    rz[:2, :2] = [[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]]
+    return rz @ a
+
+
+def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
+    img = nib.Nifti1Image(arr.astype(dtype), affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def write_dataset(out_dir: str | Path, *, dims: int, num_cases: int, shape: Sequence[int], seed: int = 0,
+                  num_test: int = 0, spacing: Sequence[float] | None = None, name: str = "phantom") -> Path:
+    """Writes a phantom dataset in MSD layout and returns `out_dir`.
+
+    Args:
+      out_dir: target folder (created; existing files of the same names are overwritten).
+      dims: 2 or 3.
+      num_cases: number of training cases (imagesTr/labelsTr).
+      shape: canonical spatial shape, `dims` ints (e.g. (128, 128) or (64, 64, 64)).
+      seed: case `i` is generated from `(seed, i)`.
+      num_test: extra cases in imagesTs/ (their labels in labelsTs/, not in dataset.json).
+      spacing: voxel size in mm along the canonical axes; default (0.7, 0.9) or (0.8, 0.8, 2.5).
+      name: dataset and file-name prefix.
+    """
+    if dims not in (2, 3):
+        raise ValueError(f"dims must be 2 or 3, got {dims}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != dims or min(shape) < 32:
+        raise ValueError(f"shape must be {dims} ints >= 32, got {shape}")
+    spacing = tuple(spacing) if spacing is not None else ((0.7, 0.9) if dims == 2 else (0.8, 0.8, 2.5))
+    out = Path(out_dir)
+    dirs = {k: out / k for k in ("imagesTr", "labelsTr")}
+    if num_test:
+        dirs.update({k: out / k for k in ("imagesTs", "labelsTs")})
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    training, test = [], []
+    for i in range(num_cases + num_test):
+        rng = np.random.default_rng([seed, i])
+        img, lab = make_case(rng, shape)
+        affine = _case_affine(rng, shape, spacing)
+        img3, lab3 = (img[..., None], lab[..., None]) if dims == 2 else (img, lab)
+        img_d, aff_d = _to_disk(img3, affine)
+        lab_d, _ = _to_disk(lab3, affine)
+        fname = f"{name}_{i:03d}.nii.gz"
+        split = "Tr" if i < num_cases else "Ts"
+        _save(img_d, aff_d, dirs[f"images{split}"] / fname, np.float32)
+        _save(lab_d, aff_d, dirs[f"labels{split}"] / fname, np.uint8)
+        if split == "Tr":
+            training.append({"image": f"./imagesTr/{fname}", "label": f"./labelsTr/{fname}"})
+        else:
+            test.append(f"./imagesTs/{fname}")
+    meta = {
+        "name": name,
+        "description": f"jaxseg synthetic {dims}D phantoms (seed {seed}); organ with a lesion "
+                       "(edema rim around a core) among distractors.",
+        "reference": "jaxseg.data.synthetic",
+        "licence": "CC0",
+        "tensorImageSize": f"{dims}D",
+        "modality": {"0": "MRI"},
+        "labels": {str(k): v for k, v in LABELS.items()},
+        "numTraining": num_cases,
+        "numTest": num_test,
+        "training": training,
+        "test": test,
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m jaxseg.data.synthetic", description=__doc__.split("\n")[0])
+    p.add_argument("--dims", type=int, choices=(2, 3), required=True)
+    p.add_argument("--num-cases", type=int, required=True)
+    p.add_argument("--shape", required=True, help="comma-separated, e.g. 128,128 or 64,64,64")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-test", type=int, default=0)
+    p.add_argument("--spacing", default=None, help="comma-separated mm, e.g. 0.7,0.9")
+    a = p.parse_args(argv)
+    try:
+        shape = tuple(int(v) for v in a.shape.split(","))
+        spacing = tuple(float(v) for v in a.spacing.split(",")) if a.spacing else None
+        out = write_dataset(a.out, dims=a.dims, num_cases=a.num_cases, shape=shape, seed=a.seed,
+                            num_test=a.num_test, spacing=spacing)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""TensorFlow SavedModel export with jax2tf.
+
+Layout of an export directory ``out_dir``::
+
+    out_dir/
+      saved_model.pb, variables/, ...   a TF SavedModel
+      jaxseg_export.json                what to feed it (see `export_saved_model`)
+
+Signatures (all take ``image`` float32 ``[b, *patch, C]`` with a polymorphic batch
+``b`` and return ``{"probabilities": float32 [b, *patch, K]}``):
+
+- ``serving_default``: the first requested platform;
+- ``serving_<platform>``: one per platform, written only when more than one platform is
+  requested.
+
+Each signature is its own jax2tf conversion (native serialisation, lowered for exactly one
+platform) and all of them read the SAME ``tf.Variable``s held by one ``tf.Module``, so the
+weights are stored once. One conversion per platform is what lets a platform use code
+that cannot be lowered for the others (a Pallas TPU kernel cannot be lowered for CPU):
+pass ``apply_fn`` as a mapping ``{platform: fn}`` to give each platform its own function
+over the same parameters.
+
+The export is written into a hidden temporary sibling of ``out_dir`` and renamed into
+place only once complete, so an interrupted or failed export never leaves a half-written
+model and never damages the export already at ``out_dir``.
+
+TensorFlow and jax2tf are imported inside the functions: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg.errors import JaxsegError
+
+METADATA_FILENAME = "jaxseg_export.json"
+FORMAT_NAME = "jaxseg-saved-model"
+FORMAT_VERSION = 1
+SUPPORTED_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_patch_size(patch_size) -> tuple[int, ...]:
+    try:
+        patch = tuple(patch_size)
+    except TypeError:
+        patch = None
+    if (
+        patch is None
+        or len(patch) not in (2, 3)
+        or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in patch)
+        or not all(p > 0 for p in patch)
+    ):
+        raise JaxsegError(
+            f"export: patch_size={patch_size!r} is not valid; give 2 or 3 positive integers, "
+            "e.g. patch_size=(128, 128) for 2D or (96, 96, 96) for 3D."
+        )
+    return tuple(int(p) for p in patch)
+
+
+def _check_positive_int(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise JaxsegError(f"export: {name}={value!r} is not valid; give a positive integer.")
+    return int(value)
+
+
+def _check_platforms(platforms) -> tuple[str, ...]:
+    if isinstance(platforms, str):
+        platforms = (platforms,)
+    platforms = tuple(platforms)
+    bad = [p for p in platforms if p not in SUPPORTED_PLATFORMS]
+    if not platforms or bad:
+        raise JaxsegError(
+            f"export: platforms={platforms!r} is not valid; give a non-empty sequence drawn "
+            f"from {SUPPORTED_PLATFORMS}, e.g. platforms=('cpu',) or ('cpu', 'tpu')."
+        )
+    if len(set(platforms)) != len(platforms):
+        raise JaxsegError(f"export: platforms={platforms!r} names a platform twice; list each once.")
+    return platforms
+
+
+def _apply_fns_by_platform(apply_fn, platforms: tuple[str, ...]) -> dict[str, ApplyFn]:
+    if isinstance(apply_fn, Mapping):
+        keys = set(apply_fn)
+        if keys != set(platforms):
+            raise JaxsegError(
+                f"export: apply_fn is a mapping with platforms {sorted(keys)} but "
+                f"platforms={platforms!r}; give exactly one function per exported platform."
+            )
+        fns = dict(apply_fn)
+    else:
+        fns = {p: apply_fn for p in platforms}
+    for p, fn in fns.items():
+        if not callable(fn):
+            raise JaxsegError(f"export: apply_fn for platform {p!r} is not callable: {fn!r}.")
+    return fns
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _check_metadata(metadata) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise JaxsegError(
+            f"export: metadata must be a dict (e.g. model name, class names, normalisation), "
+            f"got {type(metadata).__name__}."
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise JaxsegError(f"export: metadata key {key!r} is not a string; use string keys.")
+        try:
+            json.dumps(value, default=_json_default, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise JaxsegError(
+                f"export: metadata[{key!r}] cannot be written as JSON ({e}); use numbers, "
+                "strings, booleans, lists and dicts (no NaN or infinity)."
+            ) from None
+    # Round trip so the dict returned by load_saved_model equals what is written.
+    return json.loads(json.dumps(dict(metadata), default=_json_default, allow_nan=False))
+
+
+def _flatten_params(params):
+    """Leaves as numpy arrays, the treedef, and a TF-friendly name per leaf."""
+    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if not leaves_with_path:
+        raise JaxsegError("export: params has no arrays; pass the trained parameters.")
+    arrays, names = [], []
+    for path, leaf in leaves_with_path:
+        arr = np.asarray(jax.device_get(leaf))
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == jnp.bfloat16):
+            raise JaxsegError(
+                f"export: parameter {name!r} has dtype {arr.dtype}; parameters must be numeric arrays."
+            )
+        safe = "".join(c if c.isalnum() or c in "_.-/" else "_" for c in name) or "param"
+        if not safe[0].isalnum() and safe[0] != ".":
+            safe = "p" + safe
+        arrays.append(arr)
+        names.append(safe)
+    return arrays, treedef, names
+
+
+def _output_shape(fn: ApplyFn, params, patch: tuple[int, ...], in_channels: int, platform: str):
+    """Trace ``fn`` (no compilation) at batch 1 and 2; return the batch-1 output struct.
+
+    Tracing at batch 2 as well catches functions that hard-code the batch size: jax2tf
+    would export those with a hidden ``b == 1`` shape assertion that fails only at serving.
+    """
+    p = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), params)
+    shape_txt = ", ".join(map(str, patch))
+    result = None
+    for b in (1, 2):
+        x = jax.ShapeDtypeStruct((b, *patch, in_channels), jnp.float32)
+        try:
+            out = jax.eval_shape(fn, p, x)
+        except Exception as e:  # add a hint, keep the original error and traceback
+            e.add_note(
+                f"jaxseg.export: tracing apply_fn for platform {platform!r} on an image "
+                f"[{b}, {shape_txt}, {in_channels}] failed. Check patch_size and in_channels, and "
+                "that the function works for any batch size (use x.shape[0], not a constant)."
+            )
+            raise
+        if (
+            not isinstance(out, jax.ShapeDtypeStruct)
+            or len(out.shape) != len(patch) + 2
+            or tuple(out.shape[:-1]) != (b, *patch)
+        ):
+            got = getattr(out, "shape", type(out).__name__)
+            raise JaxsegError(
+                f"export: apply_fn for platform {platform!r} maps an image [{b}, {shape_txt}, "
+                f"{in_channels}] to {got}; it must return one array of probabilities "
+                f"[{b}, {shape_txt}, K] for any batch size. Check patch_size and in_channels."
+            )
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise JaxsegError(
+                f"export: apply_fn for platform {platform!r} returns dtype {out.dtype}; it must "
+                "return floating-point probabilities (compose model.apply with a softmax)."
+            )
+        if b == 1:
+            result = out
+    return result
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_saved_model(
+    apply_fn: ApplyFn | Mapping[str, ApplyFn],
+    params,
+    out_dir,
+    *,
+    patch_size: Sequence[int],
+    in_channels: int,
+    num_classes: int | None = None,
+    platforms: Sequence[str] = ("cpu",),
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export ``apply_fn(params, image)`` as a TensorFlow SavedModel.
+
+    Args:
+      apply_fn: ``apply_fn(params, x f32 [b, *patch, C]) -> probabilities [b, *patch, K]``,
+        a pure JAX function (e.g. ``lambda p, x: jax.nn.softmax(model.apply({"params": p},
+        x), -1)``); it must not depend on the concrete batch size. Or a mapping
+        ``{platform: fn}`` with one function per entry of ``platforms``, all over the same
+        ``params`` (e.g. a TPU function that calls Pallas kernels).
+      params: the parameter pytree; stored as ``tf.Variable``s shared by all signatures.
+      out_dir: the SavedModel directory to write. If it already holds an export it is
+        replaced, but only after the new export is complete. A non-empty directory that is
+        not a SavedModel is never replaced.
+      patch_size: spatial input shape, 2 or 3 ints.
+      in_channels: C.
+      num_classes: K; inferred from ``apply_fn`` when None, checked when given.
+      platforms: platforms to lower for, from ``("cpu", "cuda", "rocm", "tpu")``.
+        ``serving_default`` serves the first; with more than one, ``serving_<platform>`` is
+        written for each. Lowering for a platform needs no such device on this machine.
+      metadata: JSON-serialisable dict stored under ``"metadata"`` in
+        ``jaxseg_export.json`` (model name, class names, normalisation, ...).
+
+    Returns:
+      ``out_dir`` as a Path.
+
+    Outputs are cast to float32 if ``apply_fn`` returns another floating dtype.
+    ``jaxseg_export.json`` holds: format, format_version, dims, patch_size, in_channels,
+    num_classes, platforms, signatures ({key: platform}), input/output name, shape and
+    dtype (batch as null), versions, and the caller's metadata.
+    """
+    patch = _check_patch_size(patch_size)
+    in_channels = _check_positive_int("in_channels", in_channels)
+    if num_classes is not None:
+        num_classes = _check_positive_int("num_classes", num_classes)
+    platforms = _check_platforms(platforms)
+    fns = _apply_fns_by_platform(apply_fn, platforms)
+    user_metadata = _check_metadata(metadata)
+
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise JaxsegError(f"export: {out_dir} exists and is not a directory; choose another output path.")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "saved_model.pb").exists():
+        raise JaxsegError(
+            f"export: {out_dir} is a non-empty directory that is not a SavedModel; refusing to "
+            "replace it. Choose another output path or remove it."
+        )
+
+    arrays, treedef, names = _flatten_params(params)
+    params_np = jax.tree_util.tree_unflatten(treedef, arrays)
+
+    # Check shapes before any expensive conversion; infer K.
+    out_shapes = {p: _output_shape(fns[p], params_np, patch, in_channels, p) for p in platforms}
+    ks = {p: int(s.shape[-1]) for p, s in out_shapes.items()}
+    if len(set(ks.values())) != 1:
+        raise JaxsegError(f"export: the per-platform apply_fns disagree on the number of classes: {ks}.")
+    k = next(iter(ks.values()))
+    if num_classes is not None and num_classes != k:
+        raise JaxsegError(
+            f"export: num_classes={num_classes} but apply_fn returns {k} channels; pass the "
+            "model's number of classes (background included)."
+        )
+
+    import tensorflow as tf  # slow import: keep it out of module import time
+    from jax.experimental import jax2tf
+
+    module = tf.Module()
+    with tf.name_scope("params"):
+        module.params = [
+            tf.Variable(a, trainable=False, name=n) for a, n in zip(arrays, names, strict=True)
+        ]
+
+    image_spec = tf.TensorSpec([None, *patch, in_channels], tf.float32, name=INPUT_NAME)
+    batch_poly = f"(b, {', '.join(str(s) for s in patch)}, {in_channels})"
+
+    def make_serving_fn(platform: str):
+        fn = fns[platform]
+
+        def fn_f32(p, x):
+            return jnp.asarray(fn(p, x), jnp.float32)
+
+        converted = jax2tf.convert(
+            fn_f32,
+            polymorphic_shapes=[None, batch_poly],
+            with_gradient=False,
+            native_serialization_platforms=(platform,),
+        )
+
+        @tf.function(input_signature=[image_spec], autograph=False)
+        def serve(image):
+            p = jax.tree_util.tree_unflatten(treedef, list(module.params))
+            return {OUTPUT_NAME: converted(p, image)}
+
+        try:
+            return serve.get_concrete_function()
+        except Exception as e:  # add a hint, keep the original error and traceback
+            e.add_note(
+                f"jaxseg.export: converting apply_fn for platform {platform!r} with a "
+                f"polymorphic batch {batch_poly} failed. The function must not depend on the "
+                "concrete batch size (use x.shape[0] rather than a constant in reshapes)."
+            )
+            raise
+
+    per_platform = {p: make_serving_fn(p) for p in platforms}
+    signatures = {"serving_default": per_platform[platforms[0]]}
+    signature_platforms = {"serving_default": platforms[0]}
+    if len(platforms) > 1:
+        for p in platforms:
+            signatures[f"serving_{p}"] = per_platform[p]
+            signature_platforms[f"serving_{p}"] = p
+
+    import jaxseg
+
+    export_info = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "dims": len(patch),
+        "patch_size": list(patch),
+        "in_channels": in_channels,
+        "num_classes": k,
+        "platforms": list(platforms),
+        "signatures": signature_platforms,
+        "input": {"name": INPUT_NAME, "shape": [None, *patch, in_channels], "dtype": "float32"},
+        "output": {"name": OUTPUT_NAME, "shape": [None, *patch, k], "dtype": "float32"},
+        "versions": {
+            "jaxseg": jaxseg.__version__,
+            "jax": jax.__version__,
+            "tensorflow": tf.__version__,
+        },
+        "metadata": user_metadata,
+    }
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{token}"
+    try:
+        tf.saved_model.save(module, str(tmp_dir), signatures=signatures)
+        meta_path = tmp_dir / METADATA_FILENAME
+        with open(meta_path, "w") as f:
+            json.dump(export_info, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _replace_dir(tmp_dir, out_dir, token)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path, token: str) -> None:
+    """Move the complete directory ``new`` to ``target``, replacing any previous one.
+
+    Linux cannot rename a directory over a non-empty one, so the old export is first moved
+    aside, and moved back if the second rename fails.
+    """
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = target.parent / f".{target.name}.old-{token}"
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_export_metadata(path) -> dict:
+    """The contents of ``path/jaxseg_export.json``, without loading TensorFlow."""
+    path = Path(path).expanduser()
+    meta_path = path / METADATA_FILENAME
+    if not meta_path.is_file():
+        raise JaxsegError(
+            f"{meta_path} not found: {path} is not a jaxseg export. Export the model with "
+            "jaxseg.export.export_saved_model (python -m jaxseg.export)."
+        )
+    try:
+        with open(meta_path) as f:
+            info = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise JaxsegError(f"{meta_path} cannot be read as JSON ({e}); re-export the model.") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+        raise JaxsegError(f"{meta_path} is not a jaxseg export description; re-export the model.")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise JaxsegError(
+            f"{meta_path} has format_version {info.get('format_version')!r}; this jaxseg reads "
+            f"version {FORMAT_VERSION}. Re-export the model with this version of jaxseg."
+        )
+    return info
+
+
+def load_saved_model(path):
+    """Load an export written by `export_saved_model`.
+
+    Returns:
+      ``(loaded, info)``: the object from ``tf.saved_model.load`` (call
+      ``loaded.signatures["serving_default"](image=x)["probabilities"]``) and the dict in
+      ``jaxseg_export.json`` (the caller's metadata is ``info["metadata"]``).
+    """
+    path = Path(path).expanduser()
+    if not (path / "saved_model.pb").is_file():
+        raise JaxsegError(f"{path} holds no saved_model.pb; give the directory written by the export.")
+    info = read_export_metadata(path)
+
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(path)), info

@@ -1,0 +1,348 @@
+"""Shared building blocks for jaxseg models (Flax Linen, channels-last, 2D or 3D).
+
+Everything here works for `d = x.ndim - 2` spatial axes, d in {2, 3}. Window helpers are
+plain functions (numpy for the static index/mask tables, jnp for arrays) so they can be
+tested on their own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg import ops
+from jaxseg.errors import ConfigError
+
+Dtype = Any
+NORMS = ("instance", "group", "layer", "none")
+# Additive mask value for disallowed attention pairs (finite, so fully masked rows stay finite).
+MASK_VALUE = -1e9
+
+
+# --------------------------------------------------------------------------- norms, convs
+
+
+def check_norm(norm: str, where: str) -> None:
+    if norm not in NORMS:
+        raise ConfigError(f"{where}: unknown norm={norm!r}; valid values are {', '.join(map(repr, NORMS))}.")
+
+
+class Norm(nn.Module):
+    """Normalisation over a channels-last tensor `[B, *S, C]`.
+
+    kind: "instance" (per sample and channel over space), "group" (8 groups, or fewer when C
+    is small), "layer" (per position over channels) or "none".
+    """
+
+    kind: str = "instance"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        if self.kind == "instance":
+            return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype)(x)
+        if self.kind == "group":
+            return nn.GroupNorm(num_groups=math.gcd(8, c), epsilon=1e-5, dtype=self.dtype)(x)
+        if self.kind == "layer":
+            return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
+        if self.kind == "none":
+            return x
+        check_norm(self.kind, "Norm")
+        raise AssertionError
+
+
+class ConvNormAct(nn.Module):
+    """Dense convolution ('SAME'), then norm, then activation (LeakyReLU 0.01 by default)."""
+
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    norm: str = "instance"
+    act: str = "leaky_relu"  # "leaky_relu" | "gelu" | "relu" | "none"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.ndim - 2
+        if self.kernel_size == 1 and self.strides == 1:
+            x = nn.Dense(self.features, dtype=self.dtype, use_bias=self.norm == "none")(x)
+        else:
+            x = nn.Conv(self.features, (self.kernel_size,) * d, strides=(self.strides,) * d,
+                        padding="SAME", dtype=self.dtype, use_bias=self.norm == "none")(x)
+        x = Norm(self.norm, self.dtype)(x)
+        return activation(x, self.act)
+
+
+def activation(x, act: str):
+    if act == "leaky_relu":
+        return nn.leaky_relu(x, 0.01)
+    if act == "gelu":
+        return nn.gelu(x)
+    if act == "relu":
+        return nn.relu(x)
+    if act == "none":
+        return x
+    raise ConfigError(f"unknown activation {act!r}; use 'leaky_relu', 'gelu', 'relu' or 'none'.")
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise convolution ('SAME', stride 1) through `jaxseg.ops.depthwise_conv`."""
+
+    kernel_size: int = 3
+    use_bias: bool = True
+    impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d, c = x.ndim - 2, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                                        in_axis=tuple(range(d + 1)), out_axis=-1),
+                            (*(self.kernel_size,) * d, 1, c))
+        y = ops.depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), impl=self.impl)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (c,)).astype(self.dtype)
+        return y
+
+
+class DepthwiseSeparable(nn.Module):
+    """Depthwise kxk -> norm -> act -> pointwise 1x1 (a Dense) -> norm -> act; residual if C is kept."""
+
+    features: int
+    kernel_size: int = 3
+    norm: str = "layer"
+    act: str = "gelu"
+    depthwise_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        y = DepthwiseConv(self.kernel_size, use_bias=self.norm == "none", impl=self.depthwise_impl,
+                          dtype=self.dtype)(x)
+        y = activation(Norm(self.norm, self.dtype)(y), self.act)
+        y = nn.Dense(self.features, dtype=self.dtype, use_bias=self.norm == "none")(y)
+        y = activation(Norm(self.norm, self.dtype)(y), self.act)
+        return x + y if x.shape[-1] == self.features else y
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample; uses the "dropout" rng only when `train=True` and rate > 0."""
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        if not train or self.rate <= 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def space_to_depth(x, factor: int = 2):
+    """`[B, *S, C] -> [B, *(S / f), f^d * C]`; channel order (offset_1, ..., offset_d, C)."""
+    b, *s, c = x.shape
+    d = len(s)
+    x = x.reshape(b, *[v for n in s for v in (n // factor, factor)], c)
+    perm = (0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
+    return x.transpose(perm).reshape(b, *(n // factor for n in s), factor**d * c)
+
+
+def depth_to_space(x, factor: int = 2):
+    """Inverse of `space_to_depth`: `[B, *S, f^d * C] -> [B, *(S * f), C]`."""
+    b, *s, cc = x.shape
+    d = len(s)
+    c = cc // factor**d
+    x = x.reshape(b, *s, *(factor,) * d, c)
+    perm = (0, *[a for i in range(d) for a in (1 + i, 1 + d + i)], 1 + 2 * d)
+    return x.transpose(perm).reshape(b, *(n * factor for n in s), c)
+
+
+def pad_to_multiple(x, multiple: int | Sequence[int]):
+    """Zero-pad the spatial axes of `[B, *S, C]` at the end up to a multiple; returns (x, S)."""
+    s = x.shape[1:-1]
+    mult = (multiple,) * len(s) if isinstance(multiple, int) else tuple(multiple)
+    target = tuple(-(-n // m) * m for n, m in zip(s, mult))
+    if target != s:
+        x = jnp.pad(x, [(0, 0), *((0, t - n) for t, n in zip(target, s)), (0, 0)])
+    return x, s
+
+
+def crop_to(x, shape: Sequence[int]):
+    """Crop the spatial axes of `[B, *S', C]` back to `shape` (from the start)."""
+    if tuple(x.shape[1:-1]) == tuple(shape):
+        return x
+    return x[(slice(None), *(slice(0, n) for n in shape), slice(None))]
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def window_partition(x, window: Sequence[int]):
+    """`[B, *S, C] -> [B * nW, N, C]` with N = prod(window); windows ordered batch-major,
+    then row-major over the window grid; tokens row-major inside a window."""
+    b, *s, c = x.shape
+    d = len(s)
+    x = x.reshape(b, *[v for n, w in zip(s, window) for v in (n // w, w)], c)
+    perm = (0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
+    return x.transpose(perm).reshape(-1, math.prod(window), c)
+
+
+def window_reverse(windows, window: Sequence[int], shape: Sequence[int]):
+    """Inverse of `window_partition`: `[B * nW, N, C] -> [B, *shape, C]`."""
+    d = len(shape)
+    grid = [n // w for n, w in zip(shape, window)]
+    c = windows.shape[-1]
+    x = windows.reshape(-1, *grid, *window, c)
+    perm = (0, *[a for i in range(d) for a in (1 + i, 1 + d + i)], 1 + 2 * d)
+    return x.transpose(perm).reshape(-1, *shape, c)
+
+
+def window_partition_heads(x, window: Sequence[int], groups: int, heads: int):
+    """Window partition fused with the head split, as ONE transpose.
+
+    `[B, *S, G * H * D] -> [G, B * nW, H, N, D]` (e.g. G = 3 for q, k, v); equals
+    `window_partition` followed by splitting channels into (G, H, D) and moving G and H out.
+    """
+    b, *s, c = x.shape
+    d = len(s)
+    hd = c // (groups * heads)
+    x = x.reshape(b, *[v for n, w in zip(s, window) for v in (n // w, w)], groups, heads, hd)
+    # axes: 0=B, grid i at 1+2i, win i at 2+2i, G at 2d+1, H at 2d+2, D at 2d+3
+    perm = (2 * d + 1, 0, *range(1, 2 * d, 2), 2 * d + 2, *range(2, 2 * d + 1, 2), 2 * d + 3)
+    return x.transpose(perm).reshape(groups, -1, heads, math.prod(window), hd)
+
+
+def window_reverse_heads(x, window: Sequence[int], shape: Sequence[int]):
+    """Inverse of `window_partition_heads` for one group: `[B * nW, H, N, D] -> [B, *shape, H * D]`."""
+    d = len(shape)
+    _, h, _, hd = x.shape
+    grid = [n // w for n, w in zip(shape, window)]
+    x = x.reshape(-1, *grid, h, *window, hd)
+    # axes: 0=B, grid i at 1+i, H at 1+d, win i at 2+d+i, D at 2+2d
+    perm = (0, *[a for i in range(d) for a in (1 + i, 2 + d + i)], 1 + d, 2 + 2 * d)
+    return x.transpose(perm).reshape(-1, *shape, h * hd)
+
+
+def relative_position_index(window: Sequence[int], table_window: Sequence[int] | None = None) -> np.ndarray:
+    """Swin relative position index `[N, N]` (N = prod(window)) into a table of
+    `prod(2 t - 1)` rows, t = `table_window` (default `window`; each t >= w). A window
+    clamped below the configured size uses the matching sub-range of the same table, so the
+    parameters do not depend on the input size."""
+    table_window = tuple(window) if table_window is None else tuple(table_window)
+    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(len(window), -1)
+    rel = coords[:, :, None] - coords[:, None, :]  # [d, N, N]
+    index = np.zeros(rel.shape[1:], np.int64)
+    for i, t in enumerate(table_window):
+        index = index * (2 * t - 1) + (rel[i] + t - 1)
+    return index.astype(np.int32)
+
+
+def window_attention_mask(padded_shape: Sequence[int], valid_shape: Sequence[int],
+                          window: Sequence[int], shift: Sequence[int]) -> np.ndarray | None:
+    """Additive attention mask `[nW, N, N]` (0 / MASK_VALUE) for one image, or None if all-zero.
+
+    The feature map of `valid_shape` is zero-padded at the end to `padded_shape` (a multiple
+    of `window`), then cyclically shifted by `-shift` (Swin). Two tokens of a window may
+    attend to each other iff they come from the same Swin shift region (not across the
+    wrap-around), and a key may be attended only if it is not padding.
+    """
+    d = len(padded_shape)
+    region = np.zeros(padded_shape, np.int32)
+    for ax in range(d):
+        n, w, s = padded_shape[ax], window[ax], shift[ax]
+        lab = np.zeros(n, np.int32)
+        if s > 0:
+            lab[n - w:n - s] = 1
+            lab[n - s:] = 2
+        region = region * 3 + lab.reshape([-1 if a == ax else 1 for a in range(d)])
+    valid = np.ones(padded_shape, bool)
+    for ax in range(d):
+        v = np.arange(padded_shape[ax]) < valid_shape[ax]
+        valid = valid & v.reshape([-1 if a == ax else 1 for a in range(d)])
+    valid = np.roll(valid, [-s for s in shift], axis=tuple(range(d)))
+    reg_w = np.asarray(window_partition(region[None, ..., None], window))[..., 0]  # [nW, N]
+    val_w = np.asarray(window_partition(valid[None, ..., None], window))[..., 0]
+    allowed = (reg_w[:, :, None] == reg_w[:, None, :]) & val_w[:, None, :]
+    if allowed.all():
+        return None
+    return np.where(allowed, 0.0, MASK_VALUE).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- transformer block
+
+
+class WindowAttentionBlock(nn.Module):
+    """Pre-norm Swin block on a feature map `[B, *S, C]` whose S is a multiple of `window`.
+
+    x + DropPath(W-MSA(LN(x))) then x + DropPath(MLP(LN(x))). `shift` > 0 on an axis rolls
+    the map by -shift before attention and back after it; `mask` `[nW, N, N]` (numpy, from
+    `window_attention_mask`) handles both the shift regions and padded keys.
+    `table_window` (>= window per axis; default `window`) sizes the relative position bias
+    table: the configured window, when `window` was clamped to a small feature map.
+    """
+
+    dim: int
+    num_heads: int
+    window: tuple[int, ...]
+    shift: tuple[int, ...]
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    attention_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    table_window: tuple[int, ...] | None = None
+
+    @nn.compact
+    def __call__(self, x, mask: np.ndarray | None, *, train: bool = False):
+        d = x.ndim - 2
+        shape = x.shape[1:-1]
+        head_dim = self.dim // self.num_heads
+        axes = tuple(range(1, d + 1))
+        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(x)
+        if any(self.shift):
+            h = jnp.roll(h, [-s for s in self.shift], axis=axes)
+        qkv = nn.Dense(3 * self.dim, dtype=self.dtype, name="qkv")(h)
+        q, k, v = window_partition_heads(qkv, self.window, 3, self.num_heads)
+        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+        n = math.prod(self.window)
+        tw = self.window if self.table_window is None else self.table_window
+        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
+                           (math.prod(2 * t - 1 for t in tw), self.num_heads))
+        index = relative_position_index(self.window, tw).reshape(-1)
+        bias = jnp.take(table, index, axis=0).reshape(n, n, self.num_heads).transpose(2, 0, 1)
+        o = ops.window_attention(q, k, v, bias, None if mask is None else jnp.asarray(mask),
+                                 impl=self.attention_impl)
+        o = window_reverse_heads(o, self.window, shape)
+        o = nn.Dense(self.dim, dtype=self.dtype, name="proj")(o)
+        if any(self.shift):
+            o = jnp.roll(o, list(self.shift), axis=axes)
+        x = x + DropPath(self.drop_path)(o, train=train)
+        y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
+        y = nn.Dense(int(self.dim * self.mlp_ratio), dtype=self.dtype, name="fc1")(y)
+        y = nn.Dense(self.dim, dtype=self.dtype, name="fc2")(nn.gelu(y))
+        return x + DropPath(self.drop_path)(y, train=train)
+
+
+def check_input(x, *, model: str, dims: int, in_channels: int) -> None:
+    """Raise ConfigError unless `x` is `[B, *S, in_channels]` with `dims` spatial axes."""
+    if x.ndim != dims + 2:
+        want = "[B, X, Y, C]" if dims == 2 else "[B, X, Y, Z, C]"
+        raise ConfigError(
+            f"model {model!r} was built with dims={dims} and expects input {want}; got shape "
+            f"{tuple(x.shape)} ({x.ndim - 2} spatial axes). Set the model's dims to match the data."
+        )
+    if x.shape[-1] != in_channels:
+        raise ConfigError(
+            f"model {model!r} was built with in_channels={in_channels}; got input with "
+            f"{x.shape[-1]} channels (shape {tuple(x.shape)}). Set in_channels to the number of image channels."
+        )

@@ -1,0 +1,31 @@
+"""Segment files: python -m jaxseg.predict --workdir DIR --input PATH --output PATH
+
+PATH is a file (NIfTI, PNG, TIFF) or a folder of them. Each mask is uint8 with its
+input's shape, affine and orientation.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from jaxseg import cli
+
+
+def main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxseg.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a trained run")
+    parser.add_argument("--input", required=True, help="an image file or a folder")
+    parser.add_argument("--output", required=True, help="a mask file, or a folder")
+    parser.add_argument("--checkpoint", default="auto", choices=("auto", "best", "latest"))
+    args = parser.parse_args(argv)
+
+    from jaxseg.segment import Segmenter
+    written = Segmenter(args.workdir, args.checkpoint).segment_path(args.input, args.output)
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

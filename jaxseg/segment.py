@@ -1,0 +1,81 @@
+"""Segment image files with a trained run: files in, uint8 masks out, aligned to the input.
+
+Masks are written with the input's on-disk shape, affine and orientation, so they overlay
+the input in any viewer (the model itself sees the canonical RAS orientation).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from jaxseg import evaluation
+from jaxseg.data import io, preprocess
+from jaxseg.errors import JaxsegError
+from jaxseg.run import load_trained
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".tif", ".tiff")
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
+class Segmenter:
+    """A trained run, ready to segment images."""
+
+    def __init__(self, workdir: str | Path, which: str = "auto"):
+        self.config, self.info, self.model, self.params = load_trained(workdir, which)
+        self._predictor = evaluation.window_predictor(self.model, self.params)
+
+    def segment(self, image: io.Image) -> np.ndarray:
+        """uint8 label map `[X, Y, (Z)]` in the image's canonical orientation."""
+        channels = image.data.shape[-1]
+        if channels != self.info.in_channels:
+            raise JaxsegError(f"{image.path} has {channels} channel(s); the model was "
+                              f"trained on {self.info.in_channels} ({', '.join(self.info.modalities)})")
+        data = preprocess.normalize(image.data, self.info.modalities,
+                                    ct_window=tuple(self.config.data.ct_window))
+        probs = evaluation.predict_probabilities(
+            data, self._predictor, patch_size=self.config.data.patch_size,
+            num_classes=self.info.num_classes, eval_config=self.config.eval)
+        return np.argmax(probs, axis=-1).astype(np.uint8)
+
+    def segment_files(self, channel_paths: list[Path], output: Path) -> Path:
+        image = io.read_image(channel_paths, dims=self.info.dims)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        io.write_mask(self.segment(image), image, output)
+        return output
+
+    def segment_path(self, input_path: str | Path, output: str | Path) -> list[Path]:
+        """A file (-> the output file) or a folder (-> a folder of masks, one per case).
+
+        In a folder, nnU-Net style `CASE_0000.nii.gz, CASE_0001.nii.gz, ...` files are the
+        channels of one case, written as `CASE.nii.gz`; any other image file is one case.
+        """
+        input_path, output = Path(input_path), Path(output)
+        if input_path.is_file():
+            return [self.segment_files([input_path], output)]
+        if not input_path.is_dir():
+            raise JaxsegError(f"input {input_path} does not exist")
+        cases: dict[str, list[Path]] = {}
+        suffix_of: dict[str, str] = {}
+        for path in sorted(input_path.iterdir()):
+            stem, suffix = _split_suffix(path.name)
+            if not suffix:
+                continue
+            match = _CHANNEL_FILE.match(stem) if self.info.in_channels > 1 else None
+            case = match["case"] if match else stem
+            cases.setdefault(case, []).append(path)
+            suffix_of[case] = suffix
+        if not cases:
+            raise JaxsegError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {input_path}")
+        output.mkdir(parents=True, exist_ok=True)
+        return [self.segment_files(paths, output / f"{case}{suffix_of[case]}")
+                for case, paths in cases.items()]

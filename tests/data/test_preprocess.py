@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from jaxseg.data.preprocess import crop_to_foreground, normalize
+from jaxseg.errors import DataError
+
+
+def test_zscore_ct_and_mask():
+    rng = np.random.default_rng(0)
+    mri = rng.normal(50, 7, size=(8, 9, 10))
+    ct = rng.uniform(-1500, 2500, size=(8, 9, 10))
+    brain = np.zeros((8, 9, 10))
+    brain[2:5, 2:5, 2:5] = rng.normal(300, 20, size=(3, 3, 3))  # > 50% exact zeros
+    out = normalize(np.stack([mri, ct, brain], -1), ["MRI", "CT", "FLAIR"], ct_window=(-1000, 1000))
+    assert out.dtype == np.float32 and out.shape == (8, 9, 10, 3)
+    np.testing.assert_allclose(out[..., 0], (mri - mri.mean()) / mri.std(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[..., 1], np.clip(ct, -1000, 1000) / 1000, rtol=1e-6, atol=1e-6)
+    nz = brain != 0
+    v = brain[nz]
+    np.testing.assert_allclose(out[..., 2][nz], (v - v.mean()) / v.std(), rtol=1e-5, atol=1e-5)
+    assert np.all(out[..., 2][~nz] == 0)
+    w = normalize(ct[..., None], ["ct"], ct_window=(-100, 300))
+    np.testing.assert_allclose(w[..., 0], (np.clip(ct, -100, 300) - 100) / 200, rtol=1e-6, atol=1e-6)
+
+
+def test_constant_channel_and_channel_count():
+    out = normalize(np.full((4, 4, 1), 3.0), ["MRI"])
+    assert np.all(np.isfinite(out)) and np.all(out == 0)
+    with pytest.raises(DataError, match="2 modalities"):
+        normalize(np.zeros((4, 4, 1)), ["MRI", "CT"])
+
+
+def test_crop_to_foreground():
+    img = np.arange(10 * 12, dtype=np.float32).reshape(10, 12, 1)
+    lab = np.zeros((10, 12), np.int32)
+    lab[4:6, 5:7] = 1
+    ci, cl, sl = crop_to_foreground(img, lab, margin=2)
+    assert sl == (slice(2, 8), slice(3, 9)) and ci.shape == (6, 6, 1) and cl.sum() == 4

@@ -1,0 +1,205 @@
+"""End to end on a tiny phantom dataset: train, resume, extend, evaluate, predict, export.
+
+The library calls are the ones the command-line tools make; the last tests run the tools
+themselves in a subprocess to check what a user sees on bad input.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+
+from jaxseg import evaluation
+from jaxseg.config import load_config
+from jaxseg.data import synthetic
+from jaxseg.run import load_trained
+from jaxseg.segment import Segmenter
+from jaxseg.training.loop import train
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+from jaxseg.defaults import base_config
+
+def get_config():
+    c = base_config()
+    c.data.root = {root!r}
+    c.data.patch_size = (32, 32)
+    c.data.batch_size = 2
+    c.data.num_threads = 1
+    c.model.name = "unet"
+    c.model.args.features = (8, 16)
+    c.train.steps = 6
+    c.train.warmup_steps = 2
+    c.train.log_every = 2
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.eval.max_val_cases = 2
+    return c
+"""
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantoms")
+    synthetic.write_dataset(root, dims=2, num_cases=10, shape=(40, 48), seed=3, num_test=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def config_file(dataset, tmp_path_factory):
+    path = tmp_path_factory.mktemp("configs") / "tiny.py"
+    path.write_text(CONFIG.format(root=str(dataset)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(config_file, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run") / "w"
+    result = train(load_config(config_file), workdir)
+    return workdir, result
+
+
+def _params(workdir, which="latest"):
+    return jax.device_get(load_trained(workdir, which)[3])
+
+
+def test_train_writes_a_complete_workdir(trained):
+    workdir, result = trained
+    assert result["step"] == 6 and np.isfinite(result["loss"])
+    for name in ("config.json", "run.json", "splits.json"):
+        assert (workdir / name).is_file()
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3", "6"]
+    assert len(list((workdir / "best").iterdir())) == 1
+    assert list((workdir / "tensorboard").iterdir())
+    splits = json.loads((workdir / "splits.json").read_text())
+    assert sorted(len(v) for v in splits.values()) == [1, 2, 7]
+
+
+def test_interrupted_run_resumes_exactly(config_file, trained, tmp_path):
+    workdir, _ = trained
+    resumed = tmp_path / "resumed"
+    config = load_config(config_file)
+    assert train(config, resumed, stop_at=3)["step"] == 3
+    assert train(config, resumed)["step"] == 6
+    straight, again = _params(workdir), _params(resumed)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           straight, again)
+
+
+def test_raising_steps_extends_a_finished_run(config_file, tmp_path):
+    workdir = tmp_path / "extend"
+    train(load_config(config_file, ["train.steps=3"]), workdir)
+    result = train(load_config(config_file, ["train.steps=5"]), workdir)
+    assert result["step"] == 5
+    assert "5" in {p.name for p in (workdir / "checkpoints").iterdir()}
+
+
+def test_rerun_with_another_model_is_refused(config_file, trained):
+    from jaxseg.errors import ConfigError
+    workdir, _ = trained
+    with pytest.raises(ConfigError, match="model.name"):
+        train(load_config(config_file, ["model.name=lightseg_tiny"]), workdir)
+
+
+def test_evaluate_writes_report(trained):
+    workdir, _ = trained
+    summary = evaluation.evaluate_run(workdir, split="test")
+    report = workdir / "eval_test"
+    lines = (report / "metrics.csv").read_text().splitlines()
+    num_test = len(json.loads((workdir / "splits.json").read_text())["test"])
+    assert len(lines) == 1 + num_test * 3  # header + cases x foreground classes
+    saved = json.loads((report / "summary.json").read_text())
+    assert saved["mean"]["dice"] == pytest.approx(summary["mean"]["dice"])
+    assert all(np.isfinite(v) for v in saved["mean"].values())
+    assert saved["inference"]["cases_per_second"] > 0
+
+
+def test_predict_overlays_a_reoriented_input(trained, dataset, tmp_path):
+    workdir, _ = trained
+    source = next((dataset / "imagesTs").iterdir())
+    original = nib.load(source)
+    # The same image stored another way round: x flipped and x/y swapped on disk.
+    data = np.asarray(original.dataobj)
+    flip_x = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip_x[0, 3] = data.shape[0] - 1
+    swap = np.eye(4)[[1, 0, 2, 3]]
+    reoriented = np.transpose(data[::-1], (1, 0, 2))
+    affine = original.affine @ flip_x @ swap
+    moved = tmp_path / "moved.nii.gz"
+    nib.save(nib.Nifti1Image(reoriented, affine), moved)
+
+    segmenter = Segmenter(workdir)
+    out_a = segmenter.segment_path(source, tmp_path / "a.nii.gz")[0]
+    out_b = segmenter.segment_path(moved, tmp_path / "b.nii.gz")[0]
+    mask_b = nib.load(out_b)
+    assert mask_b.shape == reoriented.shape
+    np.testing.assert_allclose(mask_b.affine, affine, atol=1e-5)
+    assert mask_b.get_data_dtype() == np.uint8
+    # Both masks describe the same anatomy: equal once put in canonical orientation.
+    canon_a = np.asarray(nib.as_closest_canonical(nib.load(out_a)).dataobj)
+    canon_b = np.asarray(nib.as_closest_canonical(mask_b).dataobj)
+    np.testing.assert_array_equal(canon_a, canon_b)
+    assert canon_a.max() > 0
+
+
+def test_predict_a_folder(trained, dataset, tmp_path):
+    workdir, _ = trained
+    written = Segmenter(workdir).segment_path(dataset / "imagesTs", tmp_path / "masks")
+    assert [p.name for p in written] == sorted(p.name for p in (dataset / "imagesTs").iterdir())
+
+
+def test_export_matches_jax(trained, tmp_path):
+    from jaxseg.export.from_workdir import export_run
+    from jaxseg.export.saved_model import load_saved_model
+    from jaxseg.training.steps import make_predict_fn
+
+    workdir, _ = trained
+    path = export_run(workdir, tmp_path / "saved_model")
+    loaded, info = load_saved_model(path)
+    assert info["metadata"]["model"] == "unet"
+    x = np.random.default_rng(0).normal(size=(3, 32, 32, 1)).astype(np.float32)
+    served = loaded.signatures["serving_default"](image=x)["probabilities"].numpy()
+    config, _, model, params = load_trained(workdir)
+    expected = np.asarray(make_predict_fn(model)(params, x))
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+
+
+def _cli(*args, cwd=ROOT):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_unknown_config_key(config_file, tmp_path):
+    r = _cli("jaxseg.train", "--config", str(config_file), "--workdir", str(tmp_path / "w"),
+             "--config.train.stpes=3")
+    assert r.returncode == 2
+    assert "train.stpes" in r.stderr and "steps" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_unknown_model_name(config_file, tmp_path):
+    r = _cli("jaxseg.train", "--config", str(config_file), "--workdir", str(tmp_path / "w"),
+             "--config.model.name=unetz")
+    assert r.returncode == 2
+    assert "unetz" in r.stderr and "lightseg_tiny" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_missing_dataset(config_file, tmp_path):
+    r = _cli("jaxseg.train", "--config", str(config_file), "--workdir", str(tmp_path / "w"),
+             f"--config.data.root={tmp_path / 'nowhere'}")
+    assert r.returncode == 2
+    assert "nowhere" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_evaluate_needs_a_workdir(tmp_path):
+    r = _cli("jaxseg.evaluate", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "config.json" in r.stderr

@@ -1,0 +1,233 @@
+"""Tests for jaxseg.inference: stitching equals whole-image application for voxelwise
+functions, window coverage, importance map, batch padding."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxseg.errors import ConfigError, JaxsegError
+from jaxseg.inference import (
+    gaussian_importance_map,
+    predict_labels,
+    sliding_window_predict,
+    window_slices,
+    window_starts,
+)
+
+C, K = 2, 3
+_W = np.array([[1.0, -2.0, 0.5], [0.3, 1.5, -1.0]], np.float32)
+_B = np.array([0.1, -0.2, 0.3], np.float32)
+
+
+def _voxelwise(x):
+    """softmax(x @ W + b) per voxel: a fixed function of each voxel's input."""
+    return jax.nn.softmax(jnp.asarray(x) @ _W + _B, axis=-1)
+
+
+def _recording(fn):
+    shapes = []
+
+    def wrapped(batch):
+        shapes.append(batch.shape)
+        return fn(batch)
+
+    return wrapped, shapes
+
+
+@pytest.mark.parametrize(
+    "shape,patch",
+    [
+        ((23, 17), (8, 8)),  # odd shapes
+        ((5, 30), (8, 8)),  # one axis smaller than the patch
+        ((6, 7), (8, 8)),  # image smaller than the patch
+        ((8, 8), (8, 8)),  # exactly one window
+        ((13, 11, 9), (6, 5, 4)),
+        ((4, 12, 3), (6, 5, 4)),  # 3D, two axes smaller than the patch
+    ],
+)
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.8])
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+def test_stitching_equals_whole_image(shape, patch, overlap, mode):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(*shape, C)).astype(np.float32)
+    fn, shapes = _recording(jax.jit(_voxelwise))
+    probs = sliding_window_predict(
+        image, fn, patch_size=patch, num_classes=K, overlap=overlap, batch_size=3, mode=mode
+    )
+    expected = np.asarray(_voxelwise(image))
+    assert probs.shape == (*shape, K) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    assert all(s == (3, *patch, C) for s in shapes)  # always a full batch
+
+
+@pytest.mark.parametrize(
+    "size,patch,overlap",
+    itertools.product([7, 8, 9, 16, 31, 100], [3, 7, 8], [0.0, 0.25, 0.5, 0.6, 0.9]),
+)
+def test_window_starts_cover_every_voxel(size, patch, overlap):
+    if size < patch:
+        with pytest.raises(ValueError):
+            window_starts(size, patch, overlap)
+        return
+    starts = window_starts(size, patch, overlap)
+    assert starts[0] == 0 and starts[-1] == size - patch
+    assert starts == sorted(set(starts))
+    covered = np.zeros(size, bool)
+    for s in starts:
+        covered[s : s + patch] = True
+    assert covered.all()
+    # Consecutive windows share at least the requested overlap (MONAI's interval rule).
+    interval = patch if patch == size else max(int(patch * (1 - overlap)), 1)
+    assert all(b - a <= interval for a, b in zip(starts, starts[1:]))
+
+
+def test_window_slices_cover_volume_and_match_monai_counts():
+    shape, patch = (21, 10, 13), (8, 5, 6)
+    slices = window_slices(shape, patch, 0.5)
+    count = np.zeros(shape, int)
+    for sl in slices:
+        assert all(s.stop - s.start == p for s, p in zip(sl, patch))
+        count[sl] += 1
+    assert count.min() >= 1
+    # interval 4 -> starts 0,4,8,12,13 ; interval 2 (5*0.5=2.5->2) -> 0,2,4,5 ; interval 3 -> 0,3,6,7
+    assert len(slices) == 5 * 4 * 4
+    assert window_starts(21, 8, 0.5) == [0, 4, 8, 12, 13]
+    assert window_starts(512, 96, 0.5) == list(range(0, 417, 48)) + [416]
+
+
+@pytest.mark.parametrize("patch", [(8, 8), (7, 10), (6, 5, 9)])
+def test_gaussian_importance_map(patch):
+    g = gaussian_importance_map(patch, 0.125)
+    assert g.shape == patch and g.dtype == np.float32
+    assert np.isclose(g.max(), 1.0) and g.min() >= 1e-3 and np.all(np.isfinite(g))
+    for ax in range(len(patch)):  # symmetric about the centre
+        np.testing.assert_allclose(g, np.flip(g, axis=ax), rtol=1e-6)
+    centre = tuple((p - 1) // 2 for p in patch)
+    assert g[centre] == g.max()
+    # Separable Gaussian with sigma = 0.125 * p away from the clip.
+    x = np.arange(patch[0]) - (patch[0] - 1) / 2
+    prof = np.exp(-(x**2) / (2 * (0.125 * patch[0]) ** 2))
+    line = g[(slice(None),) + centre[1:]]  # separable: any line is proportional to the profile
+    ratio = line / line.max()
+    keep = prof / prof.max() > 1e-2
+    np.testing.assert_allclose(ratio[keep], (prof / prof.max())[keep], rtol=1e-5)
+    # Edges get clipped weight, never zero; a tiny sigma still yields no zeros.
+    assert gaussian_importance_map(patch, 0.01).min() == pytest.approx(1e-3)
+
+
+def _window_dependent(x):
+    """A prediction that depends on the whole window (not voxelwise): adds the window mean."""
+    x = jnp.asarray(x)
+    logits = x @ _W + _B + jnp.mean(x, axis=tuple(range(1, x.ndim - 1)), keepdims=True) @ _W
+    return jax.nn.softmax(logits, axis=-1)
+
+
+@pytest.mark.parametrize("shape,patch", [((19, 14), (8, 6)), ((11, 9, 10), (5, 5, 4))])
+def test_batch_size_and_padding_do_not_change_results(shape, patch):
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(*shape, C)).astype(np.float32)
+    results = []
+    n_windows = len(window_slices(shape, patch, 0.5))
+    for b in (1, 3, 4, n_windows, n_windows + 5):
+        fn, shapes = _recording(jax.jit(_window_dependent))
+        results.append(sliding_window_predict(image, fn, patch_size=patch, num_classes=K, batch_size=b))
+        assert len(shapes) == -(-n_windows // b) and set(shapes) == {(b, *patch, C)}
+    for r in results[1:]:
+        np.testing.assert_allclose(r, results[0], rtol=1e-6, atol=1e-7)
+    # Sanity: it is a proper probability map and depends on the windowing.
+    np.testing.assert_allclose(results[0].sum(-1), 1.0, rtol=1e-5)
+    assert not np.allclose(results[0], np.asarray(_voxelwise(image)), atol=1e-3)
+
+
+def test_blending_is_weighted_mean_of_window_outputs():
+    # predict_fn returns a per-window constant; the stitched value at a voxel is the
+    # importance-weighted mean of the constants of the windows covering it.
+    shape, patch = (12, 10), (6, 6)
+    image = np.zeros((*shape, 1), np.float32)
+    slices = window_slices(shape, patch, 0.5)
+    values = np.linspace(0.1, 0.9, len(slices)).astype(np.float32)
+    counter = iter(range(10**6))
+
+    def fn(batch):
+        out = np.zeros((batch.shape[0], *patch, 2), np.float32)
+        for i in range(batch.shape[0]):
+            j = next(counter)
+            v = values[j] if j < len(slices) else 0.5
+            out[i, ..., 0], out[i, ..., 1] = v, 1 - v
+        return out
+
+    probs = sliding_window_predict(image, fn, patch_size=patch, num_classes=2, batch_size=4)
+    g = gaussian_importance_map(patch, 0.125)
+    num = np.zeros(shape)
+    den = np.zeros(shape)
+    for v, sl in zip(values, slices):
+        num[sl] += g * v
+        den[sl] += g
+    np.testing.assert_allclose(probs[..., 0], num / den, rtol=1e-5)
+
+
+@pytest.mark.parametrize("slab", [1 << 22, 13 * 7 * 2])  # one slab; slabs of 2 x-planes
+def test_predict_labels_uint8_argmax(slab, monkeypatch):
+    monkeypatch.setattr("jaxseg.inference._ARGMAX_SLAB_VOXELS", slab)
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(9, 13, 7, C)).astype(np.float32)
+    labels = predict_labels(
+        image, jax.jit(_voxelwise), patch_size=(4, 4, 4), num_classes=K, overlap=0.25
+    )
+    assert labels.dtype == np.uint8 and labels.shape == (9, 13, 7)
+    np.testing.assert_array_equal(labels, np.argmax(np.asarray(_voxelwise(image)), -1))
+
+
+def test_jitted_predict_fn_traces_once():
+    traces = []
+
+    @jax.jit
+    def fn(x):
+        traces.append(x.shape)
+        return _voxelwise(x)
+
+    image = np.random.default_rng(3).normal(size=(17, 15, 11, C)).astype(np.float32)
+    sliding_window_predict(image, fn, patch_size=(6, 6, 6), num_classes=K, batch_size=4)
+    assert len(traces) == 1
+
+
+def test_errors():
+    image = np.zeros((8, 8, 1), np.float32)
+    ok = dict(patch_size=(4, 4), num_classes=2)
+    fn = lambda b: np.full((*b.shape[:-1], 2), 0.5, np.float32)
+    with pytest.raises(ConfigError, match="overlap"):
+        sliding_window_predict(image, fn, overlap=1.0, **ok)
+    with pytest.raises(ConfigError, match="mode"):
+        sliding_window_predict(image, fn, mode="triangle", **ok)
+    with pytest.raises(ConfigError, match="batch_size"):
+        sliding_window_predict(image, fn, batch_size=0, **ok)
+    with pytest.raises(JaxsegError, match="spatial axes"):
+        sliding_window_predict(image[..., None], fn, **ok)
+    with pytest.raises(JaxsegError, match="expected"):
+        sliding_window_predict(image, fn, patch_size=(4, 4), num_classes=3)
+
+
+def test_peak_host_memory_matches_documented_formula():
+    import tracemalloc
+
+    shape, patch, c, k, b = (40, 36, 30), (16, 16, 16), 1, 14, 4
+    image = np.random.default_rng(4).random((*shape, c), dtype=np.float32)
+
+    def fn(x):  # numpy, so tracemalloc sees the outputs too
+        out = np.empty((*x.shape[:-1], k), np.float32)
+        out[...] = x
+        return out
+
+    tracemalloc.start()
+    try:
+        sliding_window_predict(image, fn, patch_size=patch, num_classes=k, batch_size=b)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    v, p = np.prod(shape), np.prod(patch)
+    # The input was allocated before tracing started, so its 4*V*C is not in `peak`.
+    bound = 4 * v * (k + 1) + 4 * b * p * (c + k) + 4 * p * (k + 1)
+    assert peak <= 1.05 * bound, (peak, bound)
