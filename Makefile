@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DATA := data/demo2d
 DEMO_RUN := runs/demo
 
-.PHONY: install test test-fast demo demo-clean clean
+.PHONY: install test test-all demo demo-clean clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not e2e" tests
+# Everything, the exhaustive kernel sweeps and long model checks included (~1 h on 2 cores).
+test-all: $(STAMP)
+	$(PY) -m pytest -q tests
 
 # Generate the phantoms, train lightseg_tiny, predict one case, export, then evaluate:
 # the last lines printed are the test-split Dice per class, the mean and the speed.

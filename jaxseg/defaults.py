@@ -25,11 +25,39 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.dice_weight = 1.0  # soft Dice term (batch Dice over foreground classes)
     c.loss.ce_weight = 1.0  # cross-entropy term
 
+    # On-device augmentation (jaxseg.augment), per example; each *_prob is the chance that
+    # the transform fires. Probabilities follow nnU-Net's defaults where it has the transform.
     c.augment = ml_collections.ConfigDict()
-    c.augment.flip_prob = 0.5  # per spatial axis
-    c.augment.intensity_scale = 0.1  # multiply by U(1 - s, 1 + s)
-    c.augment.intensity_shift = 0.1  # add U(-s, s) (images are normalised)
-    c.augment.noise_std = 0.05  # max std of added Gaussian noise
+    c.augment.flip_prob = 0.5  # mirror, per spatial axis
+    c.augment.rot90_prob = 0.0  # per square plane: rotate by 90/180/270 deg (off: RAS orientation)
+    c.augment.rotation_prob = 0.2  # arbitrary rotation (linear image, nearest label resampling)
+    c.augment.rotation_degrees_2d = 180.0  # 2D: angle ~ U(-a, a), in-plane
+    c.augment.rotation_degrees_3d = (30.0, 30.0, 30.0)  # 3D: max |angle| about x, y, z
+    c.augment.scale_prob = 0.2  # zoom (log-uniform in scale_range; > 1 enlarges structures)
+    c.augment.scale_range = (0.7, 1.4)  # zoom factor range
+    c.augment.scale_per_axis = False  # independent zoom per axis (anisotropic data)
+    c.augment.elastic_prob = 0.2  # smooth random displacement field
+    c.augment.elastic_sigma = 10.0  # smoothness of the field (Gaussian sigma, voxels)
+    c.augment.elastic_magnitude = (0.0, 6.0)  # largest displacement, voxels, ~U(range)
+    c.augment.pad_mode = "constant"  # outside the volume: "constant" (image 0, label 0) or "nearest"
+    c.augment.bias_field_prob = 0.1  # smooth multiplicative bias field exp(polynomial)
+    c.augment.bias_field_magnitude = 0.3  # polynomial coefficients ~ U(-m, m)
+    c.augment.bias_field_order = 3  # polynomial degree of the log field
+    c.augment.brightness_prob = 0.15  # x * U(brightness_range) + U(-shift, shift), per channel
+    c.augment.brightness_range = (0.75, 1.25)  # multiplicative factor
+    c.augment.brightness_shift = 0.1  # additive shift half-range (images are normalised)
+    c.augment.contrast_prob = 0.15  # (x - mean) * f + mean, clipped to the original range
+    c.augment.contrast_range = (0.75, 1.25)  # contrast factor f
+    c.augment.lowres_prob = 0.25  # nearest downsample + linear upsample along random axes
+    c.augment.lowres_zoom = (0.5, 1.0)  # resolution factor per affected axis
+    c.augment.gamma_prob = 0.3  # gamma on the [min, max]-rescaled channel
+    c.augment.gamma_range = (0.7, 1.5)  # half the draws below 1, half above
+    c.augment.gamma_retain_stats = True  # restore each channel's mean and std afterwards
+    c.augment.ghosting_prob = 0.1  # MRI motion ghosts along one random axis (k-space)
+    c.augment.ghosting_intensity = (0.1, 0.4)  # share of the signal moved into the ghosts
+    c.augment.ghosting_shift = (0.1, 0.5)  # ghost offset, fraction of the axis length
+    c.augment.noise_prob = 0.1  # additive Gaussian noise
+    c.augment.noise_std = 0.1  # noise std ~ U(0, noise_std)
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # total optimiser steps; raise it and rerun to extend a run
@@ -38,13 +66,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.end_learning_rate_fraction = 0.01  # final lr = this * learning_rate
     c.train.weight_decay = 1e-4  # AdamW decoupled decay (not on biases and norms)
     c.train.grad_clip_norm = 1.0  # global-norm gradient clipping
+    c.train.grad_accum_steps = 1  # micro-batches per step (Dice is per micro-batch)
+    c.train.compute_dtype = "float32"  # model compute dtype: float32 | bfloat16 (params f32)
     c.train.log_every = 25  # steps between TensorBoard scalars
     c.train.eval_every = 250  # steps between validation Dice runs
     c.train.checkpoint_every = 250  # steps between checkpoints
     c.train.keep_checkpoints = 3  # latest checkpoints kept (plus the best by val Dice)
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # devices on the data axis; -1 = all devices
+    c.mesh.data = -1  # data-parallel axis; -1 = the devices the other axes leave
+    c.mesh.fsdp = 1  # parameter/optimiser sharding axis (ZeRO-3); the batch splits over it too
+    c.mesh.model = 1  # reserved for tensor parallelism
+    c.mesh.param_rules = ((".*", "fsdp"),)  # (regex on param path, "fsdp" | "replicate")
+    c.mesh.fsdp_min_size = 16384  # arrays with fewer elements stay replicated
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"  # default split for jaxseg.evaluate

@@ -111,22 +111,30 @@ def load_splits(workdir: str | Path) -> dict[str, list[str]]:
     return json.loads(path.read_text())
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def build_model(config: ml_collections.ConfigDict, info: RunInfo):
-    """The model named by `config.model` for the data described by `info`."""
+    """The model named by `config.model` for the data described by `info`, computing in
+    `train.compute_dtype` (its parameters stay float32)."""
     args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.model.args.items()}
+    dtype = config.train.get("compute_dtype", "float32")
+    if dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"train.compute_dtype={dtype!r}; use one of {COMPUTE_DTYPES}")
+    args.setdefault("dtype", jnp.dtype(dtype))
     return models.build_model(config.model.name, dims=info.dims,
                               in_channels=info.in_channels, num_classes=info.num_classes,
                               **args)
 
 
 def abstract_state(model, optimizer, config, info: RunInfo, mesh) -> TrainState:
-    """Shapes, dtypes and (replicated) shardings of the train state, without computing it."""
+    """Shapes, dtypes and shardings (`mesh.param_rules`) of the train state, uncomputed."""
     sample = jnp.zeros((1, *config.data.patch_size, info.in_channels), jnp.float32)
     shapes = jax.eval_shape(lambda: init_train_state(model, optimizer,
                                                      jax.random.key(0), sample))
-    sharding = mesh_lib.replicated(mesh)
+    shardings = mesh_lib.state_shardings(shapes, mesh, config.mesh)
     return jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def load_trained(workdir: str | Path, which: str = "auto"):
@@ -137,7 +145,8 @@ def load_trained(workdir: str | Path, which: str = "auto"):
     config, info = load_run(workdir)
     model = build_model(config, info)
     optimizer = optimizer_lib.make_optimizer(config.train)
-    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": 1}))
+    # Inference restores onto this process's first device, whatever the training mesh was.
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": 1}), jax.local_devices()[:1])
     ckpts = checkpoint.Checkpoints(workdir, read_only=True)
     try:
         if which == "auto":

@@ -3,17 +3,18 @@
 The pipeline is a `grain.MapDataset` chain, so every element is a pure function of
 `(seed, global element index)`:
 
-    range(num_cases).repeat()
-      .map_with_index(case = perm(seed, i // n)[i % n])  # element i -> case (an epoch = each case once)
-      .random_map(sample_patch, seed=seed)         # element i -> patch, rng from (seed, i)
-      .slice(process_index::process_count)         # this process's examples of each global batch
-      .batch(batch_size // process_count)
+    range(2**62)                                   # this process's j-th example ...
+      .map(j -> g = (j // b) * B + p * b + j % b)  # ... is global element g
+      .map(g -> case perm(seed, g // n)[g % n], patch with rng (seed, g))
+      .batch(b)                                    # b = B / P examples per process
       [start_step:]                                # resume: batch k is the same as in an unbroken run
       .to_iter_dataset(ReadOptions(num_threads, prefetch))
 
-Global batch `k` consists of the global elements `k*B .. (k+1)*B - 1`; process `p` of `P`
-gets the elements `k*B + p + P*j` (j < B/P): disjoint strided slices that together form the
-global batch, so the global batch does not depend on the number of processes.
+Global batch `k` consists of the global elements `k*B .. (k+1)*B - 1` (an epoch visits each
+case once, in an order drawn from the seed); process `p` of `P` gets the contiguous block
+`k*B + p*b .. k*B + (p+1)*b - 1`. Those blocks are the rows of the global array that
+`jax.make_array_from_process_local_data` puts on the process's own devices, so the global
+batch, row for row, does not depend on the number of processes.
 
 Patch sampling (nnU-Net style): with probability `foreground_fraction` the patch is centred,
 with a uniform jitter of up to a quarter patch per axis, on a random voxel of a random
@@ -132,21 +133,20 @@ def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Seque
     per_process = batch_size // nproc
     arrays = load_training_arrays(spec, cases, ct_window)
 
-    def _sample(idx: int, rng: np.random.Generator) -> dict:
-        return sample_patch(arrays[int(idx)], patch, rng, foreground_fraction)
-
     n = len(arrays)
 
-    def _case_of(i: int, _) -> int:  # element i -> case: epoch i // n is a permutation of the cases
-        return int(_epoch_permutation(seed, i // n, n)[i % n])
+    def _global_index(j: int) -> int:
+        return (j // per_process) * batch_size + pidx * per_process + j % per_process
 
-    ds = (grain.MapDataset.range(n)
-          .repeat()
-          .map_with_index(_case_of)
-          .random_map(_sample, seed=seed))
-    if nproc > 1:
-        ds = ds.slice(slice(pidx, None, nproc))
-    ds = ds.batch(per_process, drop_remainder=True)
+    def _element(g: int) -> dict:
+        case = int(_epoch_permutation(seed, g // n, n)[g % n])
+        return sample_patch(arrays[case], patch, np.random.default_rng([seed, g]),
+                            foreground_fraction)
+
+    ds = (grain.MapDataset.range(2**62)
+          .map(_global_index)
+          .map(_element)
+          .batch(per_process, drop_remainder=True))
     if start_step:
         ds = ds.slice(slice(start_step, None))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))

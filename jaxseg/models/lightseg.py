@@ -5,8 +5,9 @@ Layout (strides relative to the input):
   stem     dense 3^d conv -> stem_dims[0]                                 (stride 1, skip)
            2x down (space-to-depth + 1x1) -> stem_dims[1], DS block       (stride 2, skip)
            2x down -> embed_dims[0], DS block                             (stride 4)
-  stages   stage i at stride 4 * 2^i: [patch merging,] depths[i] Swin blocks with window
-           window_sizes[i] (shifted windows on odd blocks), LayerNorm    (skips)
+  stages   stage i at stride 4 * 2^i: [patch merging,] depths[i] window-attention blocks
+           with window window_sizes[i] (multi-scale windows; shifted windows on odd blocks
+           when shift_windows), a cross-window exchange after chosen blocks, LayerNorm (skips)
   decoder  fusion modules, deepest first: upsample the deeper map (2x transposed conv as
            1x1 + depth-to-space), concat with the skip, 1x1 projection, dense 3^d conv
            refinement; down to stride 1
@@ -15,32 +16,53 @@ Layout (strides relative to the input):
 DS block = depthwise kxk (`jaxseg.ops.depthwise_conv`) + pointwise 1x1. Only the stem
 uses depthwise convs; the decoder hot path is 1x1 and dense convs.
 
+The switches (constructor fields, so that configs can run ablations):
+  shift_windows        Swin shifted windows on every second block (overlapping windows).
+  window_sizes         one window size per stage (multi-scale windows).
+  cross_window_layers  global block indices followed by a `WindowExchange`: every window's
+                       (masked) mean-pooled token and `global_tokens` learnable tokens attend
+                       to each other over the whole image; each window's result is added back
+                       to all its tokens. None = after the last block of every stage; () = off.
+  topk                 dynamic sparse attention: each query keeps only its top-k keys by
+                       logit (`jaxseg.ops.window_attention_topk`); None = dense.
+  share_params         the blocks of a stage are ONE module called depths[i] times (shift
+                       alternation and drop-path rates still per call): one block's params.
+  rank                 low-rank factorised projections (qkv, proj, MLP and exchange):
+                       Dense(d_in -> rank, no bias) -> Dense(rank -> d_out); None = full rank.
+
 Any spatial shape: the input is zero-padded at the end to a multiple of the total stride
 (4 * 2^(stages-1)) and the logits are cropped back. Inside a stage, a window larger than
 the feature map is clamped to it (attention over the whole map, no shift); otherwise the
 map is padded at the end to a multiple of the window, and padded keys are masked out of
-attention (combined with the Swin shift mask), then cropped back after the stage.
+attention (combined with the Swin shift mask) and out of the exchange's pooling, then
+cropped back after the stage.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxseg import ops
 from jaxseg.errors import ConfigError
 from jaxseg.models.layers import (
     ConvNormAct,
     DepthwiseSeparable,
-    WindowAttentionBlock,
     check_input,
     check_norm,
     crop_to,
     depth_to_space,
     pad_to_multiple,
+    relative_position_index,
     space_to_depth,
     window_attention_mask,
+    window_partition_heads,
+    window_reverse_heads,
 )
 
 Dtype = Any
@@ -50,6 +72,170 @@ def default_window_sizes(dims: int, num_stages: int) -> tuple[int, ...]:
     """2D: 8 for the first two stages, 4 deeper; 3D: 4, then 2."""
     big, small = (8, 4) if dims == 2 else (4, 2)
     return tuple(big if i < 2 else small for i in range(num_stages))
+
+
+def low_rank_params(d_in: int, d_out: int, rank: int | None, bias: bool = True) -> int:
+    """Parameter count of `LowRankDense(d_out, rank)` on `d_in` inputs."""
+    b = d_out if bias else 0
+    if rank is None or rank >= min(d_in, d_out):
+        return d_in * d_out + b
+    return d_in * rank + rank * d_out + b
+
+
+class LowRankDense(nn.Module):
+    """`[..., d_in] -> [..., features]`: a Dense, or with `rank` < min(d_in, features) the
+    factorisation Dense(d_in -> rank, no bias) -> Dense(rank -> features).
+
+    A rank >= min(d_in, features) factorisation is neither cheaper nor more expressive than
+    the full matrix, so it falls back to one (params: kernel, bias; else kernel_down,
+    kernel_up, bias). Params float32, compute in `dtype`.
+    """
+
+    features: int
+    rank: int | None = None
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d_in = x.shape[-1]
+        init = nn.initializers.lecun_normal()
+        x = x.astype(self.dtype)
+        if self.rank is None or self.rank >= min(d_in, self.features):
+            y = x @ self.param("kernel", init, (d_in, self.features)).astype(self.dtype)
+        else:
+            # Both factors fan-in scaled: the product has the variance of a full lecun init.
+            y = x @ self.param("kernel_down", init, (d_in, self.rank)).astype(self.dtype)
+            y = y @ self.param("kernel_up", init, (self.rank, self.features)).astype(self.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+        return y
+
+
+def _drop_path(module: nn.Module, x, rate: float, train: bool):
+    """Stochastic depth per sample with the "dropout" rng (only when training and rate > 0)."""
+    if not train or rate <= 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class LightBlock(nn.Module):
+    """Pre-norm window-attention block on `[B, *S, C]`, S a multiple of `window`.
+
+    x + DropPath(W-MSA(LN(x))) then x + DropPath(MLP(LN(x))). The shift, mask and drop-path
+    rate are CALL arguments, so one instance can serve every block of a stage
+    (`share_params`) while still alternating plain and shifted windows. `shift` > 0 on an
+    axis rolls the map by -shift before attention and back after; `mask` `[nW, N, N]`
+    (numpy, from `window_attention_mask`) handles shift regions and padded keys. `topk`
+    switches to dynamic sparse attention; `rank` factorises qkv, proj, fc1 and fc2.
+    `table_window` (>= window per axis) sizes the relative position bias table.
+    """
+
+    dim: int
+    num_heads: int
+    window: tuple[int, ...]
+    mlp_ratio: float = 4.0
+    attention_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    table_window: tuple[int, ...] | None = None
+    rank: int | None = None
+    topk: int | None = None
+
+    @nn.compact
+    def __call__(self, x, mask: np.ndarray | None, shift: tuple[int, ...], drop_rate: float = 0.0,
+                 train: bool = False):
+        d = x.ndim - 2
+        shape = x.shape[1:-1]
+        head_dim = self.dim // self.num_heads
+        axes = tuple(range(1, d + 1))
+        dense = dict(rank=self.rank, dtype=self.dtype)
+        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(x)
+        if any(shift):
+            h = jnp.roll(h, [-s for s in shift], axis=axes)
+        qkv = LowRankDense(3 * self.dim, name="qkv", **dense)(h)
+        q, k, v = window_partition_heads(qkv, self.window, 3, self.num_heads)
+        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+        n = math.prod(self.window)
+        tw = self.window if self.table_window is None else self.table_window
+        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
+                           (math.prod(2 * t - 1 for t in tw), self.num_heads))
+        index = relative_position_index(self.window, tw).reshape(-1)
+        bias = jnp.take(table, index, axis=0).reshape(n, n, self.num_heads).transpose(2, 0, 1)
+        m = None if mask is None else jnp.asarray(mask)
+        if self.topk is None:
+            o = ops.window_attention(q, k, v, bias, m, impl=self.attention_impl)
+        else:
+            o = ops.window_attention_topk(q, k, v, bias, m, topk=self.topk, impl=self.attention_impl)
+        o = window_reverse_heads(o, self.window, shape)
+        o = LowRankDense(self.dim, name="proj", **dense)(o)
+        if any(shift):
+            o = jnp.roll(o, list(shift), axis=axes)
+        x = x + _drop_path(self, o, drop_rate, train)
+        y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
+        y = LowRankDense(int(self.dim * self.mlp_ratio), name="fc1", **dense)(y)
+        y = LowRankDense(self.dim, name="fc2", **dense)(nn.gelu(y))
+        return x + _drop_path(self, y, drop_rate, train)
+
+
+def window_pool_weights(padded_shape, valid_shape, window) -> np.ndarray:
+    """Mean-pooling weights over each window's valid (non-padding) tokens, laid out as the
+    window grid `[g_1, w_1, ..., g_d, w_d]` (g = padded / window); each window sums to 1."""
+    d = len(padded_shape)
+    valid = np.ones(padded_shape, np.float32)
+    for ax in range(d):
+        v = (np.arange(padded_shape[ax]) < valid_shape[ax]).astype(np.float32)
+        valid = valid * v.reshape([-1 if a == ax else 1 for a in range(d)])
+    grid = valid.reshape([v for n, w in zip(padded_shape, window) for v in (n // w, w)])
+    count = grid.sum(axis=tuple(range(1, 2 * d, 2)), keepdims=True)
+    return grid / np.maximum(count, 1.0)
+
+
+class WindowExchange(nn.Module):
+    """Cross-window information exchange on `[B, *S, C]` (S a multiple of `window`).
+
+    Each window is mean-pooled over its valid tokens (`pool_weights`, from
+    `window_pool_weights`) after a LayerNorm, giving nW tokens per image; with
+    `global_tokens` G learnable tokens prepended, the G + nW tokens attend to each other
+    (multi-head, one "window" per image through `jaxseg.ops.window_attention`). Each window's
+    output token is projected and added to every token of that window (a residual
+    broadcast). Cost O(B (G + nW)^2 C): negligible next to the window attention.
+    """
+
+    dim: int
+    num_heads: int
+    window: tuple[int, ...]
+    global_tokens: int = 1
+    rank: int | None = None
+    attention_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, pool_weights: np.ndarray, drop_rate: float = 0.0, *, train: bool = False):
+        b, *s = x.shape[:-1]
+        d, c = len(s), self.dim
+        grid_shape = [v for n, w in zip(s, self.window) for v in (n // w, w)]
+        win_axes = tuple(range(2, 2 * d + 1, 2))  # the within-window axes of the grid layout
+        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x).reshape(b, *grid_shape, c)
+        # Weighted sum over the within-window axes: padded tokens get weight 0.
+        pooled = jnp.sum(h * jnp.asarray(pool_weights, h.dtype)[None, ..., None], axis=win_axes)
+        nw = math.prod(pooled.shape[1:-1])
+        tokens = pooled.reshape(b, nw, c)
+        g = self.global_tokens
+        if g > 0:
+            glob = self.param("global_tokens", nn.initializers.truncated_normal(0.02), (g, c))
+            tokens = jnp.concatenate([jnp.broadcast_to(glob.astype(tokens.dtype), (b, g, c)), tokens], axis=1)
+        hd = c // self.num_heads
+        qkv = LowRankDense(3 * c, rank=self.rank, dtype=self.dtype, name="qkv")(tokens)
+        q, k, v = qkv.reshape(b, g + nw, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
+        o = ops.window_attention(q * jnp.asarray(hd**-0.5, q.dtype), k, v, impl=self.attention_impl)
+        o = o.transpose(0, 2, 1, 3).reshape(b, g + nw, c)[:, g:]
+        o = LowRankDense(c, rank=self.rank, dtype=self.dtype, name="proj")(o)
+        o = _drop_path(self, o, drop_rate, train)
+        # Broadcast each window's token over its window: insert size-1 within-window axes.
+        o = o.reshape(b, *[v for n, w in zip(s, self.window) for v in (n // w, 1)], c)
+        return (x.reshape(b, *grid_shape, c) + o).reshape(x.shape)
 
 
 class Downsample(nn.Module):
@@ -106,14 +292,29 @@ class LightSeg(nn.Module):
     stem_dims: tuple[int, int] = (16, 24)
     mlp_ratio: float = 4.0
     drop_path: float = 0.0  # max stochastic-depth rate, linear over blocks
+    shift_windows: bool = True  # Swin shifted windows on every second block of a stage
+    # Global block indices (0 .. sum(depths) - 1) each followed by a WindowExchange;
+    # None -> the last block of every stage; () -> no cross-window exchange.
+    cross_window_layers: tuple[int, ...] | None = None
+    global_tokens: int = 1  # learnable tokens in each WindowExchange (0: pooled windows only)
+    topk: int | None = None  # keys kept per query (dynamic sparse attention); None = dense
+    share_params: bool = False  # one block's attention + MLP weights per stage, reused
+    rank: int | None = None  # low-rank factorised projections; None = full rank
     # Norm of the conv stem and decoder. "instance" by default: LayerNorm over few channels
     # at full resolution has a slow backward on XLA:CPU (~5x instance norm's).
     norm: str = "instance"
     depthwise_kernel: int = 3
-    decoder_refine_kernel: int = 3  # 0: no dense refinement conv after each fusion
-    attention_impl: str = "auto"  # passed to jaxseg.ops.window_attention
+    # Dense refinement conv after each fusion: an int for every decoder level, or a tuple per
+    # level (full resolution first; 0 = none). None -> 3 everywhere in 2D; in 3D 0 at full
+    # resolution and 3 elsewhere: a 3^3 conv at full resolution was ~half of the 96^3 forward
+    # time on XLA:CPU (3D convs run at ~5 GFLOP/s there), for a map the 1x1 fusion covers.
+    decoder_refine_kernel: int | tuple[int, ...] | None = None
+    attention_impl: str = "auto"  # passed to jaxseg.ops.window_attention(_topk)
     depthwise_impl: str = "auto"  # passed to jaxseg.ops.depthwise_conv
     dtype: Dtype = jnp.float32  # compute dtype; params stay float32
+    # Recompute each Transformer block's activations in the backward pass (nn.remat):
+    # less activation memory for 3D volumes, ~1/3 more compute.
+    remat: bool = False
     model_name: str = "lightseg"  # registry name, used in error messages
 
     def _windows(self) -> list[tuple[int, ...]]:
@@ -125,8 +326,26 @@ class LightSeg(nn.Module):
             out.append(w)
         return out
 
+    def exchange_layers(self) -> tuple[int, ...]:
+        """The global block indices followed by a cross-window exchange."""
+        if self.cross_window_layers is None:
+            return tuple(int(x) - 1 for x in np.cumsum(self.depths))
+        return tuple(self.cross_window_layers)
+
+    def refine_kernels(self) -> tuple[int, ...]:
+        """The decoder's refinement kernel per fusion level (full resolution first)."""
+        levels = len(self.embed_dims) + 1
+        r = self.decoder_refine_kernel
+        if r is None:
+            return (3 if self.dims == 2 else 0,) + (3,) * (levels - 1)
+        return (r,) * levels if isinstance(r, int) else tuple(r)
+
     def _validate(self):
         n = self.model_name
+        levels = len(self.embed_dims) + 1
+        if len(self.refine_kernels()) != levels or min(self.refine_kernels()) < 0:
+            raise ConfigError(f"{n}: decoder_refine_kernel must be None, an int >= 0 or {levels} ints (one per "
+                              f"decoder level); got {self.decoder_refine_kernel!r}.")
         if self.dims not in (2, 3):
             raise ConfigError(f"{n}: dims must be 2 or 3; got {self.dims}.")
         k = len(self.embed_dims)
@@ -144,6 +363,17 @@ class LightSeg(nn.Module):
                 raise ConfigError(f"{n}: window size {w} must be a positive int or {self.dims} ints.")
         if len(self.stem_dims) != 2:
             raise ConfigError(f"{n}: stem_dims needs 2 entries (stride 1 and 2); got {self.stem_dims}.")
+        total = sum(self.depths)
+        bad = [i for i in self.exchange_layers() if not 0 <= i < total]
+        if bad:
+            raise ConfigError(f"{n}: cross_window_layers {bad} are not block indices 0..{total - 1} "
+                              f"(depths {tuple(self.depths)}).")
+        if self.global_tokens < 0:
+            raise ConfigError(f"{n}: global_tokens must be >= 0; got {self.global_tokens}.")
+        if self.topk is not None and self.topk < 1:
+            raise ConfigError(f"{n}: topk must be None (dense) or >= 1; got {self.topk}.")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"{n}: rank must be None (full rank) or >= 1; got {self.rank}.")
         check_norm(self.norm, n)
 
     @property
@@ -171,6 +401,7 @@ class LightSeg(nn.Module):
 
         # ---- transformer stages
         total_blocks = sum(self.depths)
+        exchange_after = set(self.exchange_layers())
         block_id = 0
         for i, (dim, depth, heads, win) in enumerate(zip(self.embed_dims, self.depths, self.num_heads,
                                                          self._windows())):
@@ -180,26 +411,36 @@ class LightSeg(nn.Module):
             f = x.shape[1:-1]
             table_win = win
             win = tuple(min(w, n) for w, n in zip(win, f))
-            shift = tuple(w // 2 if n > w else 0 for w, n in zip(win, f))
+            no_shift = (0,) * self.dims
+            shift = tuple(w // 2 if n > w else 0 for w, n in zip(win, f)) if self.shift_windows else no_shift
             x, _ = pad_to_multiple(x, win)
             fp = x.shape[1:-1]
-            masks = (window_attention_mask(fp, f, win, (0,) * self.dims),
-                     window_attention_mask(fp, f, win, shift))
+            masks = (window_attention_mask(fp, f, win, no_shift), window_attention_mask(fp, f, win, shift))
+            block_args = dict(dim=dim, num_heads=heads, window=win, mlp_ratio=self.mlp_ratio,
+                              attention_impl=self.attention_impl, dtype=dt, table_window=table_win,
+                              rank=self.rank, topk=self.topk)
+            # Arguments 3.. of a block call (shift, drop rate, train) are Python values: static.
+            block_cls = nn.remat(LightBlock, static_argnums=(3, 4, 5)) if self.remat else LightBlock
+            shared = block_cls(**block_args, name=f"stage{i}_block") if self.share_params else None
             for j in range(depth):
                 shifted = j % 2 == 1 and any(shift)
                 rate = self.drop_path * block_id / max(total_blocks - 1, 1)
-                x = WindowAttentionBlock(
-                    dim, heads, win, shift if shifted else (0,) * self.dims, self.mlp_ratio, rate,
-                    self.attention_impl, dt, table_win, name=f"stage{i}_block{j}",
-                )(x, masks[1] if shifted else masks[0], train=train)
+                block = shared if shared is not None else block_cls(**block_args, name=f"stage{i}_block{j}")
+                mask = masks[1] if shifted else masks[0]
+                x = block(x, None if mask is None else jnp.asarray(mask),
+                          shift if shifted else no_shift, rate, train)
+                if block_id in exchange_after:
+                    x = WindowExchange(dim, heads, win, self.global_tokens, self.rank, self.attention_impl, dt,
+                                       name=f"stage{i}_exchange{j}")(
+                        x, window_pool_weights(fp, f, win), rate, train=train)
                 block_id += 1
             x = crop_to(x, f)
             x = nn.LayerNorm(epsilon=1e-5, dtype=dt, name=f"stage{i}_norm")(x)
 
         # ---- decoder
         dec_dims = (self.stem_dims[0], self.stem_dims[1], *self.embed_dims[:-1])
+        refine = self.refine_kernels()
         for level in reversed(range(len(skips))):
-            x = FusionBlock(dec_dims[level], self.decoder_refine_kernel, self.norm, dt, name=f"fuse{level}")(
-                x, skips[level])
+            x = FusionBlock(dec_dims[level], refine[level], self.norm, dt, name=f"fuse{level}")(x, skips[level])
         x = nn.Dense(self.num_classes, dtype=dt, name="head")(x)
         return crop_to(x, shape).astype(jnp.float32)

@@ -11,10 +11,12 @@ import jax.numpy as jnp
 
 from jaxseg.ops._impl import resolve_impl
 
-ATTENTION_IMPLS = ("xla", "pallas")
-# impl="auto" by jax.default_backend(). TPU maps to "xla" until the Pallas kernels
-# (pallas_kernels/) land; then "tpu" -> "pallas" here is the only change needed.
-_AUTO = {"cpu": "xla", "gpu": "xla", "tpu": "xla", "default": "xla"}
+# "pallas" compiles the Pallas TPU kernel (Mosaic): on TPU, or when exporting for TPU.
+# "pallas_interpret" runs the same kernel in the Pallas TPU interpreter, on any machine:
+# slow, for checking it against "xla" where there is no TPU.
+ATTENTION_IMPLS = ("xla", "pallas", "pallas_interpret")
+# impl="auto" by jax.default_backend().
+_AUTO = {"tpu": "pallas", "default": "xla"}
 
 
 def _resolve_impl(impl: str) -> str:
@@ -61,7 +63,9 @@ def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto"):
       bias: optional `[H, N, N]`, added to the logits of every window (relative position bias).
       mask: optional `[Wi, N, N]` additive mask (0 or a large negative number); window `w`
         uses `mask[w % Wi]` (windows ordered batch-major, `Wi` windows per image).
-      impl: "auto" (by platform), "xla" (einsum + softmax) or "pallas" (not yet available).
+      impl: "auto" (Pallas on TPU, XLA elsewhere), "xla" (einsum + softmax), "pallas"
+        (the fused TPU kernel of `pallas_kernels.window_attention`) or "pallas_interpret"
+        (that kernel in the TPU interpreter).
 
     Returns:
       `[W, H, N, D]` in `q.dtype`. Logits and softmax are computed in float32.
@@ -70,7 +74,155 @@ def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto"):
     impl = _resolve_impl(impl)
     if impl == "xla":
         return _window_attention_xla(q, k, v, bias, mask)
+    from pallas_kernels import window_attention as kernel
+    return kernel.window_attention(q, k, v, bias, mask, interpret=impl == "pallas_interpret")
+
+
+# --------------------------------------------------------------------------- top-k window attention
+
+
+def _check_topk(topk, n):
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise ValueError(f"window_attention_topk: topk must be a positive int; got {topk!r}.")
+    return min(topk, n)
+
+
+def _window_attention_topk_xla(q, k, v, bias, mask, topk):
+    w, h, n, _ = q.shape
+    logits = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)[None]
+    if mask is not None:
+        # Padding / shift-region masks apply BEFORE selection, so a masked key is never chosen.
+        mask = mask.astype(jnp.float32)
+        logits = logits + jnp.take(mask, jnp.arange(w) % mask.shape[0], axis=0)[:, None]
+    if topk < n:
+        # The k-th largest logit of each query row is the threshold; keys below it are dropped.
+        # Selection is piecewise constant, so no gradient flows through the threshold.
+        kth = jax.lax.top_k(jax.lax.stop_gradient(logits), topk)[0][..., topk - 1:topk]
+        logits = jnp.where(logits >= kth, logits, jnp.float32(-1e30))
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("whnm,whmd->whnd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype)
+
+
+def window_attention_topk(q, k, v, bias=None, mask=None, *, topk: int, impl: str = "auto"):
+    """Dynamic sparse window attention: each query attends only to its `topk` highest-scoring keys.
+
+    Same layout and conventions as `window_attention` (q, k, v `[W, H, N, D]`, unscaled logits,
+    bias `[H, N, N]`, additive mask `[Wi, N, N]`, softmax in float32). Per query row, the
+    logits (after bias and mask) below the row's `topk`-th largest are masked out; ties at the
+    threshold keep every tied key, so a row may keep more than `topk` keys. `topk >= N` is
+    dense attention.
+
+    Returns `[W, H, N, D]` in `q.dtype`. impl: "auto" / "xla"; there is no Pallas kernel for
+    the sparse form yet, so "auto" is XLA on every platform and "pallas" is an error.
+    """
+    _check_shapes(q, k, v, bias, mask)
+    topk = _check_topk(topk, q.shape[2])
+    impl = resolve_impl("window_attention_topk", impl, ATTENTION_IMPLS, {"default": "xla"})
+    if impl == "xla":
+        return _window_attention_topk_xla(q, k, v, bias, mask, topk)
     raise NotImplementedError(
-        "window_attention(impl='pallas') is not implemented yet: the Pallas TPU kernel lands "
-        "in a later issue. Use impl='xla' or impl='auto'."
-    )
+        "window_attention_topk(impl='pallas') is not implemented: there is no sparse Pallas kernel. "
+        "Use impl='xla' or impl='auto'.")
+
+
+# --------------------------------------------------------------------------- axial attention
+
+# impl="auto" for axial attention, by jax.default_backend().
+_AXIAL_AUTO = {"tpu": "pallas", "default": "xla"}
+
+
+def _check_axial_shapes(q, k, v, bias):
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            "axial_attention: q, k, v must all be [R, H, L, D] with the same shape; got "
+            f"q{q.shape} k{k.shape} v{v.shape}.")
+    _, h, length, _ = q.shape
+    if bias is not None and bias.shape != (h, length, length):
+        raise ValueError(f"axial_attention: bias must be [H, L, L] = {(h, length, length)}; got {bias.shape}.")
+
+
+def _axial_attention_xla(q, k, v, bias):
+    # Rows are independent lines of the volume: a batched matmul over (row, head).
+    logits = jnp.einsum("rhld,rhmd->rhlm", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)[None]
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("rhlm,rhmd->rhld", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.astype(q.dtype)
+
+
+def axial_attention(q, k, v, bias=None, *, impl: str = "auto"):
+    """Multi-head attention along one axis of a feature map (each line attends within itself).
+
+    Args:
+      q, k, v: `[R, H, L, D]`: rows (every other axis, batch included, folded together by the
+        caller, e.g. with `fold_axis_heads`), heads, positions along the attended axis, head
+        dim. The logits are `q @ k^T` unscaled: callers scale `q` (usually by `D ** -0.5`).
+      bias: optional `[H, L, L]` added to the logits of every row (relative position bias).
+      impl: "auto" (Pallas on TPU, XLA elsewhere), "xla" (einsum + softmax), "pallas"
+        (the flash-style TPU kernel of `pallas_kernels.axial_attention`) or
+        "pallas_interpret" (that kernel in the TPU interpreter).
+
+    Returns:
+      `[R, H, L, D]` in `q.dtype`. Logits and softmax are computed in float32.
+    """
+    _check_axial_shapes(q, k, v, bias)
+    impl = resolve_impl("axial_attention", impl, ATTENTION_IMPLS, _AXIAL_AUTO)
+    if impl == "xla":
+        return _axial_attention_xla(q, k, v, bias)
+    from pallas_kernels import axial_attention as kernel
+    return kernel.axial_attention(q, k, v, bias, interpret=impl == "pallas_interpret")
+
+
+def fold_axis_heads(x, axis: int, groups: int, heads: int):
+    """Fold every axis but `axis` into rows and split channels into (groups, heads, head_dim).
+
+    `x` `[B, *S, G * H * D]`, `axis` a spatial axis of x (1 .. x.ndim - 2; negative counts from
+    the channel axis, -2 being the last spatial axis) -> `[G, R, H, L, D]` with L = x.shape[axis]
+    and R = B * prod(S) / L, rows ordered as the remaining axes in their original order.
+    One transpose; `unfold_axis_heads` inverts it for one group.
+    """
+    axis = _spatial_axis(x, axis)
+    c = x.shape[-1]
+    if c % (groups * heads):
+        raise ValueError(f"fold_axis_heads: channels {c} are not divisible by groups*heads = {groups * heads}.")
+    hd = c // (groups * heads)
+    nd = x.ndim
+    x = x.reshape(*x.shape[:-1], groups, heads, hd)
+    # axes now: 0..nd-2 = B, S...; nd-1 = G, nd = H, nd+1 = D
+    rest = [a for a in range(nd - 1) if a != axis]
+    x = x.transpose(nd - 1, *rest, nd, axis, nd + 1)
+    return x.reshape(groups, -1, heads, x.shape[-2], hd)
+
+
+def unfold_axis_heads(rows, axis: int, shape):
+    """Inverse of `fold_axis_heads` for one group: `[R, H, L, D] -> [B, *S, H * D]`.
+
+    `shape` is the spatial shape S (without batch and channels); `axis` as in `fold_axis_heads`
+    for an array `[B, *S, C]`.
+    """
+    shape = tuple(shape)
+    nd = len(shape) + 2
+    axis = _spatial_axis(nd, axis)
+    _, h, length, hd = rows.shape
+    if shape[axis - 1] != length:
+        raise ValueError(f"unfold_axis_heads: axis {axis} has length {shape[axis - 1]} but rows have L={length}.")
+    rest = [a for a in range(nd - 1) if a != axis]
+    rest_sizes = [shape[a - 1] for a in rest[1:]]
+    x = rows.reshape(-1, *rest_sizes, h, length, hd)  # axes: rest..., H, L, D
+    # Current positions: rest[i] at i; H at nd-2; L (=axis) at nd-1; D at nd.
+    pos = {a: i for i, a in enumerate(rest)}
+    pos[axis] = nd - 1
+    perm = [pos[a] for a in range(nd - 1)] + [nd - 2, nd]
+    return x.transpose(perm).reshape(-1, *shape, h * hd)
+
+
+def _spatial_axis(x_or_ndim, axis: int) -> int:
+    nd = x_or_ndim if isinstance(x_or_ndim, int) else x_or_ndim.ndim
+    a = axis + nd if axis < 0 else axis
+    if not 1 <= a <= nd - 2:
+        raise ValueError(f"axis {axis} is not a spatial axis of a [B, *S, C] array with {nd} dims.")
+    return a

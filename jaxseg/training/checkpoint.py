@@ -1,7 +1,8 @@
 """Checkpoints in a workdir: the latest K, plus the best by validation Dice.
 
-    workdir/checkpoints/<step>/   the latest `keep` train states
-    workdir/best/<step>/          the one with the highest validation Dice
+    workdir/checkpoints/<step>/state   the latest `keep` train states ...
+    workdir/checkpoints/<step>/data    ... with the grain iterator state of every process
+    workdir/best/<step>/state          the train state with the highest validation Dice
 
 orbax writes each checkpoint into a temporary folder and renames it when complete, so a
 run killed mid-write leaves no checkpoint that `latest_step` would choose.
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -25,30 +27,41 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 3, *, read_only: bool = False):
         workdir = Path(workdir).absolute()
-        common = dict(create=not read_only, read_only=read_only, cleanup_tmp_directories=True)
+        common = dict(create=not read_only, read_only=read_only,
+                      cleanup_tmp_directories=not read_only)
         self.latest = ocp.CheckpointManager(
-            workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common))
+            workdir / "checkpoints",
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler()})
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m["val_dice"], best_mode="max",
-                keep_checkpoints_without_metrics=False, **common))
+                keep_checkpoints_without_metrics=False, **common),
+            item_handlers={"state": ocp.StandardCheckpointHandler()})
         self.workdir = workdir
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def save(self, state: Any, *, val_dice: float | None = None, best: bool = False) -> None:
-        """Saves `state` as the latest; with `best`, also offers it to the best-Dice slot."""
+    def save(self, state: Any, data_iterator=None, *, val_dice: float | None = None,
+             best: bool = False) -> None:
+        """Saves `state` (and the input iterator's position) as the latest; with `best`,
+        also offers the state to the best-Dice slot."""
         step = int(jax.device_get(state.step))
         if self.latest.latest_step() != step:
-            self.latest.save(step, args=ocp.args.StandardSave(state), force=True)
+            items = {"state": ocp.args.StandardSave(state)}
+            if data_iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+            self.latest.save(step, args=ocp.args.Composite(**items), force=True)
         if best:
-            self.best.save(step, args=ocp.args.StandardSave(state),
+            self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                            metrics={"val_dice": float(val_dice)}, force=True)
 
-    def restore(self, abstract_state: Any, *, which: str = LATEST) -> Any:
-        """Restores into the shapes, dtypes and shardings of `abstract_state`.
+    def restore(self, abstract_state: Any, data_iterator=None, *, which: str = LATEST) -> Any:
+        """Restores into the shapes, dtypes and shardings of `abstract_state`, and (from the
+        latest checkpoint) moves `data_iterator` to where the run was.
 
         The shardings may differ from the ones the checkpoint was written with: orbax
         reshards, so a checkpoint from 8 devices restores on 1 and back.
@@ -58,7 +71,10 @@ class Checkpoints:
         if step is None:
             raise JaxsegError(f"no {which} checkpoint in {self.workdir}; train first with "
                               f"python -m jaxseg.train --workdir {self.workdir}")
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def available(self, which: str) -> bool:
         manager = self._manager(which)

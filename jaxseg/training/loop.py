@@ -49,7 +49,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
 
     model = build_model(config, info)
     mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.check_batch_size(config.data.batch_size, mesh)
+    mesh_lib.check_batch_size(config.data.batch_size, mesh, config.train.grad_accum_steps)
     optimizer = optimizer_lib.make_optimizer(config.train)
     schedule = optimizer_lib.learning_rate_schedule(config.train)
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
@@ -57,6 +57,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     abstract = abstract_state(model, optimizer, config, info, mesh)
     state_sharding = jax.tree_util.tree_map(lambda s: s.sharding, abstract)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+    batches = pipeline.train_batches(
+        spec, splits["train"], patch_size=tuple(config.data.patch_size),
+        batch_size=config.data.batch_size, seed=config.seed,
+        foreground_fraction=config.data.foreground_fraction,
+        num_threads=config.data.num_threads, prefetch=config.data.prefetch,
+        ct_window=tuple(config.data.ct_window))
     start = ckpts.latest_step()
     if start is None:
         sample = np.zeros((1, *config.data.patch_size, info.in_channels), np.float32)
@@ -64,12 +70,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
                         out_shardings=state_sharding)()
         start = 0
     else:
-        state = ckpts.restore(abstract)
-        print(f"Resuming {workdir} from step {start}.")
+        state = ckpts.restore(abstract, batches)  # also moves `batches` to step `start`
+        if jax.process_index() == 0:
+            print(f"Resuming {workdir} from step {start}.")
     total = config.train.steps
     if start >= total:
-        print(f"{workdir} is already trained to step {start} (train.steps={total}); "
-              "raise --config.train.steps to train further.")
+        if jax.process_index() == 0:
+            print(f"{workdir} is already trained to step {start} (train.steps={total}); "
+                  "raise --config.train.steps to train further.")
         ckpts.close()
         return {"step": start}
 
@@ -79,50 +87,56 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0)
-    batches = pipeline.train_batches(
-        spec, splits["train"], patch_size=tuple(config.data.patch_size),
-        batch_size=config.data.batch_size, seed=config.seed, start_step=start,
-        foreground_fraction=config.data.foreground_fraction,
-        num_threads=config.data.num_threads, prefetch=config.data.prefetch,
-        ct_window=tuple(config.data.ct_window))
     validation = _Validation(config, spec, splits["val"], model, info)
     writer = _summary_writer(workdir)
-    last = {}
+    train_cfg = config.train
+    last, metrics = {}, None
     try:
         progress = tqdm.tqdm(range(start, total), initial=start, total=total,
                              desc="train", disable=jax.process_index() != 0, mininterval=2)
         for step in progress:
             if stop_at is not None and step >= stop_at:
-                ckpts.save(state)
+                if metrics is not None:
+                    _finite(metrics, step, workdir)
+                ckpts.save(state, batches)
                 break
             batch = mesh_lib.global_batch(next(batches), mesh)
             state, metrics = train_step(state, batch, step_key)
             done = step + 1
-            if done % config.train.log_every == 0 or done == total:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not all(math.isfinite(v) for v in last.values()):
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {done}: {last}; the last good "
-                        f"checkpoint in {workdir / 'checkpoints'} is kept. Lower "
-                        "train.learning_rate or check the data.")
+            log_now = done % train_cfg.log_every == 0 or done == total
+            eval_now = (done % train_cfg.eval_every == 0 or done == total) and validation.cases
+            save_now = done % train_cfg.checkpoint_every == 0 or done == total
+            if not (log_now or eval_now or save_now):
+                continue
+            # Nothing non-finite is logged as progress or saved over a good checkpoint.
+            last = {**last, **_finite(metrics, done, workdir)}
+            if log_now:
                 last["learning_rate"] = float(schedule(done))
                 _log(writer, done, "train", last)
                 progress.set_postfix(loss=f"{last['loss']:.4f}")
-            evaluate_now = done % config.train.eval_every == 0 or done == total
-            if evaluate_now and validation.cases:
-                val_dice = validation(state.params)
-                last["val_dice"] = val_dice
-                _log(writer, done, "val", {"dice": val_dice})
-                progress.write(f"step {done}: validation Dice {val_dice:.4f}")
-                ckpts.save(state, val_dice=val_dice, best=True)
-            if done % config.train.checkpoint_every == 0 or done == total:
-                ckpts.save(state)
+            if eval_now:
+                last["val_dice"] = validation(state.params)
+                _log(writer, done, "val", {"dice": last["val_dice"]})
+                progress.write(f"step {done}: validation Dice {last['val_dice']:.4f}")
+                ckpts.save(state, batches, val_dice=last["val_dice"], best=True)
+            if save_now:
+                ckpts.save(state, batches)
     finally:
         ckpts.close()
         if writer is not None:
             writer.close()
     last["step"] = int(jax.device_get(state.step))
     return last
+
+
+def _finite(metrics, step: int, workdir: Path) -> dict:
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at step {step}: {values}. The last good checkpoint "
+            f"in {workdir / 'checkpoints'} is kept; lower train.learning_rate, raise "
+            "train.warmup_steps or check the data, then rerun to resume from it.")
+    return values
 
 
 class _Validation:

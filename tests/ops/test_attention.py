@@ -71,13 +71,18 @@ def test_jit_and_grad_finite():
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
 
 
+def test_pallas_impl_in_the_interpreter_matches_xla():
+    q, k, v, bias, mask = _inputs()
+    np.testing.assert_allclose(window_attention(q, k, v, bias, mask, impl="pallas_interpret"),
+                               window_attention(q, k, v, bias, mask, impl="xla"),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_impl_resolution_and_errors():
     assert _resolve_impl("auto") == "xla"
     assert _resolve_impl("pallas") == "pallas"
     q, k, v, _, _ = _inputs()
     with pytest.raises(ValueError, match="'auto', 'xla', 'pallas'"):
         window_attention(q, k, v, impl="cuda")
-    with pytest.raises(NotImplementedError, match="Pallas"):
-        window_attention(q, k, v, impl="pallas")
     with pytest.raises(ValueError, match="bias"):
         window_attention(q, k, v, bias=np.zeros((1, 2, 2), np.float32))

@@ -1,0 +1,108 @@
+"""ResU-Net: a U-Net whose blocks are residual units (Zhang, Liu & Wang 2018, "Road
+extraction by deep residual U-Net"; He et al. 2016 residual units), channels-last, 2D or 3D.
+
+Layout (strides relative to the input; L = len(features)):
+
+  encoder  level 0: ResBlock(features[0])                              (stride 1, skip)
+           level i > 0: ResBlock(features[i], stride 2), then
+           blocks_per_level - 1 more ResBlocks                         (stride 2^i, skip)
+  decoder  deepest first: 2x transposed conv -> concat skip -> ResBlock
+  head     1x1 conv -> num_classes
+
+ResBlock = conv3 -> norm -> act -> conv3 -> norm, plus a shortcut (identity, or a 1x1
+conv + norm when the stride or channel count changes), then act. The first conv carries
+the stride, so downsampling is learned (as in ResU-Net) rather than pooled.
+
+Any spatial shape: the input is zero-padded at the end to a multiple of 2^(L-1) and the
+logits are cropped back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxseg.errors import ConfigError
+from jaxseg.models.layers import Norm, activation, check_input, check_norm, crop_to, pad_to_multiple
+
+Dtype = Any
+
+
+class ResBlock(nn.Module):
+    """Residual unit on `[B, *S, C_in]` -> `[B, *S / strides, features]`.
+
+    act(norm(conv3(act(norm(conv3_s(x))))) + shortcut(x)); conv3_s has stride `strides` and
+    both convs have dilation `dilation` (used by DeepLab's atrous stages). The shortcut is the
+    identity when the shape is kept, else a strided 1x1 conv + norm (projection shortcut).
+    """
+
+    features: int
+    strides: int = 1
+    dilation: int = 1
+    norm: str = "instance"
+    act: str = "leaky_relu"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.ndim - 2
+        bias = self.norm == "none"  # a norm right after the conv makes a bias redundant
+
+        def conv(f, k, s, dil, name):
+            return nn.Conv(f, (k,) * d, strides=(s,) * d, kernel_dilation=(dil,) * d, padding="SAME",
+                           use_bias=bias, dtype=self.dtype, name=name)
+
+        y = conv(self.features, 3, self.strides, self.dilation, "conv1")(x)
+        y = activation(Norm(self.norm, self.dtype, name="norm1")(y), self.act)
+        y = conv(self.features, 3, 1, self.dilation, "conv2")(y)
+        y = Norm(self.norm, self.dtype, name="norm2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, 1, self.strides, 1, "shortcut")(x)
+            x = Norm(self.norm, self.dtype, name="shortcut_norm")(x)
+        return activation(y + x, self.act)
+
+
+class ResUNet(nn.Module):
+    """Residual U-Net. Input `[B, *S, in_channels]` (any S) -> logits `[B, *S, num_classes]` f32."""
+
+    dims: int
+    in_channels: int
+    num_classes: int
+    features: tuple[int, ...] = (32, 64, 128, 256)  # channels per level, full resolution first
+    blocks_per_level: int = 1  # residual units per encoder level (>= 1)
+    norm: str = "instance"  # "instance" | "group" | "layer" | "none"
+    dtype: Dtype = jnp.float32  # compute dtype; params stay float32
+
+    def _validate(self):
+        if self.dims not in (2, 3):
+            raise ConfigError(f"resunet: dims must be 2 or 3; got {self.dims}.")
+        if len(self.features) < 2:
+            raise ConfigError(f"resunet: features needs at least 2 levels; got {self.features}.")
+        if self.blocks_per_level < 1:
+            raise ConfigError(f"resunet: blocks_per_level must be >= 1; got {self.blocks_per_level}.")
+        check_norm(self.norm, "resunet")
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        """x `[B, *S, C]` float -> logits `[B, *S, num_classes]` float32."""
+        del train  # no dropout or batch statistics
+        self._validate()
+        check_input(x, model="resunet", dims=self.dims, in_channels=self.in_channels)
+        d = self.dims
+        x, shape = pad_to_multiple(x.astype(self.dtype), 2 ** (len(self.features) - 1))
+        blk = dict(norm=self.norm, dtype=self.dtype)
+        skips = []
+        for level, f in enumerate(self.features):
+            x = ResBlock(f, strides=1 if level == 0 else 2, **blk, name=f"enc{level}_0")(x)
+            for i in range(1, self.blocks_per_level):
+                x = ResBlock(f, **blk, name=f"enc{level}_{i}")(x)
+            skips.append(x)
+        for level in reversed(range(len(self.features) - 1)):
+            f = self.features[level]
+            x = nn.ConvTranspose(f, (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{level}")(x)
+            x = jnp.concatenate([x, skips[level]], axis=-1)
+            x = ResBlock(f, **blk, name=f"dec{level}")(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return crop_to(x, shape).astype(jnp.float32)

@@ -1,0 +1,284 @@
+"""TransMed: a U-Net with axial attention and dynamic convolution, 2D or 3D.
+
+Layout (`features` = f_0..f_{n-1}, one encoder level each; level l at stride 2^l):
+
+  encoder  level 0: conv block; level l > 0: strided 3^d conv (2x down), conv block;
+           then, at the `axial_levels` (variants "axial", "full"), `axial_depth` axial blocks
+  decoder  2x transposed conv, concat the skip, two 3^d conv -> norm -> LeakyReLU
+  head     1x1 conv -> num_classes
+
+conv block = two (3^d conv -> norm -> LeakyReLU); at the `dynamic_levels` (variants
+"dynamic", "full") both convs are `DynamicConv`s: per sample, the kernel is a softmax
+mixture of `num_experts` expert kernels, the mixing weights computed from the globally
+average-pooled input (CondConv / DynamicConv).
+
+Axial block (Axial-DeepLab / axial Transformers, channels-last): for each spatial axis in
+turn (X, then Y, then Z), x + proj(MHSA along that axis(LN(x))) with a learned relative
+position bias over the 2L-1 offsets of that axis (a table of 2*max_len-1 rows; offsets
+beyond +-(max_len-1) share the end rows); then x + MLP(LN(x)). Attention along one axis
+costs O(S * L) per channel, so a block costs O(HWD(H+W+D)) instead of O((HWD)^2).
+
+Variants (`variant`): "unet" (plain conv blocks), "axial" (TransMed-A: + axial blocks),
+"dynamic" (TransMed-D: + dynamic convs), "full" (both).
+
+Any spatial shape: zero-padded at the end to a multiple of 2^(levels-1), logits cropped back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxseg import ops
+from jaxseg.errors import ConfigError
+from jaxseg.models.layers import ConvNormAct, Norm, activation, check_input, check_norm, crop_to, pad_to_multiple
+
+Dtype = Any
+VARIANTS = ("unet", "axial", "dynamic", "full")
+DYNAMIC_IMPLS = ("map", "grouped")
+
+
+# --------------------------------------------------------------------------- dynamic convolution
+
+
+def _conv(x, kernel, dn=None, groups=1):
+    d = x.ndim - 2
+    spatial = "DHW"[3 - d:]
+    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    return lax.conv_general_dilated(x, kernel, (1,) * d, "SAME", dimension_numbers=dn, feature_group_count=groups)
+
+
+def dynamic_conv(x, kernels, *, impl: str = "auto"):
+    """Convolve each sample with its own kernel ('SAME', stride 1).
+
+    Args:
+      x: `[B, *S, Cin]`, 2 or 3 spatial axes.
+      kernels: `[B, *k, Cin, Cout]`, one HWIO kernel per sample.
+      impl: "map" (a loop of ordinary convolutions, one per sample: XLA:CPU runs grouped
+        convolutions an order of magnitude slower than dense ones), "grouped" (ONE convolution
+        with the batch folded into channels and `feature_group_count=B`: a single large op,
+        the better shape for TPU), or "auto" ("map" on CPU, "grouped" elsewhere).
+
+    Returns `[B, *S, Cout]` in x.dtype.
+    """
+    b, *s, cin = x.shape
+    d = len(s)
+    if kernels.ndim != d + 3 or kernels.shape[0] != b or kernels.shape[-2] != cin:
+        raise ValueError(f"dynamic_conv: kernels must be [B={b}, *k, Cin={cin}, Cout] with {d} spatial axes; "
+                         f"got {kernels.shape}.")
+    if impl == "auto":
+        impl = "map" if jax.default_backend() == "cpu" else "grouped"
+    if impl not in DYNAMIC_IMPLS:
+        raise ValueError(f"dynamic_conv: unknown impl={impl!r}; valid values are 'auto', 'map', 'grouped'.")
+    kernels = kernels.astype(x.dtype)
+    if impl == "map":
+        return lax.map(lambda xk: _conv(xk[0][None], xk[1])[0], (x, kernels))
+    cout = kernels.shape[-1]
+    # Batch into channels: [1, *S, B*Cin]; group g = sample g sees only its own Cin channels
+    # and produces its own Cout outputs.
+    xg = jnp.moveaxis(x, 0, -2).reshape(1, *s, b * cin)
+    kg = jnp.moveaxis(kernels, 0, -2).reshape(*kernels.shape[1:-2], cin, b * cout)
+    y = _conv(xg, kg, groups=b).reshape(*s, b, cout)
+    return jnp.moveaxis(y, -2, 0)
+
+
+class DynamicConv(nn.Module):
+    """Dynamic convolution `[B, *S, Cin] -> [B, *S, features]` ('SAME', stride 1).
+
+    Routing: global average pool -> Dense(max(Cin // reduction, 4)) -> GELU -> Dense(K)
+    -> softmax(/ temperature) gives per-sample weights a `[B, K]` (GELU, not DynamicConv's
+    ReLU: with a narrow routing layer every ReLU unit can die on a batch, freezing the
+    routing); the sample's kernel is
+    sum_k a_k W_k (and bias sum_k a_k b_k), applied by `dynamic_conv`. Mixing kernels
+    (K * |W| per sample) is far cheaper than running K convolutions.
+    """
+
+    features: int
+    kernel_size: int = 3
+    num_experts: int = 4
+    reduction: int = 4
+    temperature: float = 1.0
+    use_bias: bool = True
+    impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d, cin = x.ndim - 2, x.shape[-1]
+        pooled = jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, d + 1)))
+        h = nn.gelu(nn.Dense(max(cin // self.reduction, 4), name="route1")(pooled))
+        attn = jax.nn.softmax(nn.Dense(self.num_experts, name="route2")(h) / self.temperature, axis=-1)  # [B, K]
+        kshape = (*(self.kernel_size,) * d, cin, self.features)
+        # Each expert initialised like an ordinary conv kernel (fan-in scaling).
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=tuple(range(1, d + 2)),
+                                                out_axis=-1, batch_axis=(0,))
+        experts = self.param("experts", init, (self.num_experts, *kshape))
+        mixed = jnp.einsum("bk,k...->b...", attn, experts)  # [B, *k, Cin, Cout]
+        y = dynamic_conv(x.astype(self.dtype), mixed.astype(self.dtype), impl=self.impl)
+        if self.use_bias:
+            bias = attn @ self.param("bias", nn.initializers.zeros, (self.num_experts, self.features))
+            y = y + bias.reshape(-1, *(1,) * d, self.features).astype(y.dtype)
+        return y
+
+
+# --------------------------------------------------------------------------- axial attention
+
+
+def relative_offsets(length: int, max_len: int) -> np.ndarray:
+    """`[L, L]` rows of a `2 max_len - 1` table: i - j + max_len - 1, clipped to the table."""
+    pos = np.arange(length)
+    return (np.clip(pos[:, None] - pos[None, :], -(max_len - 1), max_len - 1) + max_len - 1).astype(np.int32)
+
+
+class AxialAttention(nn.Module):
+    """Multi-head self-attention along spatial axis `axis` of `[B, *S, C]` (an axis of the
+    array, 1..d), through `jaxseg.ops.axial_attention`, with a relative position bias."""
+
+    dim: int
+    num_heads: int
+    axis: int
+    max_len: int = 64
+    attention_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        shape = x.shape[1:-1]
+        length = x.shape[self.axis]
+        hd = self.dim // self.num_heads
+        qkv = nn.Dense(3 * self.dim, dtype=self.dtype, name="qkv")(x)
+        q, k, v = ops.fold_axis_heads(qkv, self.axis, 3, self.num_heads)  # [R, H, L, hd] each
+        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
+                           (2 * self.max_len - 1, self.num_heads))
+        bias = jnp.take(table, relative_offsets(length, self.max_len), axis=0).transpose(2, 0, 1)  # [H, L, L]
+        o = ops.axial_attention(q * jnp.asarray(hd**-0.5, q.dtype), k, v, bias, impl=self.attention_impl)
+        o = ops.unfold_axis_heads(o, self.axis, shape)
+        return nn.Dense(self.dim, dtype=self.dtype, name="proj")(o)
+
+
+class AxialBlock(nn.Module):
+    """`[B, *S, C] -> [B, *S, C]`: for each spatial axis in turn x + Attn_axis(LN(x)), then
+    x + MLP(LN(x)) (pre-norm, GELU MLP of width mlp_ratio * C)."""
+
+    dim: int
+    num_heads: int
+    mlp_ratio: float = 2.0
+    max_len: int = 64
+    attention_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        for axis in range(1, x.ndim - 1):
+            h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm_axis{axis}")(x)
+            x = x + AxialAttention(self.dim, self.num_heads, axis, self.max_len, self.attention_impl, self.dtype,
+                                   name=f"attn_axis{axis}")(h)
+        y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm_mlp")(x)
+        y = nn.Dense(int(self.dim * self.mlp_ratio), dtype=self.dtype, name="fc1")(y)
+        return x + nn.Dense(self.dim, dtype=self.dtype, name="fc2")(nn.gelu(y))
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class TransMed(nn.Module):
+    """TransMed U-Net (see the module docstring). `[B, *S, in_channels]` -> logits
+    `[B, *S, num_classes]` float32."""
+
+    dims: int
+    in_channels: int
+    num_classes: int
+    variant: str = "full"  # "unet" | "axial" | "dynamic" | "full"
+    features: tuple[int, ...] = (24, 48, 96, 192)  # channels per encoder level
+    axial_levels: tuple[int, ...] | None = None  # levels with axial blocks; None -> the two deepest
+    axial_depth: int = 1  # axial blocks per chosen level
+    head_dim: int = 32  # attention heads = max(1, channels // head_dim)
+    mlp_ratio: float = 2.0  # axial blocks' MLP width / channels
+    max_len: int = 64  # relative-bias table covers offsets up to +-(max_len - 1) (longer: clipped)
+    dynamic_levels: tuple[int, ...] | None = None  # encoder levels with dynamic convs; None -> all
+    num_experts: int = 4  # expert kernels per dynamic conv
+    routing_reduction: int = 4  # routing MLP hidden width = max(C_in // this, 4)
+    routing_temperature: float = 1.0  # softmax temperature of the expert weights
+    # "group" by default, not "instance": instance norm removes every channel's spatial mean,
+    # so the global average pool that routes the dynamic convs would carry almost nothing.
+    norm: str = "group"  # "instance" | "group" | "layer" | "none"
+    attention_impl: str = "auto"  # passed to jaxseg.ops.axial_attention
+    dynamic_impl: str = "auto"  # "auto" | "map" | "grouped", see dynamic_conv
+    dtype: Dtype = jnp.float32  # compute dtype; params stay float32
+
+    def _levels(self, given, default):
+        return tuple(default if given is None else given)
+
+    def axial_at(self) -> tuple[int, ...]:
+        if self.variant not in ("axial", "full"):
+            return ()
+        n = len(self.features)
+        return self._levels(self.axial_levels, range(max(n - 2, 0), n))
+
+    def dynamic_at(self) -> tuple[int, ...]:
+        if self.variant not in ("dynamic", "full"):
+            return ()
+        return self._levels(self.dynamic_levels, range(len(self.features)))
+
+    def _validate(self):
+        if self.dims not in (2, 3):
+            raise ConfigError(f"transmed: dims must be 2 or 3; got {self.dims}.")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"transmed: unknown variant={self.variant!r}; valid values are "
+                              f"{', '.join(map(repr, VARIANTS))}.")
+        n = len(self.features)
+        if n < 2:
+            raise ConfigError(f"transmed: features needs at least 2 levels; got {self.features}.")
+        for key, levels in (("axial_levels", self.axial_at()), ("dynamic_levels", self.dynamic_at())):
+            bad = [lv for lv in levels if not 0 <= lv < n]
+            if bad:
+                raise ConfigError(f"transmed: {key} {bad} are not encoder levels 0..{n - 1}.")
+        if self.num_experts < 1 or self.max_len < 1 or self.head_dim < 1:
+            raise ConfigError("transmed: num_experts, max_len and head_dim must be >= 1; got "
+                              f"{self.num_experts}, {self.max_len}, {self.head_dim}.")
+        if self.dynamic_impl not in ("auto", *DYNAMIC_IMPLS):
+            raise ConfigError(f"transmed: unknown dynamic_impl={self.dynamic_impl!r}; use 'auto', 'map' or 'grouped'.")
+        check_norm(self.norm, "transmed")
+
+    def _conv_block(self, x, features, dynamic, name):
+        for i in range(2):
+            if dynamic:
+                x = DynamicConv(features, 3, self.num_experts, self.routing_reduction, self.routing_temperature,
+                                use_bias=self.norm == "none", impl=self.dynamic_impl, dtype=self.dtype,
+                                name=f"{name}_dynconv{i}")(x)
+                x = activation(Norm(self.norm, self.dtype, name=f"{name}_norm{i}")(x), "leaky_relu")
+            else:
+                x = ConvNormAct(features, 3, norm=self.norm, dtype=self.dtype, name=f"{name}_conv{i}")(x)
+        return x
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        """x `[B, *S, C]` float -> logits `[B, *S, num_classes]` float32."""
+        del train  # no dropout or batch statistics
+        self._validate()
+        check_input(x, model="transmed", dims=self.dims, in_channels=self.in_channels)
+        d = self.dims
+        x, shape = pad_to_multiple(x.astype(self.dtype), 2 ** (len(self.features) - 1))
+        axial, dynamic = set(self.axial_at()), set(self.dynamic_at())
+        skips = []
+        for level, f in enumerate(self.features):
+            if level > 0:
+                x = ConvNormAct(f, 3, strides=2, norm=self.norm, dtype=self.dtype, name=f"down{level}")(x)
+            x = self._conv_block(x, f, level in dynamic, f"enc{level}")
+            if level in axial:
+                for j in range(self.axial_depth):
+                    x = AxialBlock(f, max(1, f // self.head_dim), self.mlp_ratio, self.max_len, self.attention_impl,
+                                   self.dtype, name=f"enc{level}_axial{j}")(x)
+            skips.append(x)
+        for level in reversed(range(len(self.features) - 1)):
+            f = self.features[level]
+            x = nn.ConvTranspose(f, (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{level}")(x)
+            x = jnp.concatenate([x, skips[level]], axis=-1)
+            x = self._conv_block(x, f, False, f"dec{level}")
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return crop_to(x, shape).astype(jnp.float32)

@@ -1,0 +1,497 @@
+"""Fused multi-head window self-attention as a Pallas TPU kernel, forward and backward.
+
+    out = window_attention(q, k, v, bias=None, mask=None, *, block_sizes=None, interpret=False)
+
+Shapes (W windows, H heads, N tokens per window, D head dim; channels-last inside a window):
+  q, k, v  `[W, H, N, D]`, float32 or bfloat16 (all three the same dtype)
+  bias     `[H, N, N]` or None: added to the logits of every window (relative position bias)
+  mask     `[Wi, N, N]` or None: additive (0 / large negative); window w uses `mask[w % Wi]`
+  out      `[W, H, N, D]` in q's dtype
+
+The logits are `q @ k^T` UNSCALED (jaxseg's contract: the caller scales q by `D**-0.5`).
+Softmax is computed in float32 in VMEM; every matmul accumulates in float32
+(`preferred_element_type=float32`); in bf16 the probabilities are rounded to bf16 before the
+`p @ v` matmul (the same rounding as jaxseg's XLA path).
+
+Layout and tiling (see docs/kernels.md for the numbers):
+  * N is padded to Np, a multiple of the sublane tile (8 rows for f32, 16 for bf16), so every
+    block's last two axes are whole (sublane, lane) tiles or the full array extent. The padded
+    keys get logit `PAD_LOGIT` (more negative than any user mask, so they never get weight
+    even in a row the user mask empties); padded query rows are sliced off. The key axis
+    is the lane axis of the logits and is NOT padded to 128 in HBM: Mosaic pads values to
+    whole vregs internally anyway, so HBM padding would only add traffic.
+  * Grid `(H, W / bw)`, heads outermost: `bw` windows per grid step (a `fori_loop` over them
+    inside the kernel). The bias BlockSpec's index map ignores the window index, so
+    consecutive steps ask for the same bias block and the pipeline fetches it once per head,
+    never per window. The mask block holds `bw` consecutive windows; the mask is tiled in
+    XLA to `lcm(Wi, bw)` windows (usually no copy: Wi is a multiple of bw) so the block
+    index is `j % (lcm / bw)`.
+  * Forward: both grid axes "parallel".
+  * Backward: ONE fused kernel recomputes the softmax of each window (it fits in VMEM whole,
+    so no log-sum-exp residual is needed) and writes dq, dk, dv; `delta = rowsum(p * dp)`
+    (= rowsum(do * o)) is formed in f32 in-kernel, so no forward output is saved either.
+    d(bias) is summed over windows IN the kernel: its output block index ignores the window
+    index, so it stays resident in VMEM while the window axis (innermost) walks, and is
+    written back once per head. That makes the window axis "arbitrary" (sequential) in the
+    backward when a bias is given; heads stay "parallel" (megacore splits heads). Chosen over
+    per-block partials summed in XLA, which would write `W/bw * H * Np^2` f32 to HBM.
+  * The mask is a constant: gradients do not flow into it (`lax.stop_gradient`).
+
+`interpret`: False (compile for TPU), True (the Pallas TPU interpreter with default
+`pltpu.InterpretParams()`), or a `pltpu.InterpretParams(...)` instance (e.g.
+`detect_races=True`). On a machine without a TPU only the interpreter runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels._common import (
+    fit_block,
+    PAD_LOGIT,
+    VMEM_BUDGET_BYTES,
+    largest_pow2_at_most,
+    mxu_macs,
+    round_up,
+    sublane_tile,
+    vmem_bytes,
+)
+
+__all__ = ["BlockSizes", "window_attention", "window_attention_reference", "padded_tokens",
+           "vmem_bytes_per_step", "mxu_fractions", "report_rows"]
+
+# Block-size rule constants (documented in BlockSizes.get_default).
+TARGET_ROWS_PER_STEP = 1024  # tokens per grid step: amortises the ~0.35 us fixed step cost
+MAX_BLOCK_WINDOWS = 32  # bound on the unrolled in-kernel window loop
+VMEM_TARGET_BYTES = VMEM_BUDGET_BYTES // 2  # half the 16 MiB budget: headroom for Mosaic scratch
+
+_TRANS_B = (((1,), (1,)), ((), ()))  # contract the last axis of both: a @ b^T
+
+
+def padded_tokens(n: int, dtype) -> int:
+    """Np: N rounded up to the sublane tile of `dtype` (8 for f32, 16 for bf16)."""
+    return round_up(n, sublane_tile(dtype))
+
+
+def vmem_bytes_per_step(bw: int, np_: int, d: int, dtype, *, backward: bool,
+                        has_bias: bool = True, has_mask: bool = True,
+                        bias_dtype=jnp.float32, mask_dtype=jnp.float32) -> int:
+    """Estimated VMEM bytes of one grid step with `bw` windows of `np_` padded tokens.
+
+    Counts the pipeline's double-buffered blocks (q, k, v, o; or q, k, v, do, dq, dk, dv),
+    the bias/mask blocks, the dbias accumulator, and the f32 per-window temporaries
+    (s, p; plus dp, ds, p^T, ds^T and the dbias carry in the backward). Temporaries are counted
+    once because the in-kernel loop handles one window at a time."""
+    tile = vmem_bytes((np_, d), dtype)
+    nn_f32 = vmem_bytes((np_, np_), jnp.float32)
+    n_io = 7 if backward else 4
+    total = 2 * bw * n_io * tile
+    if has_bias:
+        total += 2 * vmem_bytes((np_, np_), bias_dtype)
+        if backward:
+            total += 2 * nn_f32  # the resident dbias output block
+    if has_mask:
+        total += 2 * bw * vmem_bytes((np_, np_), mask_dtype)
+    total += (7 if backward else 2) * nn_f32
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Windows per grid step of the forward and of the backward kernel.
+
+    Numerics do not depend on these (each window is computed whole); speed and VMEM do.
+    Both must be powers of two (so W is padded to one common multiple).
+    """
+
+    block_windows: int
+    block_windows_bwd: int
+
+    def __post_init__(self):
+        for name in ("block_windows", "block_windows_bwd"):
+            b = getattr(self, name)
+            if not isinstance(b, int) or b < 1 or b & (b - 1):
+                raise ValueError(f"BlockSizes.{name} must be a positive power of two; got {b!r}.")
+
+    @classmethod
+    def get_default(cls, num_windows: int, heads: int, n: int, head_dim: int, dtype,
+                    *, has_bias: bool = True, has_mask: bool = True, windows_per_image: int = 1,
+                    vmem_target: int = VMEM_TARGET_BYTES) -> "BlockSizes":
+        """The documented rule, applied separately to forward and backward:
+
+        1. start from the smallest power of two `bw` with `bw * Np >= 1024` tokens per step
+           (the fixed cost of a grid step, ~0.35 us, is then small against its work),
+           at most 32 (the in-kernel window loop is unrolled);
+        2. halve `bw` while the step's VMEM estimate (`vmem_bytes_per_step`) exceeds 8 MiB,
+           half of the 16 MiB scoped-VMEM budget (headroom for Mosaic's internal scratch);
+        3. cap `bw` at the largest power of two <= num_windows so a small call does not pad
+           many empty windows.
+        `heads`, `windows_per_image` are accepted for future rules (e.g. keeping >= 2 parallel
+        steps per core); the mask is tiled to lcm(Wi, bw) windows, which is free when Wi is a
+        multiple of bw, as it is for every power-of-two window grid.
+        """
+        del heads, windows_per_image
+        np_ = padded_tokens(n, dtype)
+
+        def pick(backward):
+            bw = min(MAX_BLOCK_WINDOWS, 1 << max(0, math.ceil(math.log2(TARGET_ROWS_PER_STEP / np_))))
+            while bw > 1 and vmem_bytes_per_step(bw, np_, head_dim, dtype, backward=backward,
+                                                 has_bias=has_bias, has_mask=has_mask) > vmem_target:
+                bw //= 2
+            return fit_block(bw, num_windows, power_of_two=True)
+
+        return cls(block_windows=pick(False), block_windows_bwd=pick(True))
+
+
+# ----------------------------------------------------------------------------- reference
+def window_attention_reference(q, k, v, bias=None, mask=None):
+    """Plain-JAX window attention with the same contract (f32 logits and softmax)."""
+    w, h, n, _ = q.shape
+    s = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        s = s + bias.astype(jnp.float32)[None]
+    if mask is not None:
+        s = s + jnp.take(mask.astype(jnp.float32), jnp.arange(w) % mask.shape[0], axis=0)[:, None]
+    p = jax.nn.softmax(s, axis=-1)
+    o = jnp.einsum("whnm,whmd->whnd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return o.astype(q.dtype)
+
+
+# ----------------------------------------------------------------------------- kernels
+def _softmax_parts(q, k, bias, mask_w, n_valid):
+    """Logits of one window, f32 [Np, Np], and their row max and exp (unnormalised p)."""
+    s = lax.dot_general(q, k, _TRANS_B, preferred_element_type=jnp.float32)
+    if bias is not None:
+        s = s + bias
+    if mask_w is not None:
+        s = s + mask_w
+    np_ = s.shape[-1]
+    if n_valid < np_:
+        col = lax.broadcasted_iota(jnp.int32, s.shape, 1)
+        s = jnp.where(col < n_valid, s, PAD_LOGIT)
+    m = jnp.max(s, axis=-1, keepdims=True)
+    e = jnp.exp(s - m)
+    return e, jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _unpack(refs, has_bias, has_mask):
+    q_ref, k_ref, v_ref, *rest = refs
+    bias_ref = rest.pop(0) if has_bias else None
+    mask_ref = rest.pop(0) if has_mask else None
+    return q_ref, k_ref, v_ref, bias_ref, mask_ref, rest
+
+
+def _fwd_kernel(*refs, has_bias, has_mask, n_valid):
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, (o_ref,) = _unpack(refs, has_bias, has_mask)
+    bw = q_ref.shape[0]
+    # The head's bias block is read from VMEM once per step and reused by all bw windows.
+    bias = bias_ref[0].astype(jnp.float32) if has_bias else None
+
+    def body(i, carry):
+        mask_w = mask_ref[i].astype(jnp.float32) if has_mask else None
+        v = v_ref[i, 0]
+        e, l = _softmax_parts(q_ref[i, 0], k_ref[i, 0], bias, mask_w, n_valid)
+        p = e / l  # normalise before the cast, as the reference does
+        o = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        o_ref[i, 0] = o.astype(o_ref.dtype)
+        return carry
+
+    lax.fori_loop(0, bw, body, 0, unroll=True)
+
+
+def _bwd_kernel(*refs, has_bias, has_mask, n_valid):
+    q_ref, k_ref, v_ref, bias_ref, mask_ref, rest = _unpack(refs, has_bias, has_mask)
+    do_ref, dq_ref, dk_ref, dv_ref, *dbias_ref = rest
+    bw = q_ref.shape[0]
+    bias = bias_ref[0].astype(jnp.float32) if has_bias else None
+
+    if has_bias:
+        # dbias's block index ignores the window axis: it stays in VMEM across the window
+        # steps of one head (window axis "arbitrary") and is zeroed when a head starts.
+        @pl.when(pl.program_id(1) == 0)
+        def _init():
+            dbias_ref[0][...] = jnp.zeros(dbias_ref[0].shape, jnp.float32)
+
+    def body(i, dbias_acc):
+        q, k, v, do = q_ref[i, 0], k_ref[i, 0], v_ref[i, 0], do_ref[i, 0]
+        mask_w = mask_ref[i].astype(jnp.float32) if has_mask else None
+        e, l = _softmax_parts(q, k, bias, mask_w, n_valid)
+        p = e / l  # [Np, Np] f32
+        pt = p.T  # transpose in f32 (32-bit transposes are the native XLU case)
+        dv = jnp.dot(pt.astype(do.dtype), do, preferred_element_type=jnp.float32)
+        dp = lax.dot_general(do, v, _TRANS_B, preferred_element_type=jnp.float32)
+        delta = jnp.sum(p * dp, axis=-1, keepdims=True)  # = rowsum(do * o), in f32
+        ds = p * (dp - delta)  # d(logits); padded keys have p == 0 so ds == 0 there
+        dq = jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+        dk = jnp.dot(ds.T.astype(q.dtype), q, preferred_element_type=jnp.float32)
+        dq_ref[i, 0] = dq.astype(dq_ref.dtype)
+        dk_ref[i, 0] = dk.astype(dk_ref.dtype)
+        dv_ref[i, 0] = dv.astype(dv_ref.dtype)
+        return dbias_acc + ds if has_bias else dbias_acc
+
+    np_ = q_ref.shape[2]
+    init = jnp.zeros((np_, np_), jnp.float32) if has_bias else 0
+    acc = lax.fori_loop(0, bw, body, init, unroll=True)
+    if has_bias:
+        dbias_ref[0][0] += acc
+
+
+# ----------------------------------------------------------------------------- pallas calls
+def _interpret_arg(interpret):
+    if interpret is True:
+        return pltpu.InterpretParams()
+    return interpret
+
+
+def _specs(shape, bw, has_bias, has_mask, mask_blocks):
+    """BlockSpecs for q/k/v-like arrays, bias and mask on grid (head h, window block j)."""
+    _, _, np_, d = shape
+    qkv = pl.BlockSpec((bw, 1, np_, d), lambda h, j: (j, h, 0, 0))
+    specs = [qkv, qkv, qkv]
+    if has_bias:
+        specs.append(pl.BlockSpec((1, np_, np_), lambda h, j: (h, 0, 0)))  # once per head
+    if has_mask:
+        specs.append(pl.BlockSpec((bw, np_, np_), lambda h, j: (j % mask_blocks, 0, 0)))
+    return specs, qkv
+
+
+def _tile_mask(mask, bw):
+    """Tile mask [Wi, Np, Np] to lcm(Wi, bw) windows; returns (tiled, number of bw-blocks)."""
+    wi = mask.shape[0]
+    L = math.lcm(wi, bw)
+    if L != wi:
+        mask = jnp.tile(mask, (L // wi, 1, 1))
+    return mask, L // bw
+
+
+def _cost(q, flops_per_window_head, transcendentals, arrays):
+    w, h, np_, _ = q.shape
+    if not isinstance(w, int):
+        return None  # a symbolic (batch-polymorphic) window count: XLA gets no estimate
+    return pl.CostEstimate(flops=int(w * h * flops_per_window_head),
+                           transcendentals=int(w * h * transcendentals),
+                           bytes_accessed=int(sum(a.size * a.dtype.itemsize for a in arrays)))
+
+
+def _fwd_call(q, k, v, bias, mask, n_valid, bw, interpret):
+    w, h, np_, d = q.shape
+    has_bias, has_mask = bias is not None, mask is not None
+    args = [q, k, v]
+    mask_blocks = 1
+    if has_bias:
+        args.append(bias)
+    if has_mask:
+        mask, mask_blocks = _tile_mask(mask, bw)
+        args.append(mask)
+    in_specs, o_spec = _specs(q.shape, bw, has_bias, has_mask, mask_blocks)
+    kernel = functools.partial(_fwd_kernel, has_bias=has_bias, has_mask=has_mask, n_valid=n_valid)
+    return pl.pallas_call(
+        kernel,
+        grid=(h, w // bw),
+        in_specs=in_specs,
+        out_specs=o_spec,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
+        cost_estimate=_cost(q, 4 * np_ * np_ * d, np_ * np_, args + [q]),
+        interpret=_interpret_arg(interpret),
+        name="window_attention_fwd",
+    )(*args)
+
+
+def _bwd_call(q, k, v, bias, mask, do, n_valid, bw, interpret):
+    w, h, np_, d = q.shape
+    has_bias, has_mask = bias is not None, mask is not None
+    args = [q, k, v]
+    mask_blocks = 1
+    if has_bias:
+        args.append(bias)
+    if has_mask:
+        mask, mask_blocks = _tile_mask(mask, bw)
+        args.append(mask)
+    args.append(do)
+    in_specs, qkv_spec = _specs(q.shape, bw, has_bias, has_mask, mask_blocks)
+    in_specs.append(qkv_spec)
+    out_specs = [qkv_spec, qkv_spec, qkv_spec]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] * 3
+    if has_bias:
+        out_specs.append(pl.BlockSpec((1, np_, np_), lambda h_, j: (h_, 0, 0)))
+        out_shape.append(jax.ShapeDtypeStruct((h, np_, np_), jnp.float32))
+    kernel = functools.partial(_bwd_kernel, has_bias=has_bias, has_mask=has_mask, n_valid=n_valid)
+    outs = pl.pallas_call(
+        kernel,
+        grid=(h, w // bw),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "arbitrary" if has_bias else "parallel")),
+        cost_estimate=_cost(q, 10 * np_ * np_ * d, np_ * np_, args + [q, q, q]),
+        interpret=_interpret_arg(interpret),
+        name="window_attention_bwd",
+    )(*args)
+    dq, dk, dv, *dbias = outs
+    return dq, dk, dv, (dbias[0] if has_bias else None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _attention(q, k, v, bias, mask, n_valid, block_sizes, interpret):
+    return _fwd_call(q, k, v, bias, mask, n_valid, block_sizes.block_windows, interpret)
+
+
+def _attention_fwd(q, k, v, bias, mask, n_valid, block_sizes, interpret):
+    o = _fwd_call(q, k, v, bias, mask, n_valid, block_sizes.block_windows, interpret)
+    return o, (q, k, v, bias, mask)
+
+
+def _attention_bwd(n_valid, block_sizes, interpret, res, do):
+    q, k, v, bias, mask = res
+    dq, dk, dv, dbias = _bwd_call(q, k, v, bias, mask, do.astype(q.dtype), n_valid,
+                                  block_sizes.block_windows_bwd, interpret)
+    if bias is not None:
+        dbias = dbias.astype(bias.dtype)
+    # The mask is stop_gradient'ed by the public wrapper; its cotangent is zero.
+    dmask = None if mask is None else jnp.zeros_like(mask)
+    return dq, dk, dv, dbias, dmask
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+# ----------------------------------------------------------------------------- public API
+def _check(q, k, v, bias, mask):
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError("window_attention: q, k, v must all be [W, H, N, D] with the same shape; "
+                         f"got q{q.shape} k{k.shape} v{v.shape}.")
+    if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError("window_attention: q, k, v must share one dtype, float32 or bfloat16; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}.")
+    _, h, n, _ = q.shape
+    if bias is not None and bias.shape != (h, n, n):
+        raise ValueError(f"window_attention: bias must be [H, N, N] = {(h, n, n)}; got {bias.shape}.")
+    if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, n) or mask.shape[0] < 1):
+        raise ValueError(f"window_attention: mask must be [Wi, {n}, {n}] with Wi >= 1; "
+                         f"got {mask.shape}.")
+
+
+def window_attention(q, k, v, bias=None, mask=None, *, block_sizes: BlockSizes | None = None,
+                     interpret: Any = False):
+    """Multi-head self-attention inside windows, fused in one Pallas TPU kernel.
+
+    Args:
+      q, k, v: `[W, H, N, D]` float32 or bfloat16. Logits are `q @ k^T` unscaled.
+      bias: optional `[H, N, N]` (any float dtype), added to every window's logits;
+        differentiable (d(bias) is summed over windows in the backward kernel).
+      mask: optional `[Wi, N, N]` additive mask; window w uses `mask[w % Wi]`. Constant:
+        no gradient flows into it.
+      block_sizes: `BlockSizes`; None -> `BlockSizes.get_default(...)`.
+      interpret: False (TPU), True or a `pltpu.InterpretParams` (the TPU interpreter).
+
+    Returns:
+      `[W, H, N, D]` in q's dtype.
+
+    Differentiable w.r.t. q, k, v and bias through `jax.custom_vjp` with a Pallas backward.
+    """
+    _check(q, k, v, bias, mask)
+    w, h, n, d = q.shape
+    if block_sizes is None:
+        block_sizes = BlockSizes.get_default(
+            w, h, n, d, q.dtype, has_bias=bias is not None, has_mask=mask is not None,
+            windows_per_image=1 if mask is None else mask.shape[0])
+    np_ = padded_tokens(n, q.dtype)
+    wp = round_up(w, max(block_sizes.block_windows, block_sizes.block_windows_bwd))
+    # Padding happens outside the custom_vjp, so autodiff of pad/slice routes the cotangents:
+    # padded rows of `do` are zero and the padded part of dbias is sliced away.
+    qkv_pad = ((0, wp - w), (0, 0), (0, np_ - n), (0, 0))
+    q, k, v = (jnp.pad(a, qkv_pad) for a in (q, k, v))
+    if bias is not None:
+        bias = jnp.pad(bias, ((0, 0), (0, np_ - n), (0, np_ - n)))
+    if mask is not None:
+        mask = jnp.pad(lax.stop_gradient(mask), ((0, 0), (0, np_ - n), (0, np_ - n)))
+    out = _attention(q, k, v, bias, mask, n, block_sizes, interpret)
+    return out[:w, :, :n]
+
+
+# ----------------------------------------------------------------------------- MXU report
+def mxu_fractions(n: int, d: int, dtype, mxu: int) -> tuple[float, float]:
+    """(token fraction, useful-MAC fraction) of this kernel's matmuls on a `mxu`^2 MXU.
+
+    Model (`pallas_kernels._common.mxu_macs`): the rhs of `lhs [M, K] @ rhs [K, N]` is latched
+    in mxu x mxu tiles, lhs rows stream (rounded to 8). Per window and head the forward runs
+    `q k^T` (M, K, N) = (Np, D, Np) and `p v` (Np, Np, D); the backward runs two of the first
+    kind (logits recompute, `do v^T`) and three of the second (`p^T do`, `ds k`, `ds^T q`), so
+    forward and backward have the same fraction:
+        useful = (N / Np8) * (N / roundup(Np, mxu)) * (D / roundup(D, mxu)).
+    The token fraction is the same without the last factor: the part set by the window size
+    and the kernel's padding. The head-dim factor is a property of the model (D < mxu leaves
+    MXU rows/columns idle in every formulation of `q k^T`, whose contraction is D)."""
+    np_ = padded_tokens(n, dtype)
+    u1, i1 = mxu_macs(n, d, n, mxu, m_pad=np_, n_pad=np_)  # q @ k^T
+    u2, i2 = mxu_macs(n, n, d, mxu, m_pad=np_, k_pad=np_)  # p @ v
+    useful = (u1 + u2) / (i1 + i2)
+    return useful / (d / round_up(d, mxu)), useful
+
+
+def report_rows(dtype=jnp.bfloat16, configs=None, num_windows: int = 4096) -> list[dict]:
+    """Rows of `python -m pallas_kernels.report` for window attention.
+
+    `configs`: iterable of (name, window shape, heads, head dim); default
+    `pallas_kernels.report.WINDOW_CONFIGS`. Each row has the keys of the report schema
+    (kernel, config, block_shapes, useful_mac_fraction_128/_256, vmem_bytes, note) plus
+    token_fraction_128/_256 and vmem_bytes_fwd/_bwd. Block sizes are the defaults for
+    `num_windows` windows (large enough that the window count does not cap them), with a
+    f32 bias and a f32 mask (the shifted-window blocks; the largest VMEM case)."""
+    if configs is None:
+        from pallas_kernels.report import WINDOW_CONFIGS as configs
+    rows = []
+    for name, window, heads, d in configs:
+        n = math.prod(window)
+        np_ = padded_tokens(n, dtype)
+        bs = BlockSizes.get_default(num_windows, heads, n, d, dtype)
+        vf = vmem_bytes_per_step(bs.block_windows, np_, d, dtype, backward=False)
+        vb = vmem_bytes_per_step(bs.block_windows_bwd, np_, d, dtype, backward=True)
+        t128, f128 = mxu_fractions(n, d, dtype, 128)
+        t256, f256 = mxu_fractions(n, d, dtype, 256)
+        win = "x".join(map(str, window))
+        note = f"N={n} -> Np={np_}; grid (H={heads}, W/bw)."
+        bad = [lbl for lbl, t in (("128", t128), ("256", t256)) if t < 0.75]
+        if bad:
+            note += (f" Tokens < 75% on the {'/'.join(bad)} MXU ({n} of "
+                     f"{round_up(np_, 128 if '128' in bad else 256)} used); MXU-shaped: "
+                     f"{_suggest(window, bad)}.")
+        if d < 128:
+            note += f" D={d} caps useful MACs at {d}/{round_up(d, 128)} | {d}/{round_up(d, 256)}."
+        if vf > VMEM_TARGET_BYTES or vb > VMEM_TARGET_BYTES:
+            note += " VMEM above the 8 MiB target even at the smallest block (still < 16 MiB)." \
+                if max(vf, vb) <= VMEM_BUDGET_BYTES else " VMEM ABOVE the 16 MiB budget."
+        rows.append({
+            "kernel": "window_attention",
+            "config": f"{name}: window {win}, H={heads}, D={d}",
+            "block_shapes": (f"fwd bw={bs.block_windows}: q/k/v/o ({bs.block_windows},1,{np_},{d}) "
+                             f"bias (1,{np_},{np_}) mask ({bs.block_windows},{np_},{np_}); "
+                             f"bwd bw={bs.block_windows_bwd}"),
+            "useful_mac_fraction_128": f128,
+            "useful_mac_fraction_256": f256,
+            "token_fraction_128": t128,
+            "token_fraction_256": t256,
+            "vmem_bytes": max(vf, vb),
+            "vmem_bytes_fwd": vf,
+            "vmem_bytes_bwd": vb,
+            "note": note,
+        })
+    return rows
+
+
+def _suggest(window, bad) -> str:
+    two_d = len(window) == 2
+    if "128" in bad:
+        return "16x8 (128 tokens)" if two_d else "8x8x2 or 4x8x4 (128 tokens)"
+    return "16x16 (256 tokens)" if two_d else "8x8x4 (256 tokens)"

@@ -1,0 +1,200 @@
+"""pallas_kernels.window_attention in the Pallas TPU interpreter vs a plain-JAX reference.
+
+The reference (`_reference` below) is written here, independently of the kernel module:
+einsum logits in f32, + bias, + mask[w % Wi], jax.nn.softmax, einsum with v; its gradients
+come from jax.vjp (XLA autodiff), so every kernel gradient (dq, dk, dv, dbias) is checked
+against autodiff of a different program. bf16 cases are compared with the f32 reference on
+the same (bf16-representable) inputs.
+
+Error measure: max|got - want| / max(1, max|want|) per array. Tolerances (issue 4):
+f32 1e-5; bf16 1e-2 forward, 2e-2 backward.
+
+Runtime (2 shared CPU cores, noisy): each case compiles the interpreter once, ~7-10 s;
+the default sweep (8 cases + races + flag + fast checks) takes ~50 s of CPU, 1-3 min
+wall on the shared machine; the full sweep is @slow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.window_attention import BlockSizes, padded_tokens, window_attention
+
+TOL = {"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 2e-2)}  # (forward, backward)
+MASK_VALUE = -1e9  # what jaxseg's models use
+
+
+def _reference(q, k, v, bias, mask):
+    s = jnp.einsum("whnd,whmd->whnm", q, k, precision="highest")
+    if bias is not None:
+        s = s + bias[None]
+    if mask is not None:
+        idx = np.arange(q.shape[0]) % mask.shape[0]
+        s = s + mask[idx][:, None]
+    p = jax.nn.softmax(s, axis=-1)
+    return jnp.einsum("whnm,whmd->whnd", p, v, precision="highest")
+
+
+def _inputs(seed, w, h, n, d, dtype, *, bias, mask_windows):
+    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+    q = jax.random.normal(ks[0], (w, h, n, d)) * d**-0.5  # callers pre-scale q
+    k = jax.random.normal(ks[1], (w, h, n, d))
+    v = jax.random.normal(ks[2], (w, h, n, d))
+    do = jax.random.normal(ks[3], (w, h, n, d))
+    q, k, v, do = (a.astype(dtype) for a in (q, k, v, do))
+    b = jax.random.normal(ks[4], (h, n, n)) if bias else None
+    m = None
+    if mask_windows:
+        m = np.where(np.asarray(jax.random.bernoulli(ks[5], 0.3, (mask_windows, n, n))), MASK_VALUE, 0.0)
+        m[0, 0, :] = MASK_VALUE  # a fully masked row: padded keys must still get no weight
+        m = jnp.asarray(m, jnp.float32)
+    return q, k, v, b, m, do
+
+
+def _err(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
+
+
+def _run_case(w, h, window, d, dtype, *, bias, mask_windows, block_sizes, interpret=True, seed=0):
+    n = math.prod(window)
+    q, k, v, b, m, do = _inputs(seed, w, h, n, d, dtype, bias=bias, mask_windows=mask_windows)
+    diff = (q, k, v) + ((b,) if bias else ())
+
+    def kernel(*a):
+        return window_attention(a[0], a[1], a[2], a[3] if bias else None, m,
+                                block_sizes=block_sizes, interpret=interpret)
+
+    def reference(*a):
+        a = [x.astype(jnp.float32) for x in a]
+        return _reference(a[0], a[1], a[2], a[3] if bias else None, m)
+
+    @jax.jit
+    def run(fn, *a):
+        out, vjp = jax.vjp(fn, *a)
+        return out, vjp(do.astype(out.dtype))
+
+    out, grads = jax.jit(lambda *a: run.__wrapped__(kernel, *a))(*diff)
+    ref_out, ref_grads = jax.jit(lambda *a: run.__wrapped__(reference, *a))(*diff)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    tf, tb = TOL[jnp.dtype(dtype).name]
+    case = f"window={window} d={d} {jnp.dtype(dtype).name} bias={bias} mask={mask_windows} {block_sizes}"
+    errs = {"out": _err(out, ref_out)}
+    for name, g, rg in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
+        assert g.shape == rg.shape, (name, case)
+        errs[name] = _err(g, rg)
+    bad = {k_: e for k_, e in errs.items() if e > (tf if k_ == "out" else tb)}
+    assert not bad, f"{case}: errors {errs} exceed tolerance fwd {tf} / bwd {tb}"
+    print(f"[errors] {case}: " + " ".join(f"{k_}={e:.1e}" for k_, e in errs.items()))
+    return errs
+
+
+# (windows, heads, window shape, head dim, dtype, bias, mask windows Wi, block sizes)
+DEFAULT_CASES = [
+    # 7x7 Swin 2D; W=6 is padded to 8 windows (bw 4) and Wi=3 is tiled to lcm(3, bw).
+    (6, 2, (7, 7), 16, jnp.float32, True, 3, BlockSizes(4, 2)),
+    (4, 2, (8, 8), 32, jnp.float32, True, 2, None),  # lightseg 2D, default block sizes
+    (4, 2, (4, 4, 4), 64, jnp.float32, False, 4, BlockSizes(1, 2)),  # mask only
+    (4, 1, (7, 7, 7), 32, jnp.float32, True, 2, BlockSizes(2, 2)),  # 343 -> 344 tokens
+    (4, 2, (4, 8, 4), 32, jnp.float32, True, 1, BlockSizes(4, 4)),  # MXU-shaped 128
+    (4, 2, (8, 8), 32, jnp.bfloat16, True, 2, None),
+    (6, 2, (7, 7), 64, jnp.bfloat16, True, 3, BlockSizes(2, 2)),  # 49 -> 64 (bf16 tile 16)
+    (4, 2, (8, 8, 2), 16, jnp.bfloat16, True, 0, BlockSizes(4, 2)),
+]
+
+
+@pytest.mark.parametrize("w,h,window,d,dtype,bias,mask_windows,bs", DEFAULT_CASES,
+                         ids=lambda x: str(x) if not isinstance(x, BlockSizes) else
+                         f"bs{x.block_windows}-{x.block_windows_bwd}")
+def test_matches_reference(w, h, window, d, dtype, bias, mask_windows, bs):
+    _run_case(w, h, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs)
+
+
+def _races_found():
+    from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc  # private, 0.10.x
+    return ipc.races is not None and ipc.races.races_found
+
+
+def test_no_races_two_cores():
+    """detect_races=True with two simulated cores, so "parallel" grid axes really split.
+
+    Forward (both axes parallel) and backward (dbias accumulated over the "arbitrary"
+    window axis) are checked in separate calls: the interpreter resets its race state at
+    each kernel launch."""
+    ip = pltpu.InterpretParams(detect_races=True, num_cores_or_threads=2)
+    w, h, n, d = 8, 2, 64, 32
+    q, k, v, b, m, do = _inputs(1, w, h, n, d, jnp.float32, bias=True, mask_windows=2)
+    bs = BlockSizes(2, 2)
+    f = lambda q, k, v, b: window_attention(q, k, v, b, m, block_sizes=bs, interpret=ip)
+    out = jax.block_until_ready(jax.jit(f)(q, k, v, b))
+    assert not _races_found(), "race detected in the forward kernel"
+    grads = jax.block_until_ready(jax.jit(lambda *a: jax.vjp(f, *a)[1](do))(q, k, v, b))
+    assert not _races_found(), "race detected in the backward kernel"
+    ref_out, vjp = jax.vjp(lambda *a: _reference(*a, m), q, k, v, b)
+    assert _err(out, ref_out) <= 1e-5
+    for g, rg in zip(grads, vjp(do)):
+        assert _err(g, rg) <= 1e-5
+
+
+def test_force_interpret_mode_flag():
+    """The global interpreter switch works too (what jaxseg tests may use)."""
+    q, k, v, b, m, _ = _inputs(2, 2, 1, 16, 16, jnp.float32, bias=True, mask_windows=1)
+    with pltpu.force_tpu_interpret_mode():
+        out = jax.jit(lambda *a: window_attention(*a, m))(q, k, v, b)
+    assert _err(out, _reference(q, k, v, b, m)) <= 1e-5
+
+
+def test_block_size_rule():
+    # 64 tokens: 16 windows reach 1024 rows; the f32 backward (7 double-buffered [64, 32]
+    # blocks lane-padded to 128, plus a [16, 64, 64] mask block) exceeds 8 MiB at 16 -> 8.
+    bs = BlockSizes.get_default(4096, 4, 64, 32, jnp.float32)
+    assert (bs.block_windows, bs.block_windows_bwd) == (16, 8)
+    assert BlockSizes.get_default(4096, 4, 64, 32, jnp.bfloat16) == BlockSizes(16, 16)
+    # 343 -> 344 tokens: 4 windows by rows, halved by VMEM (the f32 [bw, 344, 344] mask).
+    assert BlockSizes.get_default(4096, 4, 343, 32, jnp.float32) == BlockSizes(2, 1)
+    assert BlockSizes.get_default(4096, 4, 343, 32, jnp.float32, has_mask=False) == BlockSizes(4, 1)
+    # Never more windows than there are.
+    assert BlockSizes.get_default(3, 4, 64, 32, jnp.float32).block_windows == 2
+    assert padded_tokens(49, jnp.float32) == 56 and padded_tokens(49, jnp.bfloat16) == 64
+    with pytest.raises(ValueError, match="block_windows must be a positive power of two"):
+        BlockSizes(3, 2)
+
+
+@pytest.mark.parametrize("args,match", [
+    (((2, 1, 16, 8), (2, 1, 16, 4), None, None), "q, k, v must all be"),
+    (((2, 1, 16, 8), (2, 1, 16, 8), (2, 16, 16), None), r"bias must be \[H, N, N\]"),
+    (((2, 1, 16, 8), (2, 1, 16, 8), None, (16, 16)), r"mask must be \[Wi, 16, 16\]"),
+])
+def test_bad_shapes(args, match):
+    qs, ks, bs, ms = args
+    z = lambda s: None if s is None else jnp.zeros(s)
+    with pytest.raises(ValueError, match=match):
+        window_attention(z(qs), z(ks), z(ks), z(bs), z(ms), interpret=True)
+
+
+def test_bad_dtype():
+    x = jnp.zeros((1, 1, 8, 8), jnp.float16)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        window_attention(x, x, x, interpret=True)
+
+
+SLOW_WINDOWS = [(7, 7), (8, 8), (4, 4, 4), (7, 7, 7), (8, 8, 2), (4, 8, 4)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window,d,dtype", list(itertools.product(
+    SLOW_WINDOWS, (16, 32, 64), (jnp.float32, jnp.bfloat16))))
+def test_full_sweep(window, d, dtype):
+    """Every window size x head dim x dtype, with bias and mask, and the bias-only /
+    mask-only / neither variants rotated in, at two block sizes. ~36 cases, ~10 min."""
+    i = SLOW_WINDOWS.index(window) + (16, 32, 64).index(d)
+    bias, mask_windows = [(True, 4), (True, 0), (False, 2), (False, 0)][i % 4]
+    bs = [BlockSizes(2, 4), BlockSizes(4, 2)][i % 2]
+    _run_case(8, 2, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs, seed=i)
