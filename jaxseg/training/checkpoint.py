@@ -50,12 +50,17 @@ class Checkpoints:
         """Saves `state` (and the input iterator's position) as the latest; with `best`,
         also offers the state to the best-Dice slot."""
         step = int(jax.device_get(state.step))
+        # The two managers' asynchronous commits each run cross-process barriers in a
+        # background thread; running them concurrently can interleave those barriers
+        # differently on different hosts and deadlock a multi-host run. One at a time.
         if self.latest.latest_step() != step:
             items = {"state": ocp.args.StandardSave(state)}
             if data_iterator is not None:
                 items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+            self.best.wait_until_finished()
             self.latest.save(step, args=ocp.args.Composite(**items), force=True)
         if best:
+            self.latest.wait_until_finished()
             self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                            metrics={"val_dice": float(val_dice)}, force=True)
 
