@@ -6,20 +6,9 @@
 
 import ml_collections
 
-from jaxseg.defaults import base_config
+from jaxseg.defaults import phantom_2d_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.root = "data/demo2d"  # written by `python -m jaxseg.data.synthetic --dims 2`
-    c.data.patch_size = (128, 128)  # the whole 2D slice: one window per image at inference
-    c.data.batch_size = 8
-
-    c.model.name = "lightseg_tiny"
-
-    c.train.steps = 500  # ~0.3 s a step on 2 cores; validation Dice is ~0.95 by step 300
-    c.train.warmup_steps = 50
-    c.train.learning_rate = 2e-3
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 250
+    c = phantom_2d_config("lightseg_tiny")
     return c

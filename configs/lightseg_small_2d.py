@@ -13,16 +13,11 @@ Every mechanism is a model.args switch, so an ablation is one override, e.g.
 
 import ml_collections
 
-from jaxseg.defaults import base_config
+from jaxseg.defaults import phantom_2d_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.root = "data/demo2d"  # written by `python -m jaxseg.data.synthetic --dims 2`
-    c.data.patch_size = (128, 128)  # the whole 2D slice
-    c.data.batch_size = 8
-
-    c.model.name = "lightseg_small"  # embed (48, 96, 192, 384), depths 2 each, mlp_ratio 3
+    c = phantom_2d_config("lightseg_small")
     c.model.args.window_sizes = (8, 8, 4, 4)  # multi-scale windows: one size per stage
     c.model.args.shift_windows = True  # Swin shifted windows on every second block
     c.model.args.cross_window_layers = None  # None: an exchange after each stage's last block; (): off
@@ -31,11 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.args.share_params = False  # share attention + MLP weights across a stage's blocks
     c.model.args.rank = None  # low-rank factorised projections; None = full rank
     c.model.args.drop_path = 0.1  # stochastic depth, max rate (linear over blocks)
-    c.model.args.attention_impl = "auto"  # jaxseg.ops implementation ("xla" | "pallas" when wired)
-
-    c.train.steps = 500  # as configs/demo.py; not tuned per model
-    c.train.warmup_steps = 50
+    c.model.args.attention_impl = "auto"  # jaxseg.ops: Pallas kernel on TPU, XLA elsewhere
     c.train.learning_rate = 1e-3
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 250
     return c

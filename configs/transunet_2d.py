@@ -6,16 +6,11 @@
 
 import ml_collections
 
-from jaxseg.defaults import base_config
+from jaxseg.defaults import phantom_2d_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.root = "data/demo2d"  # written by `python -m jaxseg.data.synthetic --dims 2`
-    c.data.patch_size = (128, 128)  # the whole 2D slice
-    c.data.batch_size = 8
-
-    c.model.name = "transunet"
+    c = phantom_2d_config("transunet")
     c.model.args.resnet_width = 16  # the paper's R50: 64
     c.model.args.resnet_depths = (1, 2, 2)  # the paper's R50: (3, 4, 9)
     c.model.args.hidden_size = 192  # ViT-B: 768
@@ -23,10 +18,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.args.num_heads = 6  # ViT-B: 12
     c.model.args.mlp_dim = 768  # ViT-B: 3072
     c.model.args.pos_grid = (8, 8)  # token grid of a 128x128 patch (1/16)
-
-    c.train.steps = 500  # as configs/demo.py; not tuned per model
-    c.train.warmup_steps = 50
-    c.train.learning_rate = 2e-3
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 250
     return c

@@ -87,3 +87,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.gaussian_sigma_scale = 0.125  # Gaussian weighting sigma / patch size
     c.eval.max_val_cases = 16  # cases used for the validation Dice during training
     return c
+
+
+def phantom_2d_config(model_name: str) -> ml_collections.ConfigDict:
+    """`base_config()` for the embedded 2D phantoms (the demo's data and schedule), with
+    `model_name`; the configs that compare models on the demo data start from it."""
+    c = base_config()
+    c.data.root = "data/demo2d"  # written by `python -m jaxseg.data.synthetic --dims 2`
+    c.data.patch_size = (128, 128)  # the whole 2D slice: one window per image at inference
+    c.data.batch_size = 8
+    c.model.name = model_name
+    c.train.steps = 500  # ~0.3 s a step for lightseg_tiny on 2 cores
+    c.train.warmup_steps = 50
+    c.train.learning_rate = 2e-3
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
+    return c
