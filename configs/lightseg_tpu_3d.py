@@ -16,7 +16,7 @@ from jaxseg.defaults import base_config
 def get_config() -> ml_collections.ConfigDict:
     c = base_config()
     c.data.root = "data/demo3d"  # any 3D dataset.json folder
-    c.data.patch_size = (96, 96, 96)
+    c.data.patch_size = (128, 128, 128)  # stage maps 32^3, 16^3, 8^3, 4^3: windows tile exactly
     c.data.batch_size = 8  # global, split over the mesh
     c.model.name = "lightseg_base"
     c.model.args.embed_dims = (64, 128, 256, 512)
