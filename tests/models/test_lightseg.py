@@ -8,7 +8,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxseg.errors import ConfigError
@@ -21,6 +20,7 @@ from jaxseg.models.lightseg import (
     low_rank_params,
     window_pool_weights,
 )
+from tests.models.training_checks import assert_trains_two_steps
 
 # A small 2-stage model: stride 8, stage maps 40x56/4 = 10x14 -> windows 4 (padded to 12x16,
 # shifted), then 5x7 -> window 4 (padded 8x8, shifted): masks and padding are exercised.
@@ -244,27 +244,7 @@ def test_all_switches_odd_shape_gradients_and_training(dims, shape):
     labels = jnp.asarray(np.random.default_rng(1).integers(0, 3, size=shape[:-1]), jnp.int32)
     params = _init(model, x)
 
-    def loss_fn(p):
-        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(3)})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
-
-    opt = optax.adam(1e-3)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(p, s):
-        (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss, logits, g
-
-    new, state, loss, logits, grads = step(params, state)
-    assert logits.shape == shape[:-1] + (3,) and logits.dtype == jnp.float32
-    assert np.isfinite(float(loss))
-    bad = [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_leaves_with_path(grads)
-           if not np.isfinite(np.asarray(g)).all() or not np.any(np.asarray(g) != 0)]
-    assert not bad, f"parameters without a finite non-zero gradient: {bad}"
-    _, _, loss2, _, _ = step(new, state)
-    assert np.isfinite(float(loss2))
+    assert_trains_two_steps(model, params, x, labels, 3, rngs={"dropout": jax.random.key(3)})
 
 
 # --------------------------------------------------------------------------- sizes

@@ -18,6 +18,7 @@ from jax import lax
 from jaxseg.errors import ConfigError
 from jaxseg.models import build_model
 from jaxseg.models.transmed import AxialBlock, DynamicConv, dynamic_conv, relative_offsets
+from tests.models.training_checks import assert_trains_two_steps
 
 TINY = dict(features=(8, 16, 16), head_dim=8, max_len=8, num_experts=3)
 
@@ -132,26 +133,7 @@ def test_variant_builds_and_trains_one_step(variant, dims):
     assert any("axial" in n for n in names) == (variant in ("axial", "full"))
     assert any("dynconv" in n for n in names) == (variant in ("dynamic", "full"))
 
-    def loss_fn(p):
-        logits = model.apply({"params": p}, x, train=True)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
-
-    opt = optax.adam(1e-3)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(p, s):
-        (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
-        u, s = opt.update(g, s, p)
-        return optax.apply_updates(p, u), s, loss, logits, g
-
-    new, state, loss, logits, grads = step(params, state)
-    assert logits.shape == shape[:-1] + (3,) and logits.dtype == jnp.float32
-    assert np.isfinite(float(loss))
-    bad = [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_leaves_with_path(grads)
-           if not np.isfinite(np.asarray(g)).all() or not np.any(np.asarray(g) != 0)]
-    assert not bad, f"parameters without a finite non-zero gradient: {bad}"
-    assert np.isfinite(float(step(new, state)[2]))
+    assert_trains_two_steps(model, params, x, labels, 3, rngs=None)
 
 
 @pytest.mark.slow  # ~50 s under load
