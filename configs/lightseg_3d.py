@@ -3,8 +3,11 @@
     python -m jaxseg.data.synthetic --dims 3 --num-cases 40 --shape 64,64,64 --out data/demo3d
     python -m jaxseg.train --config configs/lightseg_3d.py --workdir runs/lightseg_3d
 
-Ablations are model.args overrides, as in configs/lightseg_small_2d.py; the size is
---config.model.name=lightseg_tiny | lightseg_small | lightseg_base.
+Ablations are model.args overrides, as in configs/lightseg_small_2d.py, e.g. halo keys or
+window routing instead of shifted windows:
+    --config.model.args.halo=1 --config.model.args.shift_windows=false
+    --config.model.args.topk_windows=8 --config.model.args.shift_windows=false
+The size is --config.model.name=lightseg_tiny | lightseg_small | lightseg_base.
 """
 
 import ml_collections
@@ -20,7 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model.name = "lightseg_small"
     c.model.args.window_sizes = (4, 4, 2, 2)  # multi-scale windows (4^3 = 64 tokens, then 2^3)
-    c.model.args.shift_windows = True  # Swin shifted windows on every second block
+    c.model.args.shift_windows = True  # Swin shifted windows on every second block (False with halo / routing)
+    c.model.args.halo = 0  # halo keys: windows attend to the window grown by `halo` per side; 0 = off
+    c.model.args.topk_windows = None  # window routing: own window + the best topk_windows - 1; None = off
     c.model.args.cross_window_layers = None  # None: an exchange after each stage's last block; (): off
     c.model.args.global_tokens = 1  # learnable tokens in each cross-window exchange
     c.model.args.topk = None  # keys per query (dynamic sparse attention); None = dense

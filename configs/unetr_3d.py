@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.args.proj_type = "conv"  # "conv" or "perceptron"
     c.model.args.norm_name = "instance"  # MONAI default
     c.model.args.dropout_rate = 0.0  # ViT dropout (patch embedding, attention, MLP)
+    c.model.args.remat = False  # True: recompute ViT and conv blocks in the backward pass (less memory)
 
     c.train.steps = 500  # sized for 2 CPU cores; not tuned
     c.train.warmup_steps = 50

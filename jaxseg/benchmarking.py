@@ -248,7 +248,8 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
        Each step is awaited, so the device is idle exactly while the host waits:
        `input_wait_fraction` is the share of time a step would sit idle for input
        (an upper bound for the training loop, which also overlaps dispatch).
-    Grain prefetches up to `data.prefetch` batches in background threads, so when the
+    Grain prefetches up to `data.prefetch` batches in background threads (per worker
+    process with `data.num_workers > 0`; the workers start during the warm-up), so when the
     pipeline is the slower side the first few timed steps can still be served from the
     buffer: use `steps` well above `data.prefetch`.
     """
@@ -273,6 +274,7 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
         spec, cases, patch_size=patch, batch_size=batch_size, seed=config.seed,
         foreground_fraction=config.data.foreground_fraction,
         num_threads=config.data.num_threads, prefetch=config.data.prefetch,
+        num_workers=config.data.num_workers,
         ct_window=tuple(config.data.ct_window))
     setup_s = time.perf_counter() - t0
     for _ in range(warmup):
@@ -321,6 +323,7 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
         waits.append(t1 - t0)
         transfers.append(t2 - t1)
         totals.append(t3 - t0)
+    batches.close()  # joins grain's worker processes (data.num_workers > 0)
     total = sum(totals)
     step_s = total / steps
     return {
@@ -333,6 +336,7 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
         "num_train_cases": len(cases),
         "num_threads": config.data.num_threads,
         "prefetch": config.data.prefetch,
+        "num_workers": config.data.num_workers,
         "pipeline_setup_s": setup_s,
         "pipeline_batches": pipeline_batches,
         "pipeline_batches_per_s": pipeline_bps,

@@ -14,8 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 8  # global batch, split over the mesh's data axis
     c.data.foreground_fraction = 0.33  # share of patches centred on foreground (nnU-Net)
     c.data.ct_window = (-1000.0, 1000.0)  # HU clip range for channels whose modality is CT
-    c.data.num_threads = 2  # grain reader threads on this host
-    c.data.prefetch = 4  # batches prefetched by grain
+    c.data.num_threads = 2  # grain threads computing batches (in each worker, if any)
+    c.data.prefetch = 4  # batches prefetched by grain (by each worker, if any)
+    c.data.num_workers = 0  # processes computing batches; 0: threads here (docs/training.md)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "lightseg_tiny"  # a name from `jaxseg.models.available_models()`

@@ -1,7 +1,8 @@
 """Segment files: python -m jaxseg.predict --workdir DIR --input PATH --output PATH
 
-PATH is a file (NIfTI, PNG, TIFF) or a folder of them. Each mask is uint8 with its
-input's shape, affine and orientation.
+PATH is a file (NIfTI, PNG, TIFF, GIF) or a folder of them. Each mask has its input's
+shape, affine and orientation and holds the label values of the training data's files
+(0/255 for a model trained on 0/255 masks), as uint8 (uint16 when a value exceeds 255).
 """
 
 from __future__ import annotations

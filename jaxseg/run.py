@@ -1,7 +1,8 @@
 """A training run's workdir: what it holds and how to rebuild its model from it.
 
     workdir/config.json    the full config the run was trained with
-    workdir/run.json       dataset facts the model needs (dims, channels, classes, labels)
+    workdir/run.json       dataset facts the model needs (dims, channels, classes, labels,
+                           the class -> label-file value table)
     workdir/splits.json    the case ids of the train / val / test splits
     workdir/checkpoints/   latest train states;  workdir/best/  best by validation Dice
 
@@ -21,6 +22,7 @@ import ml_collections
 
 from jaxseg import models
 from jaxseg.config import config_from_json
+from jaxseg.data.dataset import check_label_values
 from jaxseg.errors import ConfigError, JaxsegError
 from jaxseg.training import checkpoint, mesh as mesh_lib, optimizer as optimizer_lib
 from jaxseg.training.state import TrainState, init_train_state
@@ -28,7 +30,12 @@ from jaxseg.training.state import TrainState, init_train_state
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
-    """What the model and the pre-processing need to know about the training data."""
+    """What the model and the pre-processing need to know about the training data.
+
+    `labels` maps class index -> name; `label_values[k]` is the value class k has in the
+    dataset's label files, so predictions are written in those values (empty, as in
+    run.json files written before it existed: the identity).
+    """
 
     dims: int
     in_channels: int
@@ -36,12 +43,18 @@ class RunInfo:
     labels: dict[int, str]
     modalities: tuple[str, ...]
     dataset_root: str
+    label_values: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "label_values", check_label_values(
+            self.label_values, self.num_classes, "run.json"))
 
     @classmethod
     def from_spec(cls, spec) -> "RunInfo":
         return cls(dims=spec.dims, in_channels=len(spec.modalities),
                    num_classes=spec.num_classes, labels=dict(spec.labels),
-                   modalities=tuple(spec.modalities), dataset_root=str(spec.root))
+                   modalities=tuple(spec.modalities), dataset_root=str(spec.root),
+                   label_values=tuple(spec.label_values))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -51,6 +64,7 @@ class RunInfo:
         d = json.loads(text)
         d["labels"] = {int(k): v for k, v in d["labels"].items()}
         d["modalities"] = tuple(d["modalities"])
+        d["label_values"] = tuple(d.get("label_values", ()))
         return cls(**d)
 
 
@@ -59,7 +73,9 @@ def save_run(workdir: Path, config: ml_collections.ConfigDict, info: RunInfo,
     """Writes config.json, run.json and splits.json; refuses a workdir of another model.
 
     A rerun may change training fields (more steps, another learning rate) but not the
-    model or the data, or the checkpoints would not fit.
+    model or the data, or the checkpoints would not fit. Model arguments that only choose
+    how the same parameters are computed (`COMPUTE_ONLY_ARGS`: remat, kernel choices) may
+    change, so a run trained with remat on a pod can resume without it, and vice versa.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "config.json"
@@ -70,6 +86,8 @@ def save_run(workdir: Path, config: ml_collections.ConfigDict, info: RunInfo,
                                                                  "patch_size")
             for key in fixed:
                 was, now = old[section][key], config[section][key]
+                if section == "model" and key == "args":
+                    was, now = _structural_args(was), _structural_args(now)
                 if _normalise(was) != _normalise(now):
                     raise ConfigError(
                         f"{section}.{key} is {now!r} but the run in {workdir} was trained "
@@ -78,6 +96,15 @@ def save_run(workdir: Path, config: ml_collections.ConfigDict, info: RunInfo,
         _write_atomic(config_path, config.to_json(indent=2))
         _write_atomic(workdir / "run.json", info.to_json())
         _write_atomic(workdir / "splits.json", json.dumps(splits, indent=2))
+
+
+# Model arguments that change how parameters are computed, never which parameters exist.
+COMPUTE_ONLY_ARGS = frozenset({"remat", "use_checkpoint", "attention_impl", "depthwise_impl",
+                               "dynamic_impl"})
+
+
+def _structural_args(args: Any) -> Any:
+    return {k: v for k, v in _normalise(args).items() if k not in COMPUTE_ONLY_ARGS}
 
 
 def _normalise(value: Any) -> Any:

@@ -1,7 +1,10 @@
-"""Segment image files with a trained run: files in, uint8 masks out, aligned to the input.
+"""Segment image files with a trained run: files in, masks out, aligned to the input.
 
-Masks are written with the input's on-disk shape, affine and orientation, so they overlay
-the input in any viewer (the model itself sees the canonical RAS orientation).
+Masks hold the label values of the training data's files (a model trained on 0/255 masks
+writes 0/255; `RunInfo.label_values`), stored as uint8, or uint16/int32 when a declared
+value exceeds 255. They have the input's on-disk shape, affine and orientation, so they
+overlay the input in any viewer (the model itself sees the canonical RAS orientation).
+A GIF input gets a PNG mask.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import numpy as np
 
 from jaxseg import evaluation
 from jaxseg.data import io, preprocess
+from jaxseg.data.dataset import classes_to_values
 from jaxseg.errors import JaxsegError
 from jaxseg.run import load_trained
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".png", ".tif", ".tiff")
+IMAGE_SUFFIXES = io.NIFTI_SUFFIXES + io.PIL_SUFFIXES
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -35,7 +39,8 @@ class Segmenter:
         self._predictor = evaluation.window_predictor(self.model, self.params)
 
     def segment(self, image: io.Image) -> np.ndarray:
-        """uint8 label map `[X, Y, (Z)]` in the image's canonical orientation."""
+        """Label map `[X, Y, (Z)]` in the image's canonical orientation, in label-file
+        values (`classes_to_values`: uint8, or wider when a value exceeds 255)."""
         channels = image.data.shape[-1]
         if channels != self.info.in_channels:
             raise JaxsegError(f"{image.path} has {channels} channel(s); the model was "
@@ -45,12 +50,13 @@ class Segmenter:
         probs = evaluation.predict_probabilities(
             data, self._predictor, patch_size=self.config.data.patch_size,
             num_classes=self.info.num_classes, eval_config=self.config.eval)
-        return np.argmax(probs, axis=-1).astype(np.uint8)
+        return classes_to_values(np.argmax(probs, axis=-1), self.info.label_values)
 
     def segment_files(self, channel_paths: list[Path], output: Path) -> Path:
         image = io.read_image(channel_paths, dims=self.info.dims)
         output.parent.mkdir(parents=True, exist_ok=True)
-        io.write_mask(self.segment(image), image, output)
+        mask = self.segment(image)
+        io.write_mask(mask, image, output, dtype=mask.dtype)
         return output
 
     def segment_path(self, input_path: str | Path, output: str | Path) -> list[Path]:
@@ -73,7 +79,7 @@ class Segmenter:
             match = _CHANNEL_FILE.match(stem) if self.info.in_channels > 1 else None
             case = match["case"] if match else stem
             cases.setdefault(case, []).append(path)
-            suffix_of[case] = suffix
+            suffix_of[case] = ".png" if suffix.lower() == ".gif" else suffix  # GIF is read-only
         if not cases:
             raise JaxsegError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {input_path}")
         output.mkdir(parents=True, exist_ok=True)

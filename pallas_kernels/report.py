@@ -67,6 +67,16 @@ WINDOW_CONFIGS = (
     ("MXU-shaped 3D (v6e)", (8, 8, 4), 4, 32),
 )
 
+# (name, query window, heads, head dim, key tokens M per window): attention whose keys are
+# not the query window. lightseg `halo=h` (keys: the window grown by h per side) and
+# `topk_windows=k` (keys: k routed windows, k * N tokens), on lightseg_small's stage 0.
+KEY_BLOCK_CONFIGS = (
+    ("lightseg_small 2D s0 halo 2", (8, 8), 3, 16, 12 * 12),
+    ("lightseg_small 2D s0 topk_windows 4", (8, 8), 3, 16, 4 * 64),
+    ("lightseg_small 3D s0 halo 1", (4, 4, 4), 3, 16, 6 * 6 * 6),
+    ("lightseg_small 3D s0 topk_windows 4", (4, 4, 4), 3, 16, 4 * 64),
+)
+
 
 def collect_rows(dtype=jnp.bfloat16) -> list[dict]:
     """Rows of every kernel that provides `report_rows`; window attention first."""

@@ -2,10 +2,13 @@
 
     out = window_attention(q, k, v, bias=None, mask=None, *, block_sizes=None, interpret=False)
 
-Shapes (W windows, H heads, N tokens per window, D head dim; channels-last inside a window):
-  q, k, v  `[W, H, N, D]`, float32 or bfloat16 (all three the same dtype)
-  bias     `[H, N, N]` or None: added to the logits of every window (relative position bias)
-  mask     `[Wi, N, N]` or None: additive (0 / large negative); window w uses `mask[w % Wi]`
+Shapes (W windows, H heads, N query and M key tokens per window, D head dim; channels-last
+inside a window; M = N for plain windows, M > N for halo key blocks or routed key windows;
+any M >= 1 works):
+  q        `[W, H, N, D]`, float32 or bfloat16
+  k, v     `[W, H, M, D]`, q's dtype
+  bias     `[H, N, M]` or None: added to the logits of every window (relative position bias)
+  mask     `[Wi, N, M]` or None: additive (0 / large negative); window w uses `mask[w % Wi]`
   out      `[W, H, N, D]` in q's dtype
 
 The logits are `q @ k^T` UNSCALED (jaxseg's contract: the caller scales q by `D**-0.5`).
@@ -14,18 +17,22 @@ Softmax is computed in float32 in VMEM; every matmul accumulates in float32
 `p @ v` matmul (the same rounding as jaxseg's XLA path).
 
 Layout and tiling (see docs/kernels.md for the numbers):
-  * N is padded to Np, a multiple of the sublane tile (8 rows for f32, 16 for bf16), so every
-    block's last two axes are whole (sublane, lane) tiles or the full array extent. The padded
-    keys get logit `PAD_LOGIT` (more negative than any user mask, so they never get weight
-    even in a row the user mask empties); padded query rows are sliced off. The key axis
-    is the lane axis of the logits and is NOT padded to 128 in HBM: Mosaic pads values to
-    whole vregs internally anyway, so HBM padding would only add traffic.
+  * N and M are padded to Np and Mp, multiples of the sublane tile (8 rows for f32, 16 for
+    bf16), so every block's last two axes are whole (sublane, lane) tiles or the full array
+    extent. The padded keys get logit `PAD_LOGIT` (more negative than any user mask, so they
+    never get weight even in a row the user mask empties); padded query rows are sliced off.
+    The key axis is the lane axis of the logits `[Np, Mp]` and is NOT padded to 128 in HBM:
+    Mosaic pads values to whole vregs internally anyway, so HBM padding would only add
+    traffic.
   * Grid `(H, W / bw)`, heads outermost: `bw` windows per grid step (a `fori_loop` over them
     inside the kernel). The bias BlockSpec's index map ignores the window index, so
     consecutive steps ask for the same bias block and the pipeline fetches it once per head,
     never per window. The mask block holds `bw` consecutive windows; the mask is tiled in
     XLA to `lcm(Wi, bw)` windows (usually no copy: Wi is a multiple of bw) so the block
     index is `j % (lcm / bw)`.
+  * M != N changes only block shapes: q/o/dq `(bw, 1, Np, D)`, k/v/dk/dv `(bw, 1, Mp, D)`,
+    bias and d(bias) `(1, Np, Mp)`, mask `(bw, Np, Mp)`. Routed-window masks differ per
+    window (Wi = W), so every step fetches its own mask block.
   * Forward: both grid axes "parallel".
   * Backward: ONE fused kernel recomputes the softmax of each window (it fits in VMEM whole,
     so no log-sum-exp residual is needed) and writes dq, dk, dv; `delta = rowsum(p * dp)`
@@ -34,7 +41,7 @@ Layout and tiling (see docs/kernels.md for the numbers):
     index, so it stays resident in VMEM while the window axis (innermost) walks, and is
     written back once per head. That makes the window axis "arbitrary" (sequential) in the
     backward when a bias is given; heads stay "parallel" (megacore splits heads). Chosen over
-    per-block partials summed in XLA, which would write `W/bw * H * Np^2` f32 to HBM.
+    per-block partials summed in XLA, which would write `W/bw * H * Np * Mp` f32 to HBM.
   * The mask is a constant: gradients do not flow into it (`lax.stop_gradient`).
 
 `interpret`: False (compile for TPU), True (the Pallas TPU interpreter with default
@@ -84,24 +91,29 @@ def padded_tokens(n: int, dtype) -> int:
 
 def vmem_bytes_per_step(bw: int, np_: int, d: int, dtype, *, backward: bool,
                         has_bias: bool = True, has_mask: bool = True,
-                        bias_dtype=jnp.float32, mask_dtype=jnp.float32) -> int:
-    """Estimated VMEM bytes of one grid step with `bw` windows of `np_` padded tokens.
+                        bias_dtype=jnp.float32, mask_dtype=jnp.float32, mp: int | None = None) -> int:
+    """Estimated VMEM bytes of one grid step with `bw` windows of `np_` padded query and `mp`
+    (default `np_`) padded key tokens.
 
     Counts the pipeline's double-buffered blocks (q, k, v, o; or q, k, v, do, dq, dk, dv),
     the bias/mask blocks, the dbias accumulator, and the f32 per-window temporaries
-    (s, p; plus dp, ds, p^T, ds^T and the dbias carry in the backward). Temporaries are counted
-    once because the in-kernel loop handles one window at a time."""
-    tile = vmem_bytes((np_, d), dtype)
-    nn_f32 = vmem_bytes((np_, np_), jnp.float32)
-    n_io = 7 if backward else 4
-    total = 2 * bw * n_io * tile
+    (s, p; plus dp, ds, the dbias carry and the transposes p^T, ds^T in the backward).
+    Temporaries are counted once because the in-kernel loop handles one window at a time."""
+    mp = np_ if mp is None else mp
+    tile_q, tile_k = vmem_bytes((np_, d), dtype), vmem_bytes((mp, d), dtype)
+    nm_f32 = vmem_bytes((np_, mp), jnp.float32)
+    # fwd: q, o and k, v; bwd: q, do, dq and k, v, dk, dv.
+    total = 2 * bw * ((3 * tile_q + 4 * tile_k) if backward else (2 * tile_q + 2 * tile_k))
     if has_bias:
-        total += 2 * vmem_bytes((np_, np_), bias_dtype)
+        total += 2 * vmem_bytes((np_, mp), bias_dtype)
         if backward:
-            total += 2 * nn_f32  # the resident dbias output block
+            total += 2 * nm_f32  # the resident dbias output block
     if has_mask:
-        total += 2 * bw * vmem_bytes((np_, np_), mask_dtype)
-    total += (7 if backward else 2) * nn_f32
+        total += 2 * bw * vmem_bytes((np_, mp), mask_dtype)
+    if backward:
+        total += 5 * nm_f32 + 2 * vmem_bytes((mp, np_), jnp.float32)
+    else:
+        total += 2 * nm_f32
     return total
 
 
@@ -125,11 +137,12 @@ class BlockSizes:
     @classmethod
     def get_default(cls, num_windows: int, heads: int, n: int, head_dim: int, dtype,
                     *, has_bias: bool = True, has_mask: bool = True, windows_per_image: int = 1,
-                    vmem_target: int = VMEM_TARGET_BYTES) -> "BlockSizes":
-        """The documented rule, applied separately to forward and backward:
+                    vmem_target: int = VMEM_TARGET_BYTES, m: int | None = None) -> "BlockSizes":
+        """The documented rule, applied separately to forward and backward (`m`: key tokens
+        per window, default `n`):
 
-        1. start from the smallest power of two `bw` with `bw * Np >= 1024` tokens per step
-           (the fixed cost of a grid step, ~0.35 us, is then small against its work),
+        1. start from the smallest power of two `bw` with `bw * Np >= 1024` query tokens per
+           step (the fixed cost of a grid step, ~0.35 us, is then small against its work),
            at most 32 (the in-kernel window loop is unrolled);
         2. halve `bw` while the step's VMEM estimate (`vmem_bytes_per_step`) exceeds 8 MiB,
            half of the 16 MiB scoped-VMEM budget (headroom for Mosaic's internal scratch);
@@ -141,11 +154,12 @@ class BlockSizes:
         """
         del heads, windows_per_image
         np_ = padded_tokens(n, dtype)
+        mp = padded_tokens(n if m is None else m, dtype)
 
         def pick(backward):
             bw = min(MAX_BLOCK_WINDOWS, 1 << max(0, math.ceil(math.log2(TARGET_ROWS_PER_STEP / np_))))
-            while bw > 1 and vmem_bytes_per_step(bw, np_, head_dim, dtype, backward=backward,
-                                                 has_bias=has_bias, has_mask=has_mask) > vmem_target:
+            while bw > 1 and vmem_bytes_per_step(bw, np_, head_dim, dtype, backward=backward, has_bias=has_bias,
+                                                 has_mask=has_mask, mp=mp) > vmem_target:
                 bw //= 2
             return fit_block(bw, num_windows, power_of_two=True)
 
@@ -155,7 +169,7 @@ class BlockSizes:
 # ----------------------------------------------------------------------------- reference
 def window_attention_reference(q, k, v, bias=None, mask=None):
     """Plain-JAX window attention with the same contract (f32 logits and softmax)."""
-    w, h, n, _ = q.shape
+    w = q.shape[0]
     s = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         s = s + bias.astype(jnp.float32)[None]
@@ -167,17 +181,16 @@ def window_attention_reference(q, k, v, bias=None, mask=None):
 
 
 # ----------------------------------------------------------------------------- kernels
-def _softmax_parts(q, k, bias, mask_w, n_valid):
-    """Logits of one window, f32 [Np, Np], and their row max and exp (unnormalised p)."""
+def _softmax_parts(q, k, bias, mask_w, m_valid):
+    """Logits of one window, f32 [Np, Mp]: their exp (unnormalised p) and row sums."""
     s = lax.dot_general(q, k, _TRANS_B, preferred_element_type=jnp.float32)
     if bias is not None:
         s = s + bias
     if mask_w is not None:
         s = s + mask_w
-    np_ = s.shape[-1]
-    if n_valid < np_:
+    if m_valid < s.shape[-1]:
         col = lax.broadcasted_iota(jnp.int32, s.shape, 1)
-        s = jnp.where(col < n_valid, s, PAD_LOGIT)
+        s = jnp.where(col < m_valid, s, PAD_LOGIT)
     m = jnp.max(s, axis=-1, keepdims=True)
     e = jnp.exp(s - m)
     return e, jnp.sum(e, axis=-1, keepdims=True)
@@ -190,7 +203,7 @@ def _unpack(refs, has_bias, has_mask):
     return q_ref, k_ref, v_ref, bias_ref, mask_ref, rest
 
 
-def _fwd_kernel(*refs, has_bias, has_mask, n_valid):
+def _fwd_kernel(*refs, has_bias, has_mask, m_valid):
     q_ref, k_ref, v_ref, bias_ref, mask_ref, (o_ref,) = _unpack(refs, has_bias, has_mask)
     bw = q_ref.shape[0]
     # The head's bias block is read from VMEM once per step and reused by all bw windows.
@@ -199,7 +212,7 @@ def _fwd_kernel(*refs, has_bias, has_mask, n_valid):
     def body(i, carry):
         mask_w = mask_ref[i].astype(jnp.float32) if has_mask else None
         v = v_ref[i, 0]
-        e, l = _softmax_parts(q_ref[i, 0], k_ref[i, 0], bias, mask_w, n_valid)
+        e, l = _softmax_parts(q_ref[i, 0], k_ref[i, 0], bias, mask_w, m_valid)
         p = e / l  # normalise before the cast, as the reference does
         o = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         o_ref[i, 0] = o.astype(o_ref.dtype)
@@ -208,7 +221,7 @@ def _fwd_kernel(*refs, has_bias, has_mask, n_valid):
     lax.fori_loop(0, bw, body, 0, unroll=True)
 
 
-def _bwd_kernel(*refs, has_bias, has_mask, n_valid):
+def _bwd_kernel(*refs, has_bias, has_mask, m_valid):
     q_ref, k_ref, v_ref, bias_ref, mask_ref, rest = _unpack(refs, has_bias, has_mask)
     do_ref, dq_ref, dk_ref, dv_ref, *dbias_ref = rest
     bw = q_ref.shape[0]
@@ -224,8 +237,8 @@ def _bwd_kernel(*refs, has_bias, has_mask, n_valid):
     def body(i, dbias_acc):
         q, k, v, do = q_ref[i, 0], k_ref[i, 0], v_ref[i, 0], do_ref[i, 0]
         mask_w = mask_ref[i].astype(jnp.float32) if has_mask else None
-        e, l = _softmax_parts(q, k, bias, mask_w, n_valid)
-        p = e / l  # [Np, Np] f32
+        e, l = _softmax_parts(q, k, bias, mask_w, m_valid)
+        p = e / l  # [Np, Mp] f32
         pt = p.T  # transpose in f32 (32-bit transposes are the native XLU case)
         dv = jnp.dot(pt.astype(do.dtype), do, preferred_element_type=jnp.float32)
         dp = lax.dot_general(do, v, _TRANS_B, preferred_element_type=jnp.float32)
@@ -238,8 +251,7 @@ def _bwd_kernel(*refs, has_bias, has_mask, n_valid):
         dv_ref[i, 0] = dv.astype(dv_ref.dtype)
         return dbias_acc + ds if has_bias else dbias_acc
 
-    np_ = q_ref.shape[2]
-    init = jnp.zeros((np_, np_), jnp.float32) if has_bias else 0
+    init = jnp.zeros((q_ref.shape[2], k_ref.shape[2]), jnp.float32) if has_bias else 0
     acc = lax.fori_loop(0, bw, body, init, unroll=True)
     if has_bias:
         dbias_ref[0][0] += acc
@@ -252,20 +264,23 @@ def _interpret_arg(interpret):
     return interpret
 
 
-def _specs(shape, bw, has_bias, has_mask, mask_blocks):
-    """BlockSpecs for q/k/v-like arrays, bias and mask on grid (head h, window block j)."""
-    _, _, np_, d = shape
-    qkv = pl.BlockSpec((bw, 1, np_, d), lambda h, j: (j, h, 0, 0))
-    specs = [qkv, qkv, qkv]
+def _specs(q_shape, mp, bw, has_bias, has_mask, mask_blocks):
+    """BlockSpecs on grid (head h, window block j): q-like `[bw, 1, Np, D]`, k-like
+    `[bw, 1, Mp, D]`, bias `[1, Np, Mp]` and mask `[bw, Np, Mp]`; returns (in specs of q, k,
+    v[, bias][, mask]), the q-like spec and the k-like spec."""
+    _, _, np_, d = q_shape
+    q_spec = pl.BlockSpec((bw, 1, np_, d), lambda h, j: (j, h, 0, 0))
+    k_spec = pl.BlockSpec((bw, 1, mp, d), lambda h, j: (j, h, 0, 0))
+    specs = [q_spec, k_spec, k_spec]
     if has_bias:
-        specs.append(pl.BlockSpec((1, np_, np_), lambda h, j: (h, 0, 0)))  # once per head
+        specs.append(pl.BlockSpec((1, np_, mp), lambda h, j: (h, 0, 0)))  # once per head
     if has_mask:
-        specs.append(pl.BlockSpec((bw, np_, np_), lambda h, j: (j % mask_blocks, 0, 0)))
-    return specs, qkv
+        specs.append(pl.BlockSpec((bw, np_, mp), lambda h, j: (j % mask_blocks, 0, 0)))
+    return specs, q_spec, k_spec
 
 
 def _tile_mask(mask, bw):
-    """Tile mask [Wi, Np, Np] to lcm(Wi, bw) windows; returns (tiled, number of bw-blocks)."""
+    """Tile mask [Wi, Np, Mp] to lcm(Wi, bw) windows; returns (tiled, number of bw-blocks)."""
     wi = mask.shape[0]
     L = math.lcm(wi, bw)
     if L != wi:
@@ -274,7 +289,7 @@ def _tile_mask(mask, bw):
 
 
 def _cost(q, flops_per_window_head, transcendentals, arrays):
-    w, h, np_, _ = q.shape
+    w, h = q.shape[:2]
     if not isinstance(w, int):
         return None  # a symbolic (batch-polymorphic) window count: XLA gets no estimate
     return pl.CostEstimate(flops=int(w * h * flops_per_window_head),
@@ -282,8 +297,8 @@ def _cost(q, flops_per_window_head, transcendentals, arrays):
                            bytes_accessed=int(sum(a.size * a.dtype.itemsize for a in arrays)))
 
 
-def _fwd_call(q, k, v, bias, mask, n_valid, bw, interpret):
-    w, h, np_, d = q.shape
+def _inputs(q, k, v, bias, mask, bw):
+    """The kernel's operands (q, k, v[, bias][, mask tiled to whole blocks]) and their specs."""
     has_bias, has_mask = bias is not None, mask is not None
     args = [q, k, v]
     mask_blocks = 1
@@ -292,40 +307,42 @@ def _fwd_call(q, k, v, bias, mask, n_valid, bw, interpret):
     if has_mask:
         mask, mask_blocks = _tile_mask(mask, bw)
         args.append(mask)
-    in_specs, o_spec = _specs(q.shape, bw, has_bias, has_mask, mask_blocks)
-    kernel = functools.partial(_fwd_kernel, has_bias=has_bias, has_mask=has_mask, n_valid=n_valid)
+    return (args, *_specs(q.shape, k.shape[2], bw, has_bias, has_mask, mask_blocks))
+
+
+def _fwd_call(q, k, v, bias, mask, m_valid, bw, interpret):
+    w, h, np_, d = q.shape
+    mp = k.shape[2]
+    args, in_specs, q_spec, _ = _inputs(q, k, v, bias, mask, bw)
+    kernel = functools.partial(_fwd_kernel, has_bias=bias is not None, has_mask=mask is not None,
+                               m_valid=m_valid)
     return pl.pallas_call(
         kernel,
         grid=(h, w // bw),
         in_specs=in_specs,
-        out_specs=o_spec,
+        out_specs=q_spec,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
-        cost_estimate=_cost(q, 4 * np_ * np_ * d, np_ * np_, args + [q]),
+        cost_estimate=_cost(q, 4 * np_ * mp * d, np_ * mp, args + [q]),
         interpret=_interpret_arg(interpret),
         name="window_attention_fwd",
     )(*args)
 
 
-def _bwd_call(q, k, v, bias, mask, do, n_valid, bw, interpret):
+def _bwd_call(q, k, v, bias, mask, do, m_valid, bw, interpret):
     w, h, np_, d = q.shape
-    has_bias, has_mask = bias is not None, mask is not None
-    args = [q, k, v]
-    mask_blocks = 1
-    if has_bias:
-        args.append(bias)
-    if has_mask:
-        mask, mask_blocks = _tile_mask(mask, bw)
-        args.append(mask)
+    mp = k.shape[2]
+    has_bias = bias is not None
+    args, in_specs, q_spec, k_spec = _inputs(q, k, v, bias, mask, bw)
     args.append(do)
-    in_specs, qkv_spec = _specs(q.shape, bw, has_bias, has_mask, mask_blocks)
-    in_specs.append(qkv_spec)
-    out_specs = [qkv_spec, qkv_spec, qkv_spec]
-    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype)] * 3
+    in_specs.append(q_spec)
+    out_specs = [q_spec, k_spec, k_spec]
+    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
+                 jax.ShapeDtypeStruct(v.shape, v.dtype)]
     if has_bias:
-        out_specs.append(pl.BlockSpec((1, np_, np_), lambda h_, j: (h_, 0, 0)))
-        out_shape.append(jax.ShapeDtypeStruct((h, np_, np_), jnp.float32))
-    kernel = functools.partial(_bwd_kernel, has_bias=has_bias, has_mask=has_mask, n_valid=n_valid)
+        out_specs.append(pl.BlockSpec((1, np_, mp), lambda h_, j: (h_, 0, 0)))
+        out_shape.append(jax.ShapeDtypeStruct((h, np_, mp), jnp.float32))
+    kernel = functools.partial(_bwd_kernel, has_bias=has_bias, has_mask=mask is not None, m_valid=m_valid)
     outs = pl.pallas_call(
         kernel,
         grid=(h, w // bw),
@@ -334,7 +351,7 @@ def _bwd_call(q, k, v, bias, mask, do, n_valid, bw, interpret):
         out_shape=out_shape,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "arbitrary" if has_bias else "parallel")),
-        cost_estimate=_cost(q, 10 * np_ * np_ * d, np_ * np_, args + [q, q, q]),
+        cost_estimate=_cost(q, 10 * np_ * mp * d, np_ * mp, args + [q, k, v]),
         interpret=_interpret_arg(interpret),
         name="window_attention_bwd",
     )(*args)
@@ -343,18 +360,18 @@ def _bwd_call(q, k, v, bias, mask, do, n_valid, bw, interpret):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _attention(q, k, v, bias, mask, n_valid, block_sizes, interpret):
-    return _fwd_call(q, k, v, bias, mask, n_valid, block_sizes.block_windows, interpret)
+def _attention(q, k, v, bias, mask, m_valid, block_sizes, interpret):
+    return _fwd_call(q, k, v, bias, mask, m_valid, block_sizes.block_windows, interpret)
 
 
-def _attention_fwd(q, k, v, bias, mask, n_valid, block_sizes, interpret):
-    o = _fwd_call(q, k, v, bias, mask, n_valid, block_sizes.block_windows, interpret)
+def _attention_fwd(q, k, v, bias, mask, m_valid, block_sizes, interpret):
+    o = _fwd_call(q, k, v, bias, mask, m_valid, block_sizes.block_windows, interpret)
     return o, (q, k, v, bias, mask)
 
 
-def _attention_bwd(n_valid, block_sizes, interpret, res, do):
+def _attention_bwd(m_valid, block_sizes, interpret, res, do):
     q, k, v, bias, mask = res
-    dq, dk, dv, dbias = _bwd_call(q, k, v, bias, mask, do.astype(q.dtype), n_valid,
+    dq, dk, dv, dbias = _bwd_call(q, k, v, bias, mask, do.astype(q.dtype), m_valid,
                                   block_sizes.block_windows_bwd, interpret)
     if bias is not None:
         dbias = dbias.astype(bias.dtype)
@@ -368,29 +385,32 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 # ----------------------------------------------------------------------------- public API
 def _check(q, k, v, bias, mask):
-    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError("window_attention: q, k, v must all be [W, H, N, D] with the same shape; "
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]:
+        raise ValueError("window_attention: q must be [W, H, N, D] and k, v [W, H, M, D] (same W, H, D); "
                          f"got q{q.shape} k{k.shape} v{v.shape}.")
     if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError("window_attention: q, k, v must share one dtype, float32 or bfloat16; "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}.")
     _, h, n, _ = q.shape
-    if bias is not None and bias.shape != (h, n, n):
-        raise ValueError(f"window_attention: bias must be [H, N, N] = {(h, n, n)}; got {bias.shape}.")
-    if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, n) or mask.shape[0] < 1):
-        raise ValueError(f"window_attention: mask must be [Wi, {n}, {n}] with Wi >= 1; "
+    m = k.shape[2]
+    if bias is not None and bias.shape != (h, n, m):
+        raise ValueError(f"window_attention: bias must be [H, N, M] = {(h, n, m)}; got {bias.shape}.")
+    if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, m) or mask.shape[0] < 1):
+        raise ValueError(f"window_attention: mask must be [Wi, N, M] = [Wi, {n}, {m}] with Wi >= 1; "
                          f"got {mask.shape}.")
 
 
 def window_attention(q, k, v, bias=None, mask=None, *, block_sizes: BlockSizes | None = None,
                      interpret: Any = False):
-    """Multi-head self-attention inside windows, fused in one Pallas TPU kernel.
+    """Multi-head attention inside windows, fused in one Pallas TPU kernel.
 
     Args:
-      q, k, v: `[W, H, N, D]` float32 or bfloat16. Logits are `q @ k^T` unscaled.
-      bias: optional `[H, N, N]` (any float dtype), added to every window's logits;
+      q: `[W, H, N, D]` float32 or bfloat16; k, v: `[W, H, M, D]` in q's dtype (M keys per
+        window: M = N for self-attention in a window, M != N for halo or routed keys).
+        Logits are `q @ k^T` unscaled.
+      bias: optional `[H, N, M]` (any float dtype), added to every window's logits;
         differentiable (d(bias) is summed over windows in the backward kernel).
-      mask: optional `[Wi, N, N]` additive mask; window w uses `mask[w % Wi]`. Constant:
+      mask: optional `[Wi, N, M]` additive mask; window w uses `mask[w % Wi]`. Constant:
         no gradient flows into it.
       block_sizes: `BlockSizes`; None -> `BlockSizes.get_default(...)`.
       interpret: False (TPU), True or a `pltpu.InterpretParams` (the TPU interpreter).
@@ -402,81 +422,93 @@ def window_attention(q, k, v, bias=None, mask=None, *, block_sizes: BlockSizes |
     """
     _check(q, k, v, bias, mask)
     w, h, n, d = q.shape
+    m = k.shape[2]
     if block_sizes is None:
         block_sizes = BlockSizes.get_default(
             w, h, n, d, q.dtype, has_bias=bias is not None, has_mask=mask is not None,
-            windows_per_image=1 if mask is None else mask.shape[0])
-    np_ = padded_tokens(n, q.dtype)
+            windows_per_image=1 if mask is None else mask.shape[0], m=m)
+    np_, mp = padded_tokens(n, q.dtype), padded_tokens(m, q.dtype)
     wp = round_up(w, max(block_sizes.block_windows, block_sizes.block_windows_bwd))
     # Padding happens outside the custom_vjp, so autodiff of pad/slice routes the cotangents:
     # padded rows of `do` are zero and the padded part of dbias is sliced away.
-    qkv_pad = ((0, wp - w), (0, 0), (0, np_ - n), (0, 0))
-    q, k, v = (jnp.pad(a, qkv_pad) for a in (q, k, v))
+    q = jnp.pad(q, ((0, wp - w), (0, 0), (0, np_ - n), (0, 0)))
+    k, v = (jnp.pad(a, ((0, wp - w), (0, 0), (0, mp - m), (0, 0))) for a in (k, v))
     if bias is not None:
-        bias = jnp.pad(bias, ((0, 0), (0, np_ - n), (0, np_ - n)))
+        bias = jnp.pad(bias, ((0, 0), (0, np_ - n), (0, mp - m)))
     if mask is not None:
-        mask = jnp.pad(lax.stop_gradient(mask), ((0, 0), (0, np_ - n), (0, np_ - n)))
-    out = _attention(q, k, v, bias, mask, n, block_sizes, interpret)
+        # A mask per window (Wi = W, e.g. routed windows) is padded with the windows, so that
+        # it stays a multiple of the block instead of being tiled to lcm(W, bw).
+        wi_pad = wp - w if mask.shape[0] == w else 0
+        mask = jnp.pad(lax.stop_gradient(mask), ((0, wi_pad), (0, np_ - n), (0, mp - m)))
+    out = _attention(q, k, v, bias, mask, m, block_sizes, interpret)
     return out[:w, :, :n]
 
 
 # ----------------------------------------------------------------------------- MXU report
-def mxu_fractions(n: int, d: int, dtype, mxu: int) -> tuple[float, float]:
-    """(token fraction, useful-MAC fraction) of this kernel's matmuls on a `mxu`^2 MXU.
+def mxu_fractions(n: int, d: int, dtype, mxu: int, m: int | None = None) -> tuple[float, float]:
+    """(token fraction, useful-MAC fraction) of this kernel's matmuls on a `mxu`^2 MXU, over
+    one forward plus backward pass; `m` key tokens per window (default `n`).
 
     Model (`pallas_kernels._common.mxu_macs`): the rhs of `lhs [M, K] @ rhs [K, N]` is latched
     in mxu x mxu tiles, lhs rows stream (rounded to 8). Per window and head the forward runs
-    `q k^T` (M, K, N) = (Np, D, Np) and `p v` (Np, Np, D); the backward runs two of the first
-    kind (logits recompute, `do v^T`) and three of the second (`p^T do`, `ds k`, `ds^T q`), so
-    forward and backward have the same fraction:
+    `q k^T` (M, K, N) = (Np, D, Mp) and `p v` (Np, Mp, D); the backward runs two of the first
+    kind (logits recompute, `do v^T`), one of the second (`ds k`) and two with the roles of
+    queries and keys swapped (`p^T do`, `ds^T q`: (Mp, Np, D)). With m == n all five issue
+    the same MACs, so forward and backward have one fraction:
         useful = (N / Np8) * (N / roundup(Np, mxu)) * (D / roundup(D, mxu)).
-    The token fraction is the same without the last factor: the part set by the window size
-    and the kernel's padding. The head-dim factor is a property of the model (D < mxu leaves
-    MXU rows/columns idle in every formulation of `q k^T`, whose contraction is D)."""
-    np_ = padded_tokens(n, dtype)
-    u1, i1 = mxu_macs(n, d, n, mxu, m_pad=np_, n_pad=np_)  # q @ k^T
-    u2, i2 = mxu_macs(n, n, d, mxu, m_pad=np_, k_pad=np_)  # p @ v
-    useful = (u1 + u2) / (i1 + i2)
+    The token fraction is the same without the head-dim factor: the part set by the window
+    size and the kernel's padding. The head-dim factor is a property of the model (D < mxu
+    leaves MXU rows/columns idle in every formulation of `q k^T`, whose contraction is D)."""
+    m = n if m is None else m
+    np_, mp = padded_tokens(n, dtype), padded_tokens(m, dtype)
+    counts = (3, mxu_macs(n, d, m, mxu, m_pad=np_, n_pad=mp)), \
+             (2, mxu_macs(n, m, d, mxu, m_pad=np_, k_pad=mp)), \
+             (2, mxu_macs(m, n, d, mxu, m_pad=mp, k_pad=np_))
+    useful = sum(c * u for c, (u, _) in counts) / sum(c * i for c, (_, i) in counts)
     return useful / (d / round_up(d, mxu)), useful
 
 
 def report_rows(dtype=jnp.bfloat16, configs=None, num_windows: int = 4096) -> list[dict]:
     """Rows of `python -m pallas_kernels.report` for window attention.
 
-    `configs`: iterable of (name, window shape, heads, head dim); default
-    `pallas_kernels.report.WINDOW_CONFIGS`. Each row has the keys of the report schema
-    (kernel, config, block_shapes, useful_mac_fraction_128/_256, vmem_bytes, note) plus
-    token_fraction_128/_256 and vmem_bytes_fwd/_bwd. Block sizes are the defaults for
-    `num_windows` windows (large enough that the window count does not cap them), with a
-    f32 bias and a f32 mask (the shifted-window blocks; the largest VMEM case)."""
+    `configs`: iterable of (name, window shape, heads, head dim[, key tokens M]); default
+    `pallas_kernels.report.WINDOW_CONFIGS` + `KEY_BLOCK_CONFIGS`. Each row has the keys of
+    the report schema (kernel, config, block_shapes, useful_mac_fraction_128/_256,
+    vmem_bytes, note) plus token_fraction_128/_256 and vmem_bytes_fwd/_bwd. Block sizes are
+    the defaults for `num_windows` windows (large enough that the window count does not cap
+    them), with a f32 bias and a f32 mask (the shifted-window blocks; the largest VMEM case)."""
     if configs is None:
-        from pallas_kernels.report import WINDOW_CONFIGS as configs
+        from pallas_kernels.report import KEY_BLOCK_CONFIGS, WINDOW_CONFIGS
+        configs = WINDOW_CONFIGS + KEY_BLOCK_CONFIGS
     rows = []
-    for name, window, heads, d in configs:
+    for name, window, heads, d, *keys in configs:
         n = math.prod(window)
-        np_ = padded_tokens(n, dtype)
-        bs = BlockSizes.get_default(num_windows, heads, n, d, dtype)
-        vf = vmem_bytes_per_step(bs.block_windows, np_, d, dtype, backward=False)
-        vb = vmem_bytes_per_step(bs.block_windows_bwd, np_, d, dtype, backward=True)
-        t128, f128 = mxu_fractions(n, d, dtype, 128)
-        t256, f256 = mxu_fractions(n, d, dtype, 256)
+        m = keys[0] if keys else n
+        np_, mp = padded_tokens(n, dtype), padded_tokens(m, dtype)
+        bs = BlockSizes.get_default(num_windows, heads, n, d, dtype, m=m)
+        vf = vmem_bytes_per_step(bs.block_windows, np_, d, dtype, backward=False, mp=mp)
+        vb = vmem_bytes_per_step(bs.block_windows_bwd, np_, d, dtype, backward=True, mp=mp)
+        t128, f128 = mxu_fractions(n, d, dtype, 128, m)
+        t256, f256 = mxu_fractions(n, d, dtype, 256, m)
         win = "x".join(map(str, window))
-        note = f"N={n} -> Np={np_}; grid (H={heads}, W/bw)."
+        note = f"N={n} -> Np={np_}" + (f", M={m} -> Mp={mp}" if m != n else "") + f"; grid (H={heads}, W/bw)."
         bad = [lbl for lbl, t in (("128", t128), ("256", t256)) if t < 0.75]
         if bad:
-            note += (f" Tokens < 75% on the {'/'.join(bad)} MXU ({n} of "
-                     f"{round_up(np_, 128 if '128' in bad else 256)} used); MXU-shaped: "
-                     f"{_suggest(window, bad)}.")
+            used = f"{n} of {round_up(np_, 128 if '128' in bad else 256)} used" if m == n else \
+                f"{n} query rows, {m} keys"
+            note += f" Tokens < 75% on the {'/'.join(bad)} MXU ({used}); MXU-shaped: {_suggest(window, bad)}."
         if d < 128:
             note += f" D={d} caps useful MACs at {d}/{round_up(d, 128)} | {d}/{round_up(d, 256)}."
         if vf > VMEM_TARGET_BYTES or vb > VMEM_TARGET_BYTES:
             note += " VMEM above the 8 MiB target even at the smallest block (still < 16 MiB)." \
                 if max(vf, vb) <= VMEM_BUDGET_BYTES else " VMEM ABOVE the 16 MiB budget."
+        kv = f"q/o ({bs.block_windows},1,{np_},{d}) k/v ({bs.block_windows},1,{mp},{d})" if m != n else \
+            f"q/k/v/o ({bs.block_windows},1,{np_},{d})"
         rows.append({
             "kernel": "window_attention",
-            "config": f"{name}: window {win}, H={heads}, D={d}",
-            "block_shapes": (f"fwd bw={bs.block_windows}: q/k/v/o ({bs.block_windows},1,{np_},{d}) "
-                             f"bias (1,{np_},{np_}) mask ({bs.block_windows},{np_},{np_}); "
+            "config": f"{name}: window {win}" + (f", M={m} keys" if m != n else "") + f", H={heads}, D={d}",
+            "block_shapes": (f"fwd bw={bs.block_windows}: {kv} "
+                             f"bias (1,{np_},{mp}) mask ({bs.block_windows},{np_},{mp}); "
                              f"bwd bw={bs.block_windows_bwd}"),
             "useful_mac_fraction_128": f128,
             "useful_mac_fraction_256": f256,

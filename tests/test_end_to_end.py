@@ -110,6 +110,16 @@ def test_rerun_with_another_model_is_refused(config_file, trained):
         train(load_config(config_file, ["model.name=lightseg_tiny"]), workdir)
 
 
+def test_rerun_may_switch_remat_but_not_the_architecture(config_file, tmp_path):
+    from jaxseg.errors import ConfigError
+    workdir = tmp_path / "w"
+    train(load_config(config_file, ["train.steps=3"]), workdir)
+    result = train(load_config(config_file, ["train.steps=4", "model.args.remat=true"]), workdir)
+    assert result["step"] == 4
+    with pytest.raises(ConfigError, match="model.args"):
+        train(load_config(config_file, ["train.steps=5", "model.args.features=(8,32)"]), workdir)
+
+
 def test_evaluate_writes_report(trained):
     workdir, _ = trained
     summary = evaluation.evaluate_run(workdir, split="test")

@@ -1,29 +1,39 @@
 """dataset.json -> cases; patient-level splits; validated case loading.
 
-Two layouts are understood (the style is chosen by the keys present):
+Both common layouts are understood, and the keys may be mixed (a dataset.json with
+`channel_names` and MSD-style `labels` is read as such):
 
-MSD (Medical Segmentation Decathlon)
-    `"modality": {"0": "MRI"}`, `"labels": {"0": "background", "1": "liver"}`,
-    `"tensorImageSize": "2D" | "3D" | "4D"`, `"training": [{"image": "./imagesTr/x.nii.gz",
-    "label": "./labelsTr/x.nii.gz"}]`, `"test": ["./imagesTs/y.nii.gz"]` (strings or
-    `{"image": ...}` entries). A multi-channel image is one file whose last axis is channels.
+Channels
+    `"channel_names": {"0": "FLAIR", "1": "T1c"}` (nnU-Net v2) or `"modality": {"0": "MRI"}`
+    (MSD).
 
-nnU-Net v2
-    `"channel_names": {"0": "CT"}`, `"labels": {"background": 0, "liver": 1}`,
-    `"file_ending": ".nii.gz"`. Cases are listed in `"training"` (with `"image"` a list of
-    per-channel files, or a single file) or in a `"dataset"` mapping
-    (`{case_id: {"images": [...], "label": ...}}`), or else discovered from
+Labels (the orientation is read from the content of `labels`, not from the other keys)
+    MSD: file value -> name, `{"0": "background", "255": "vessel"}` (keys parse as integers,
+    values are names). nnU-Net v2: name -> file value, `{"background": 0, "liver": 1}`
+    (values are JSON integers). Region lists (`"whole": [1, 2]`), mixed entries and
+    numeric strings on both sides are errors naming the file and key. The declared values
+    need not be consecutive: sorted, they are the classes 0..K-1 (`label_values[k]` is
+    the file value of class k) and `load_case` maps file values to classes
+    (0/255 -> 0/1, BraTS 0,1,2,4 -> 0,1,2,3). Value 0 must be declared and is class 0,
+    the background. `DatasetSpec.labels` is keyed by class index.
+
+Cases
+    `"training"`: entries `{"image": file | [one file per channel], "label": file}`, with
+    optional `"patient"`, `"case_id"`/`"id"` and `"mask"` (a region-of-interest such as a
+    field-of-view or brain mask, kept as `Case.mask_path`, not used yet). `"test"`: strings
+    or such entries (a `"label"` there is kept). A single file may be 4D, its last axis the
+    channels (MSD). Without `"training"`, a `"dataset"` mapping (`{case_id: {"images":
+    [...], "label": ...}}`) or, with `"file_ending"` (e.g. ".nii.gz"), discovery from
     `imagesTr/{case}_{XXXX}{file_ending}` + `labelsTr/{case}{file_ending}` (test cases
-    likewise from `imagesTs/`). Region-based labels (a list of ints per name) are rejected.
+    likewise from `imagesTs/`). `numTraining` / `numTest`, when given, must match.
 
 Common keys
-    `"dims"` (2 or 3) overrides `tensorImageSize`; without either, dims is 2 for PNG/TIFF
-    and for NIfTI whose first training image has a singleton third axis, else 3.
-    A case entry may carry `"patient"`: cases of one patient always land in one split;
-    the default patient id is the case id. Case ids are file names without the ending
-    (and, for nnU-Net v2 per-channel files, without `_XXXX`).
+    `"dims"` (2 or 3) overrides `tensorImageSize`; without either, dims is 2 for
+    PNG/TIFF/GIF and for NIfTI whose first training image has a singleton third axis, else 3.
+    Cases of one patient always land in one split; the default patient id is the case id.
+    Case ids are file names without the ending (and, for nnU-Net v2 per-channel files,
+    without `_XXXX`).
 
-Labels must be the consecutive integers 0..K-1 with 0 the background.
 `modalities` maps each channel name to the normalisation family used by
 `jaxseg.data.preprocess.normalize`: "CT" (case-insensitive "ct"), "noNorm",
 "rgb_to_0_1" are kept as such; everything else (MRI, T1, FLAIR, US, ...) is z-scored.
@@ -42,7 +52,8 @@ import numpy as np
 from jaxseg.data import io
 from jaxseg.errors import ConfigError, DataError
 
-__all__ = ["Case", "DatasetSpec", "load_dataset", "split_cases", "kfold_cases", "load_case"]
+__all__ = ["Case", "DatasetSpec", "load_dataset", "split_cases", "kfold_cases", "load_case",
+           "values_to_classes", "classes_to_values", "check_label_values"]
 
 _MRI_NAMES = {"mri", "mr", "t1", "t1w", "t1gd", "t1c", "t1ce", "t2", "t2w", "flair", "adc",
               "dwi", "pd", "t2star", "swi", "cine", "lge", "bold"}
@@ -51,17 +62,23 @@ _MRI_NAMES = {"mri", "mr", "t1", "t1w", "t1gd", "t1c", "t1ce", "t2", "t2w", "fla
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One case: its image files (one per channel, or one multi-channel file), its label
-    file (None for unlabelled test cases) and the patient it belongs to."""
+    file (None for unlabelled test cases), the patient it belongs to, and an optional
+    region-of-interest mask file (the entry's "mask": field of view, brain mask)."""
 
     case_id: str
     image_paths: tuple[Path, ...]
     label_path: Path | None
     patient_id: str
+    mask_path: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """What a dataset.json declares, with resolved absolute paths."""
+    """What a dataset.json declares, with resolved absolute paths.
+
+    `labels` maps class index 0..K-1 to its name; `label_values[k]` is the value class k
+    has in the label files (ascending, `label_values[0] == 0`; empty means the identity).
+    """
 
     root: Path
     name: str
@@ -71,6 +88,11 @@ class DatasetSpec:
     labels: dict[int, str]
     training: tuple[Case, ...]
     test: tuple[Case, ...]
+    label_values: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "label_values", check_label_values(
+            self.label_values, len(self.labels), f"dataset {self.root}"))
 
     @property
     def num_classes(self) -> int:
@@ -127,30 +149,100 @@ def _channel_dict(d: Any, key: str, path: Path) -> tuple[str, ...]:
     return tuple(v for _, v in items)
 
 
-def _labels(d: Any, path: Path, nnunet: bool) -> dict[int, str]:
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _int_string(x: Any) -> int | None:
+    try:
+        return int(x) if isinstance(x, str) else None
+    except ValueError:
+        return None
+
+
+def _labels(d: Any, path: Path) -> dict[int, str]:
+    """`labels` in either orientation -> {file value: name}, sorted by value."""
     if not isinstance(d, dict) or not d:
-        raise DataError(f"{path}: 'labels' must be a non-empty mapping.")
-    labels: dict[int, str] = {}
+        raise DataError(f"{path}: 'labels' must be a non-empty mapping, value -> name "
+                        "({\"0\": \"background\", \"1\": \"liver\"}) or name -> value "
+                        "({\"background\": 0, \"liver\": 1}).")
+    pairs, styles = [], {}
     for k, v in d.items():
-        if nnunet:
-            if isinstance(v, (list, tuple)):
-                raise DataError(f"{path}: label '{k}' is a region ({v}); region-based labels are not "
-                                "supported yet. Declare one integer per class.")
-            name, value = str(k), v
+        where = f"{path}: labels[{k!r}] = {v!r}"
+        if isinstance(v, (list, tuple)):
+            raise DataError(f"{where} is a region (a list of values); region-based labels are not "
+                            "supported yet. Declare one integer per class.")
+        if _is_int(v):
+            styles.setdefault("name -> value", k)
+            pairs.append((v, str(k)))
+        elif isinstance(v, str) and _int_string(k) is not None and _int_string(v) is None:
+            styles.setdefault("value -> name", k)
+            pairs.append((_int_string(k), v))
+        elif isinstance(v, str) and _int_string(k) is not None:
+            raise DataError(f"{where}: key and value are both numbers, so it is ambiguous which is "
+                            "the file value. Write value -> name ({\"1\": \"liver\"}) or name -> "
+                            "integer ({\"liver\": 1}).")
         else:
-            name, value = str(v), k
-        try:
-            ivalue = int(value)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"{path}: label value {value!r} for '{name}' is not an integer.") from e
-        if ivalue in labels:
-            raise DataError(f"{path}: label value {ivalue} is declared twice.")
-        labels[ivalue] = name
-    labels = dict(sorted(labels.items()))
-    if list(labels) != list(range(len(labels))):
-        raise DataError(f"{path}: label values must be 0..K-1 with 0 = background, got {list(labels)}. "
-                        "Remap the label files to consecutive values.")
-    return labels
+            raise DataError(f"{where}: expected a value -> name entry ({{\"1\": \"liver\"}}, key an "
+                            "integer) or a name -> integer entry ({\"liver\": 1}).")
+        if len(styles) > 1:
+            (a, ka), (b, kb) = styles.items()
+            raise DataError(f"{path}: 'labels' mixes {a} (key {ka!r}) and {b} (key {kb!r}) "
+                            "entries; use one orientation.")
+    labels: dict[int, str] = {}
+    for value, name in pairs:
+        if value in labels:
+            raise DataError(f"{path}: label value {value} is declared twice in 'labels' "
+                            f"({labels[value]!r} and {name!r}).")
+        labels[value] = name
+    names = list(labels.values())
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"{path}: label name(s) {twice} are declared for more than one value in "
+                        "'labels'; give each class its own name.")
+    values = sorted(labels)
+    if values[0] != 0:
+        raise DataError(f"{path}: 'labels' must declare value 0 (the background), got values "
+                        f"{values}.")
+    return {v: labels[v] for v in values}
+
+
+def check_label_values(values: Sequence[int], num_classes: int, where: str) -> tuple[int, ...]:
+    """Validates a class -> file value table (empty = identity); returns it as a tuple."""
+    values = tuple(int(v) for v in values) or tuple(range(num_classes))
+    if (len(values) != num_classes or values[0] != 0
+            or any(b <= a for a, b in zip(values, values[1:]))):
+        raise DataError(f"{where}: label_values {list(values)} must be {num_classes} ascending "
+                        "integers starting at 0, one per class.")
+    return values
+
+
+def values_to_classes(label: np.ndarray, label_values: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    """File values -> class indices.
+
+    Args:
+      label: integer `[X, Y, (Z)]` as in the label file.
+      label_values: ascending declared values; class k has file value `label_values[k]`.
+
+    Returns (int32 classes `[X, Y, (Z)]`, sorted undeclared values found; [] when none).
+    """
+    values = np.asarray(label_values, np.int64)
+    label = np.asarray(label)
+    if np.array_equal(values, np.arange(values.size)):  # identity: skip the search
+        bad = (label < 0) | (label >= values.size)
+        classes = label
+    else:
+        classes = np.minimum(np.searchsorted(values, label), values.size - 1)
+        bad = values[classes] != label
+    undeclared = np.unique(label[bad]).tolist() if bad.any() else []
+    return np.ascontiguousarray(classes, dtype=np.int32), [int(v) for v in undeclared]
+
+
+def classes_to_values(classes: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Class indices `[X, Y, (Z)]` -> file values, in the narrowest type that holds every
+    declared value: uint8 up to 255, uint16 up to 65535, else int32 (`io.mask_dtype`)."""
+    values = np.asarray(label_values)
+    return values.astype(io.mask_dtype(int(values.max())))[np.asarray(classes)]
 
 
 def _resolve(root: Path, rel: str) -> Path:
@@ -178,8 +270,22 @@ def _entry_case(root: Path, entry: Any, path: Path, where: str, need_label: bool
     if need_label and not label:
         raise DataError(f"{path}: training case '{case_id}' has no 'label'.")
     label_path = _resolve(root, label) if label else None
+    mask = entry.get("mask")
     patient = str(entry.get("patient", case_id))
-    return Case(case_id, image_paths, label_path, patient)
+    return Case(case_id, image_paths, label_path, patient, _resolve(root, mask) if mask else None)
+
+
+def _listed_cases(root: Path, entries: Any, path: Path, where: str, need_label: bool) -> list[Case]:
+    """Cases of a listed `where` ("training", "test"); ids from file names, or from the
+    image folders when the file names repeat (BraTS: one folder per case, same file names)."""
+    cases = [_entry_case(root, e, path, where, need_label) for e in entries]
+    ids = [c.case_id for c in cases]
+    folders = [c.image_paths[0].parent.name for c in cases]
+    explicit = any(isinstance(e, dict) and ("case_id" in e or "id" in e) for e in entries)
+    if len(set(ids)) < len(ids) and len(set(folders)) == len(folders) and not explicit:
+        cases = [dataclasses.replace(c, case_id=f, patient_id=f if c.patient_id == c.case_id
+                                     else c.patient_id) for c, f in zip(cases, folders)]
+    return cases
 
 
 def _discover(root: Path, folder: str, label_folder: str | None, ending: str, nch: int,
@@ -209,13 +315,24 @@ def _check_files(cases: Sequence[Case], path: Path) -> None:
     seen: set[str] = set()
     for c in cases:
         if c.case_id in seen:
-            raise DataError(f"{path}: case id '{c.case_id}' appears twice; case ids must be unique.")
+            raise DataError(f"{path}: case id '{c.case_id}' appears twice; case ids must be unique "
+                            "(give the entries a \"case_id\").")
         seen.add(c.case_id)
         for p in c.image_paths:
             if not p.is_file():
                 raise DataError(f"case '{c.case_id}': image file {p} not found (listed in {path}).")
-        if c.label_path is not None and not c.label_path.is_file():
-            raise DataError(f"case '{c.case_id}': label file {c.label_path} not found (listed in {path}).")
+        for what, p in (("label", c.label_path), ("mask", c.mask_path)):
+            if p is not None and not p.is_file():
+                raise DataError(f"case '{c.case_id}': {what} file {p} not found (listed in {path}).")
+
+
+def _check_count(meta: dict, key: str, found: int, path: Path) -> None:
+    if key not in meta:
+        return
+    n = meta[key]
+    if not _is_int(n) or n != found:
+        raise DataError(f"{path}: '{key}' is {n!r} but {found} cases are listed or found; "
+                        f"correct '{key}' or the case list.")
 
 
 def _infer_dims(meta: dict, cases: Sequence[Case], path: Path) -> int:
@@ -260,43 +377,44 @@ def load_dataset(root: str | Path) -> DatasetSpec:
         raise DataError(f"{path}: must hold a JSON object.")
     if "labels" not in meta:
         raise DataError(f"{path}: missing key 'labels'.")
-    nnunet = "channel_names" in meta
-    if nnunet:
+    if "channel_names" in meta:
         channel_names = _channel_dict(meta["channel_names"], "channel_names", path)
     elif "modality" in meta:
         channel_names = _channel_dict(meta["modality"], "modality", path)
     else:
         raise DataError(f"{path}: needs 'modality' (MSD style) or 'channel_names' (nnU-Net v2 style).")
-    labels = _labels(meta["labels"], path, nnunet)
+    value_names = _labels(meta["labels"], path)
+    ending = meta.get("file_ending")
+    for key in ("training", "test"):
+        if key in meta and not isinstance(meta[key], list):
+            raise DataError(f"{path}: '{key}' must be a list of cases, got {type(meta[key]).__name__}.")
 
-    if nnunet:
-        ending = meta.get("file_ending")
-        if not ending:
-            raise DataError(f"{path}: nnU-Net v2 style needs 'file_ending' (e.g. \".nii.gz\").")
-        if meta.get("training"):
-            training = [_entry_case(root, e, path, "training", True) for e in meta["training"]]
-        elif isinstance(meta.get("dataset"), dict):
-            training = []
-            for cid, e in meta["dataset"].items():
-                e = dict(e)
-                e.setdefault("case_id", cid)
-                training.append(_entry_case(root, e, path, "dataset", True))
-        else:
-            training = _discover(root, "imagesTr", "labelsTr", ending, len(channel_names), path)
-            if not training:
-                raise DataError(f"{root / 'imagesTr'}: no training images named "
-                                f"{{case}}_{{XXXX}}{ending} found.")
-            n = meta.get("numTraining")
-            if n is not None and int(n) != len(training):
-                raise DataError(f"{path}: numTraining is {n} but {len(training)} cases were found in "
-                                f"{root / 'imagesTr'}.")
-        if meta.get("test"):
-            test = [_entry_case(root, e, path, "test", False) for e in meta["test"]]
-        else:
-            test = _discover(root, "imagesTs", None, ending, len(channel_names), path)
+    if meta.get("training"):
+        training = _listed_cases(root, meta["training"], path, "training", True)
+    elif isinstance(meta.get("dataset"), dict):
+        training = []
+        for cid, e in meta["dataset"].items():
+            e = dict(e)
+            e.setdefault("case_id", cid)
+            training.append(_entry_case(root, e, path, "dataset", True))
+    elif ending:
+        training = _discover(root, "imagesTr", "labelsTr", ending, len(channel_names), path)
+        if not training:
+            raise DataError(f"{root / 'imagesTr'}: no training images named "
+                            f"{{case}}_{{XXXX}}{ending} found.")
+    elif "training" in meta:
+        training = []  # declared empty (a test-only dataset)
     else:
-        training = [_entry_case(root, e, path, "training", True) for e in meta.get("training", [])]
-        test = [_entry_case(root, e, path, "test", False) for e in meta.get("test", [])]
+        raise DataError(f"{path}: lists no cases: add a 'training' list, a 'dataset' mapping, or "
+                        "'file_ending' (e.g. \".nii.gz\") to find them in imagesTr/ and labelsTr/.")
+    if meta.get("test"):
+        test = _listed_cases(root, meta["test"], path, "test", False)
+    elif ending:
+        test = _discover(root, "imagesTs", None, ending, len(channel_names), path)
+    else:
+        test = []
+    for key, cases in (("numTraining", training), ("numTest", test)):
+        _check_count(meta, key, len(cases), path)
     _check_files(training, path)
     _check_files(test, path)
     dims = _infer_dims(meta, training or test, path)
@@ -306,9 +424,10 @@ def load_dataset(root: str | Path) -> DatasetSpec:
         dims=dims,
         channel_names=channel_names,
         modalities=tuple(_modality(c) for c in channel_names),
-        labels=labels,
+        labels=dict(enumerate(value_names.values())),
         training=tuple(training),
         test=tuple(test),
+        label_values=tuple(value_names),
     )
 
 
@@ -366,8 +485,9 @@ def kfold_cases(cases: Sequence[Case], k: int, fold: int, seed: int = 0) -> dict
 
 
 def load_case(spec: DatasetSpec, case: Case) -> tuple[io.Image, np.ndarray | None]:
-    """Reads and validates a case -> (Image, int32 label `[X, Y, (Z)]` or None).
+    """Reads and validates a case -> (Image, int32 classes `[X, Y, (Z)]` or None).
 
+    The label's file values are mapped to class indices 0..K-1 (`spec.label_values`).
     Checks: the channel count matches the dataset, image and label agree in shape and
     affine (canonical, i.e. in world space), all voxels are finite, and label values are
     declared in dataset.json. Raises DataError naming the case.
@@ -395,10 +515,9 @@ def load_case(spec: DatasetSpec, case: Case) -> tuple[io.Image, np.ndarray | Non
                         f"image:\n{np.array2string(image.affine, precision=4)}\n"
                         f"label:\n{np.array2string(affine, precision=4)}\n"
                         "Resample/reorient the label onto the image grid (same affine and shape).")
-    present = np.unique(label)
-    undeclared = sorted(int(v) for v in present if int(v) not in spec.labels)
+    classes, undeclared = values_to_classes(label, spec.label_values)
     if undeclared:
         raise DataError(f"case '{case.case_id}': label file {case.label_path} holds undeclared values "
-                        f"{undeclared}; dataset.json declares {sorted(spec.labels)}. Fix the label file or "
-                        "declare the classes.")
-    return image, label
+                        f"{undeclared}; dataset.json declares {list(spec.label_values)}. Fix the label "
+                        "file or declare the classes.")
+    return image, classes

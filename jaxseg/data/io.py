@@ -17,14 +17,16 @@ NIfTI
     takes part in the reorientation (so a coronal slice keeps its R and S axes in that
     order) and is then dropped.
 
-PNG / TIFF (2D only)
+PNG / TIFF / GIF (2D only)
     Read with PIL. Axis convention: **x is the column index and y is the row index**, i.e.
     `data[x, y] == pixel(column=x, row=y)` (the transpose of `np.asarray(pil_image)`).
     The affine is the identity (spacing 1 x 1, no orientation information), so the
     canonical array is just that transpose. Greyscale modes (1, L, I;16, I, F) give C=1,
-    RGB gives C=3; RGBA/LA are accepted only when fully opaque. `write_mask` to a
-    `.png`/`.tif` path transposes back, so a mask written for a PNG input overlays it
-    pixel for pixel.
+    RGB gives C=3; RGBA/LA are accepted only when fully opaque. A palette ("P") label
+    image whose used colours are all grey gives those grey values (a 0/255 mask saved as
+    GIF is stored as indices 0/1 with a black/white palette); a colour palette gives the
+    indices (VOC style). `write_mask` to a `.png`/`.tif` path transposes back, so a mask
+    written for a PNG input overlays it pixel for pixel. GIF is read, never written.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ from nibabel import orientations as nio
 
 from jaxseg.errors import DataError
 
-__all__ = ["Image", "read_image", "read_label", "write_mask", "NIFTI_SUFFIXES", "PIL_SUFFIXES"]
+__all__ = ["Image", "read_image", "read_label", "write_mask", "mask_dtype", "NIFTI_SUFFIXES",
+           "PIL_SUFFIXES"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-PIL_SUFFIXES = (".png", ".tif", ".tiff")
+PIL_SUFFIXES = (".png", ".tif", ".tiff", ".gif")
+_WRITE_SUFFIXES = (".nii.gz", ".nii", ".png", ".tif", ".tiff")
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
 
@@ -190,7 +194,7 @@ def _pil_array(path: Path, *, label: bool) -> np.ndarray:
             im.load()
             mode = im.mode
             if mode == "P" and label:
-                arr = np.asarray(im)  # palette indices are the labels
+                arr = _palette_label(im)
             elif mode == "P":
                 arr = np.asarray(im.convert("RGBA"))
                 mode = "RGBA"
@@ -221,6 +225,21 @@ def _pil_array(path: Path, *, label: bool) -> np.ndarray:
     return np.swapaxes(arr, 0, 1)  # [row, col, ...] -> [x=col, y=row, ...]
 
 
+def _palette_label(im) -> np.ndarray:
+    """Palette label image -> [row, col] values: grey levels if every used colour is grey."""
+    idx = np.asarray(im)
+    palette = np.asarray(im.getpalette() or [], np.int64)
+    palette = palette[: palette.size // 3 * 3].reshape(-1, 3)
+    used = np.unique(idx)
+    if used.size and used.max() < len(palette):
+        colours = palette[used]
+        if np.all(colours == colours[:, :1]):
+            # A greyscale mask that went through a palette format (GIF, optimised PNG): the
+            # grey level is what the annotator drew, the index is an encoding detail.
+            return palette[:, 0].astype(np.uint8)[idx]
+    return idx
+
+
 def _check_finite(arr: np.ndarray, path: Path) -> None:
     if np.issubdtype(arr.dtype, np.floating):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
@@ -242,7 +261,7 @@ def _read_one(path: Path, dims: int):
         meta = dict(affine=np.eye(4), spacing=(1.0, 1.0), original_affine=np.eye(4),
                     original_shape=tuple(int(v) for v in arr.shape[:2]))
     else:
-        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif or .tiff.")
+        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif.")
     _check_finite(data, path)
     return np.asarray(data, dtype=np.float32), meta
 
@@ -303,7 +322,7 @@ def read_label(path: str | Path, dims: int) -> tuple[np.ndarray, np.ndarray, tup
             raise DataError(f"{path}: PNG/TIFF labels are 2D, but the dataset has dims={dims}.")
         canon, affine, spacing = _pil_array(path, label=True), np.eye(4), (1.0, 1.0)
     else:
-        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif or .tiff.")
+        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif.")
     _check_finite(canon, path)
     if np.issubdtype(canon.dtype, np.floating):
         rounded = np.rint(canon)
@@ -315,26 +334,40 @@ def read_label(path: str | Path, dims: int) -> tuple[np.ndarray, np.ndarray, tup
     return np.ascontiguousarray(canon, dtype=np.int32), affine, spacing
 
 
-def write_mask(mask_canonical: np.ndarray, reference: Image, path: str | Path) -> Path:
+def mask_dtype(max_value: int) -> np.dtype:
+    """The narrowest stored type for mask values 0..max_value: uint8, uint16 or int32."""
+    for dtype in (np.uint8, np.uint16, np.int32):
+        if max_value <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise DataError(f"mask value {max_value} does not fit int32.")
+
+
+def write_mask(mask_canonical: np.ndarray, reference: Image, path: str | Path,
+               dtype=np.uint8) -> Path:
     """Writes a mask on the reference image's on-disk grid, undoing the reorientation.
 
     Args:
-      mask_canonical: integer `[X, Y, (Z)]` in canonical order (shape of `reference.data[..., 0]`);
-        stored as uint8.
+      mask_canonical: integer `[X, Y, (Z)]` in canonical order (shape of `reference.data[..., 0]`).
       reference: the Image the mask was predicted for.
       path: output file; `.nii.gz`/`.nii` -> NIfTI with the reference's on-disk affine and
         shape; `.png`/`.tif`/`.tiff` -> 2D image overlaying the reference (x = column).
+      dtype: stored type, uint8 by default; uint16 (or int32, not for PNG) for label values
+        above 255 (`mask_dtype(max declared value)` picks it).
 
     Returns the path written.
     """
     path = Path(path)
     mask = np.asarray(mask_canonical)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.uint8, np.uint16, np.int32):
+        raise DataError(f"{path}: mask dtype {dtype} is not one of uint8, uint16, int32.")
     if mask.shape != reference.data.shape[:-1]:
         raise DataError(f"{path}: mask shape {mask.shape} does not match the reference image "
                         f"{reference.path} shape {reference.data.shape[:-1]}.")
-    if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise DataError(f"{path}: mask values must be in 0..255 to be stored as uint8.")
-    mask = mask.astype(np.uint8)
+    top = np.iinfo(dtype).max
+    if mask.size and (mask.min() < 0 or mask.max() > top):
+        raise DataError(f"{path}: mask values must be in 0..{top} to be stored as {dtype}.")
+    mask = mask.astype(dtype)
     dims = mask.ndim
     ornt = nio.io_orientation(reference.original_affine)
     if dims == 2:
@@ -343,21 +376,23 @@ def write_mask(mask_canonical: np.ndarray, reference: Image, path: str | Path) -
         mask3 = mask
     back = nio.apply_orientation(mask3, nio.ornt_transform(_RAS, ornt))
     disk = back.reshape(reference.original_shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
     s = _suffix(path)
+    if s not in _WRITE_SUFFIXES:
+        raise DataError(f"{path}: unsupported output type; use .nii.gz, .nii, .png or .tif.")
+    if s == ".png" and dtype == np.int32:
+        raise DataError(f"{path}: PNG holds at most 16-bit values; write a .tif or .nii.gz.")
+    path.parent.mkdir(parents=True, exist_ok=True)
     if s in PIL_SUFFIXES:
         from PIL import Image as PILImage
 
         arr2 = disk.reshape(disk.shape[:2]) if disk.ndim == 3 and disk.shape[2] == 1 else disk
         if arr2.ndim != 2:
             raise DataError(f"{path}: cannot store a {dims}D mask as {s}; write a .nii.gz instead.")
-        PILImage.fromarray(np.ascontiguousarray(arr2.T)).save(path)  # uint8 -> mode L
-    elif s in NIFTI_SUFFIXES:
+        PILImage.fromarray(np.ascontiguousarray(arr2.T)).save(path)  # uint8 -> L, uint16 -> I;16
+    else:
         img = nib.Nifti1Image(np.ascontiguousarray(disk), reference.original_affine)
-        img.set_data_dtype(np.uint8)
+        img.set_data_dtype(dtype)
         img.header.set_qform(reference.original_affine, code=1)
         img.header.set_sform(reference.original_affine, code=1)
         nib.save(img, str(path))
-    else:
-        raise DataError(f"{path}: unsupported output type; use .nii.gz, .nii, .png or .tif.")
     return path

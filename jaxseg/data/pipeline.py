@@ -9,12 +9,21 @@ The pipeline is a `grain.MapDataset` chain, so every element is a pure function 
       .batch(b)                                    # b = B / P examples per process
       [start_step:]                                # resume: batch k is the same as in an unbroken run
       .to_iter_dataset(ReadOptions(num_threads, prefetch))
+      [.mp_prefetch(MultiprocessingOptions(num_workers))]  # only with num_workers > 0
 
 Global batch `k` consists of the global elements `k*B .. (k+1)*B - 1` (an epoch visits each
 case once, in an order drawn from the seed); process `p` of `P` gets the contiguous block
 `k*B + p*b .. k*B + (p+1)*b - 1`. Those blocks are the rows of the global array that
 `jax.make_array_from_process_local_data` puts on the process's own devices, so the global
 batch, row for row, does not depend on the number of processes.
+
+With `num_workers = N > 0`, grain's `mp_prefetch` starts N worker processes (start method
+"spawn"); worker i computes batches i, i + N, i + 2N, ... with its own `num_threads` threads
+and `prefetch` buffer, and the batches are interleaved back round-robin, so the sequence is
+bitwise the one `num_workers = 0` yields. The map functions, and with them the normalised
+arrays of every training case, are pickled into each worker: N workers hold N more copies of
+the training set in host memory. The iterator's state is the index of the next batch
+(`BatchIterator`), so a checkpoint does not depend on `num_workers` or `num_threads`.
 
 Patch sampling (nnU-Net style): with probability `foreground_fraction` the patch is centred,
 with a uniform jitter of up to a quarter patch per axis, on a random voxel of a random
@@ -27,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -37,7 +46,7 @@ from jaxseg.data.dataset import Case, DatasetSpec, load_case
 from jaxseg.data.io import Image
 from jaxseg.errors import ConfigError, DataError
 
-__all__ = ["train_batches", "eval_cases", "load_training_arrays", "sample_patch"]
+__all__ = ["BatchIterator", "train_batches", "eval_cases", "load_training_arrays", "sample_patch"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -104,16 +113,70 @@ def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+class BatchIterator(grain.DatasetIterator):
+    """This process's training batches, checkpointable by batch index.
+
+    The state is `{"next_index": i}`: the next batch is batch `i` of an unbroken run. Every
+    batch is a pure function of its index, so `set_state` only rebuilds grain's iterator at
+    `i` (restarting any worker processes lazily, on the next `next()` or `start_prefetch()`).
+    The state is the one grain's own iterator had before workers existed, so older
+    checkpoints restore, and it does not depend on `num_workers` or `num_threads`: a run
+    may resume with different ones.
+    """
+
+    def __init__(self, make: Callable[[int], grain.DatasetIterator], start: int):
+        self._make, self._next, self._it = make, start, None
+        super().__init__()
+
+    def __next__(self) -> dict:
+        self._assert_not_closed()
+        if self._it is None:
+            self._it = self._make(self._next)
+        batch = next(self._it)
+        self._next += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"next_index": self._next}
+
+    def set_state(self, state: dict) -> None:
+        index = state.get("next_index") if isinstance(state, dict) else None
+        if not isinstance(index, int) or index < 0:
+            raise DataError(f"input-pipeline state {state!r} has no batch index "
+                            "'next_index' >= 0; it was not written by jaxseg's train_batches.")
+        self._close_inner()
+        self._next = index
+
+    def start_prefetch(self) -> None:
+        self._assert_not_closed()
+        if self._it is None:
+            self._it = self._make(self._next)
+        self._it.start_prefetch()
+
+    def close(self) -> None:
+        """Stops grain's threads and joins its worker processes; idempotent."""
+        self._close_inner()
+        self._closed = True
+
+    def _close_inner(self) -> None:
+        it, self._it = getattr(self, "_it", None), None
+        if it is not None:
+            it.close()
+
+
 def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Sequence[int],
                   batch_size: int, seed: int, start_step: int = 0, foreground_fraction: float = 0.33,
-                  num_threads: int = 2, prefetch: int = 4,
-                  ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> Iterator[dict]:
+                  num_threads: int = 2, prefetch: int = 4, num_workers: int = 0,
+                  ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> BatchIterator:
     """An endless iterator of this process's training batches.
 
     Yields `{"image": f32 [b, *patch_size, C], "label": int32 [b, *patch_size]}` with
     `b = batch_size // jax.process_count()`. Batch `i` (counting from 0 in an unbroken run)
     is a pure function of `(seed, i)` and the cases; starting at `start_step` yields batches
-    `start_step, start_step + 1, ...` of that run.
+    `start_step, start_step + 1, ...` of that run. `num_workers > 0` computes the batches in
+    that many worker processes (each with `num_threads` threads and `prefetch` batches
+    buffered) instead of in threads of this process; the batches are the same. Close the
+    iterator (`.close()`) to stop the threads and join the workers.
     """
     patch = tuple(int(p) for p in patch_size)
     if len(patch) != spec.dims or min(patch) < 1:
@@ -125,6 +188,9 @@ def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Seque
         raise DataError(f"{spec.root}: no training cases to sample from.")
     if start_step < 0:
         raise ConfigError(f"start_step must be >= 0, got {start_step}.")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0 (0: threads in this "
+                          f"process), got {num_workers!r}.")
     shard = grain.sharding.ShardByJaxProcess()
     nproc, pidx = int(shard.shard_count), int(shard.shard_index)
     if batch_size < 1 or batch_size % nproc:
@@ -135,6 +201,7 @@ def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Seque
 
     n = len(arrays)
 
+    # Closures are fine for worker processes: grain pickles the dataset with cloudpickle.
     def _global_index(j: int) -> int:
         return (j // per_process) * batch_size + pidx * per_process + j % per_process
 
@@ -147,10 +214,29 @@ def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Seque
           .map(_global_index)
           .map(_element)
           .batch(per_process, drop_remainder=True))
-    if start_step:
-        ds = ds.slice(slice(start_step, None))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
-    return iter(it)
+
+    def make(start: int) -> grain.DatasetIterator:
+        it = (ds.slice(slice(start, None)) if start else ds).to_iter_dataset(
+            grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+        if num_workers:
+            _absl_flags_parsed()
+            # Worker i computes batches i, i + N, ...; grain interleaves them round-robin,
+            # so the order is that of one process. One finished batch waits per worker:
+            # each worker already computes ahead into its own `prefetch` buffer.
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                             per_worker_buffer_size=1))
+        return iter(it)
+
+    return BatchIterator(make, start_step)
+
+
+def _absl_flags_parsed() -> None:
+    # grain 0.2.18 reads an absl flag when it starts a worker process and raises
+    # UnparsedFlagAccessError unless absl parsed the command line (google/grain#1355); the
+    # flags' defaults are what jaxseg wants, so mark them parsed as they are.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def eval_cases(spec: DatasetSpec, cases: Sequence[Case],

@@ -41,6 +41,7 @@ def export_run(workdir: str | Path, output: str | Path, *, platforms=("cpu",),
         "model_args": config.model.args.to_dict(),
         "dims": info.dims,
         "labels": {str(k): v for k, v in info.labels.items()},
+        "label_values": list(info.label_values),  # class k is written as label_values[k]
         "modalities": list(info.modalities),
         "normalization": {"ct_window": list(config.data.ct_window),
                           "rule": "z-score per channel; CT: clip to ct_window, scale to [-1, 1]"},

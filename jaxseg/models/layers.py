@@ -208,6 +208,18 @@ def window_reverse(windows, window: Sequence[int], shape: Sequence[int]):
     return x.transpose(perm).reshape(-1, *shape, c)
 
 
+def _grid_to_heads(x, groups: int, heads: int):
+    """`[B, g_1, k_1, ..., g_d, k_d, G * H * D]` (a grid of blocks of k tokens per axis) ->
+    `[G, B * prod(g), H, prod(k), D]`, as ONE transpose."""
+    d = (x.ndim - 2) // 2
+    block = x.shape[2:2 * d + 1:2]
+    hd = x.shape[-1] // (groups * heads)
+    x = x.reshape(*x.shape[:-1], groups, heads, hd)
+    # axes: 0=B, grid i at 1+2i, block i at 2+2i, G at 2d+1, H at 2d+2, D at 2d+3
+    perm = (2 * d + 1, 0, *range(1, 2 * d, 2), 2 * d + 2, *range(2, 2 * d + 1, 2), 2 * d + 3)
+    return x.transpose(perm).reshape(groups, -1, heads, math.prod(block), hd)
+
+
 def window_partition_heads(x, window: Sequence[int], groups: int, heads: int):
     """Window partition fused with the head split, as ONE transpose.
 
@@ -215,12 +227,64 @@ def window_partition_heads(x, window: Sequence[int], groups: int, heads: int):
     `window_partition` followed by splitting channels into (G, H, D) and moving G and H out.
     """
     b, *s, c = x.shape
-    d = len(s)
-    hd = c // (groups * heads)
-    x = x.reshape(b, *[v for n, w in zip(s, window) for v in (n // w, w)], groups, heads, hd)
-    # axes: 0=B, grid i at 1+2i, win i at 2+2i, G at 2d+1, H at 2d+2, D at 2d+3
-    perm = (2 * d + 1, 0, *range(1, 2 * d, 2), 2 * d + 2, *range(2, 2 * d + 1, 2), 2 * d + 3)
-    return x.transpose(perm).reshape(groups, -1, heads, math.prod(window), hd)
+    return _grid_to_heads(x.reshape(b, *[v for n, w in zip(s, window) for v in (n // w, w)], c), groups, heads)
+
+
+def _halo_blocks_axis(x, axis: int, w: int, h: int):
+    """Split `axis` (length g * w) into (g, w + 2h): block j holds positions
+    [j w - h, j w + w + h) of the map, zeros outside it.
+
+    Zero-pad, fold the axis into rows of w, and concatenate a = ceil((w + 2h) / w) row-shifted
+    contiguous slices: no gather, and nothing larger than the blocks is formed."""
+    g = x.shape[axis] // w
+    if h == 0:
+        return x.reshape(*x.shape[:axis], g, w, *x.shape[axis + 1:])
+    k = w + 2 * h
+    a = -(-k // w)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (h, a * w - h)  # total (g + a) * w
+    x = jnp.pad(x, pad)
+    x = x.reshape(*x.shape[:axis], g + a, w, *x.shape[axis + 1:])
+    pieces = []
+    for r in range(a):
+        index = [slice(None)] * x.ndim
+        index[axis], index[axis + 1] = slice(r, r + g), slice(0, min(w, k - r * w))
+        pieces.append(x[tuple(index)])
+    return jnp.concatenate(pieces, axis=axis + 1)
+
+
+def halo_partition_heads(x, window: Sequence[int], halo: Sequence[int], groups: int, heads: int):
+    """Overlapping key blocks (HaloNet) fused with the head split.
+
+    `[B, *S, G * H * D]` (S a multiple of `window`) -> `[G, B * nW, H, M, D]`, M = prod(w + 2h):
+    window i's block is the window grown by `halo` on each side, in the token order of a
+    window of size w + 2h; positions outside the map are zeros (mask them with
+    `window_key_mask`). With halo 0 this is `window_partition_heads`.
+    """
+    for i, (w, h) in enumerate(zip(window, halo)):
+        x = _halo_blocks_axis(x, 1 + 2 * i, w, h)  # axes before 1 + 2i are already (grid, block) pairs
+    return _grid_to_heads(x, groups, heads)
+
+
+def window_key_mask(padded_shape: Sequence[int], valid_shape: Sequence[int], window: Sequence[int],
+                    halo: Sequence[int] | None = None) -> np.ndarray | None:
+    """Additive key mask `[nW, M]` (0 / MASK_VALUE) for one image, or None if all-zero.
+
+    Key m of window i is the m-th token of the window grown by `halo` (default 0) on each side
+    (`halo_partition_heads`'s order); it is masked when it lies outside the valid map of
+    `valid_shape` (the zero padding of the halo and the padding up to `padded_shape`)."""
+    halo = (0,) * len(window) if halo is None else tuple(halo)
+    valid = np.ones((), bool)
+    for n, v, w, h in zip(padded_shape, valid_shape, window, halo):
+        pos = (np.arange(n // w) * w - h)[:, None] + np.arange(w + 2 * h)[None]  # [g, w + 2h]
+        valid = np.multiply.outer(valid, (pos >= 0) & (pos < v))
+    d = len(window)
+    # axes: grid i at 2i, block i at 2i + 1 -> [grid..., block...]
+    valid = valid.transpose(*range(0, 2 * d, 2), *range(1, 2 * d, 2))
+    valid = valid.reshape(math.prod(n // w for n, w in zip(padded_shape, window)), -1)
+    if valid.all():
+        return None
+    return np.where(valid, 0.0, MASK_VALUE).astype(np.float32)
 
 
 def window_reverse_heads(x, window: Sequence[int], shape: Sequence[int]):
@@ -234,14 +298,22 @@ def window_reverse_heads(x, window: Sequence[int], shape: Sequence[int]):
     return x.transpose(perm).reshape(-1, *shape, h * hd)
 
 
-def relative_position_index(window: Sequence[int], table_window: Sequence[int] | None = None) -> np.ndarray:
-    """Swin relative position index `[N, N]` (N = prod(window)) into a table of
-    `prod(2 t - 1)` rows, t = `table_window` (default `window`; each t >= w). A window
-    clamped below the configured size uses the matching sub-range of the same table, so the
-    parameters do not depend on the input size."""
-    table_window = tuple(window) if table_window is None else tuple(table_window)
-    coords = np.stack(np.meshgrid(*[np.arange(w) for w in window], indexing="ij")).reshape(len(window), -1)
-    rel = coords[:, :, None] - coords[:, None, :]  # [d, N, N]
+def relative_position_index(window: Sequence[int], table_window: Sequence[int] | None = None,
+                            halo: Sequence[int] | None = None) -> np.ndarray:
+    """Swin relative position index `[N, M]` (N = prod(window)) into a table of
+    `prod(2 t - 1)` rows, t = `table_window`.
+
+    Keys are the window's own tokens (M = N), or with `halo` the window grown by h on each
+    side (M = prod(w + 2h), `halo_partition_heads`'s order): offsets up to w + h - 1, so t
+    must be >= w + h per axis (default window + halo). A window clamped below the configured
+    size uses the matching sub-range of the same table, so the parameters do not depend on
+    the input size."""
+    halo = (0,) * len(window) if halo is None else tuple(halo)
+    table_window = tuple(w + h for w, h in zip(window, halo)) if table_window is None else tuple(table_window)
+    grid = lambda ranges: np.stack(np.meshgrid(*ranges, indexing="ij")).reshape(len(window), -1)
+    queries = grid([np.arange(w) for w in window])
+    keys = grid([np.arange(-h, w + h) for w, h in zip(window, halo)])
+    rel = queries[:, :, None] - keys[:, None, :]  # [d, N, M]
     index = np.zeros(rel.shape[1:], np.int64)
     for i, t in enumerate(table_window):
         index = index * (2 * t - 1) + (rel[i] + t - 1)

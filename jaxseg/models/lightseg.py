@@ -6,8 +6,9 @@ Layout (strides relative to the input):
            2x down (space-to-depth + 1x1) -> stem_dims[1], DS block       (stride 2, skip)
            2x down -> embed_dims[0], DS block                             (stride 4)
   stages   stage i at stride 4 * 2^i: [patch merging,] depths[i] window-attention blocks
-           with window window_sizes[i] (multi-scale windows; shifted windows on odd blocks
-           when shift_windows), a cross-window exchange after chosen blocks, LayerNorm (skips)
+           with window window_sizes[i] (multi-scale windows; shifted windows on odd blocks,
+           or halo keys, or routed key windows), a cross-window exchange after chosen blocks,
+           LayerNorm (skips)
   decoder  fusion modules, deepest first: upsample the deeper map (2x transposed conv as
            1x1 + depth-to-space), concat with the skip, 1x1 projection, dense 3^d conv
            refinement; down to stride 1
@@ -17,14 +18,28 @@ DS block = depthwise kxk (`jaxseg.ops.depthwise_conv`) + pointwise 1x1. Only the
 uses depthwise convs; the decoder hot path is 1x1 and dense convs.
 
 The switches (constructor fields, so that configs can run ablations):
-  shift_windows        Swin shifted windows on every second block (overlapping windows).
+  shift_windows        Swin shifted windows on every second block (overlapping windows);
+                       None (default) = on unless halo or topk_windows is set.
+  halo                 HaloNet keys (overlapping windows): each window's queries attend to the
+                       window grown by `halo` per side, (w + 2h)^d keys; keys outside the map
+                       (the halo's zero padding, the padding to a multiple of the window) are
+                       masked; the relative position bias table has (2(w + h) - 1)^d rows.
+                       0 = off. Not with shift_windows=True or topk_windows.
   window_sizes         one window size per stage (multi-scale windows).
   cross_window_layers  global block indices followed by a `WindowExchange`: every window's
                        (masked) mean-pooled token and `global_tokens` learnable tokens attend
                        to each other over the whole image; each window's result is added back
                        to all its tokens. None = after the last block of every stage; () = off.
   topk                 dynamic sparse attention: each query keeps only its top-k keys by
-                       logit (`jaxseg.ops.window_attention_topk`); None = dense.
+                       logit (`jaxseg.ops.window_attention_topk`); None = dense. Combines with
+                       halo and topk_windows (top-k among their keys).
+  topk_windows         dynamic sparse attention by window (BiFormer bi-level routing,
+                       `jaxseg.ops.window_attention_routed`): window affinities from the
+                       windows' mean-pooled q and k; each window attends to all tokens of its
+                       own window plus its topk_windows - 1 highest-affinity windows (selection
+                       without gradient; the relative position bias only on the own window).
+                       None = off; >= the number of windows = global attention. Not with
+                       shift_windows=True or halo.
   share_params         the blocks of a stage are ONE module called depths[i] times (shift
                        alternation and drop-path rates still per call): one block's params.
   rank                 low-rank factorised projections (qkv, proj, MLP and exchange):
@@ -35,7 +50,8 @@ Any spatial shape: the input is zero-padded at the end to a multiple of the tota
 the feature map is clamped to it (attention over the whole map, no shift); otherwise the
 map is padded at the end to a multiple of the window, and padded keys are masked out of
 attention (combined with the Swin shift mask) and out of the exchange's pooling, then
-cropped back after the stage.
+cropped back after the stage. A halo or padding key outside the map is masked the same
+way; the halo is dropped on an axis the (clamped) window covers whole.
 """
 
 from __future__ import annotations
@@ -57,10 +73,12 @@ from jaxseg.models.layers import (
     check_norm,
     crop_to,
     depth_to_space,
+    halo_partition_heads,
     pad_to_multiple,
     relative_position_index,
     space_to_depth,
     window_attention_mask,
+    window_key_mask,
     window_partition_heads,
     window_reverse_heads,
 )
@@ -127,10 +145,20 @@ class LightBlock(nn.Module):
     x + DropPath(W-MSA(LN(x))) then x + DropPath(MLP(LN(x))). The shift, mask and drop-path
     rate are CALL arguments, so one instance can serve every block of a stage
     (`share_params`) while still alternating plain and shifted windows. `shift` > 0 on an
-    axis rolls the map by -shift before attention and back after; `mask` `[nW, N, N]`
-    (numpy, from `window_attention_mask`) handles shift regions and padded keys. `topk`
-    switches to dynamic sparse attention; `rank` factorises qkv, proj, fc1 and fc2.
-    `table_window` (>= window per axis) sizes the relative position bias table.
+    axis rolls the map by -shift before attention and back after.
+
+    Keys per window (N = prod(window) queries):
+      * plain: the window's own N tokens; `mask` `[nW, N, N]` (numpy, from
+        `window_attention_mask`) handles shift regions and padded keys;
+      * `halo` (any > 0): the window grown by halo[i] on each side, M = prod(w + 2h) keys
+        (`halo_partition_heads`); `mask` `[nW, M]` (from `window_key_mask`) masks keys
+        outside the map; the bias covers the query-to-halo-key offsets;
+      * `topk_windows`: the own window plus the topk_windows - 1 best-routed windows of the
+        image (`ops.window_attention_routed`); `mask` `[nW, N]` (`window_key_mask`) masks
+        padded keys; the bias applies to the own window only.
+    `topk` keeps each query's top-k keys among those; `rank` factorises qkv, proj, fc1 and
+    fc2. `table_window` (>= window per axis) and `table_halo` (>= halo) size the relative
+    position bias table, `prod(2 (t + h) - 1)` rows.
     """
 
     dim: int
@@ -142,6 +170,9 @@ class LightBlock(nn.Module):
     table_window: tuple[int, ...] | None = None
     rank: int | None = None
     topk: int | None = None
+    halo: tuple[int, ...] | None = None
+    table_halo: tuple[int, ...] | None = None
+    topk_windows: int | None = None
 
     @nn.compact
     def __call__(self, x, mask: np.ndarray | None, shift: tuple[int, ...], drop_rate: float = 0.0,
@@ -151,23 +182,38 @@ class LightBlock(nn.Module):
         head_dim = self.dim // self.num_heads
         axes = tuple(range(1, d + 1))
         dense = dict(rank=self.rank, dtype=self.dtype)
+        no_halo = (0,) * d
+        halo = no_halo if self.halo is None else tuple(self.halo)
         h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(x)
         if any(shift):
             h = jnp.roll(h, [-s for s in shift], axis=axes)
         qkv = LowRankDense(3 * self.dim, name="qkv", **dense)(h)
-        q, k, v = window_partition_heads(qkv, self.window, 3, self.num_heads)
-        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
-        n = math.prod(self.window)
-        tw = self.window if self.table_window is None else self.table_window
-        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
-                           (math.prod(2 * t - 1 for t in tw), self.num_heads))
-        index = relative_position_index(self.window, tw).reshape(-1)
-        bias = jnp.take(table, index, axis=0).reshape(n, n, self.num_heads).transpose(2, 0, 1)
-        m = None if mask is None else jnp.asarray(mask)
-        if self.topk is None:
-            o = ops.window_attention(q, k, v, bias, m, impl=self.attention_impl)
+        if any(halo):
+            q = window_partition_heads(qkv[..., :self.dim], self.window, 1, self.num_heads)[0]
+            k, v = halo_partition_heads(qkv[..., self.dim:], self.window, halo, 2, self.num_heads)
         else:
-            o = ops.window_attention_topk(q, k, v, bias, m, topk=self.topk, impl=self.attention_impl)
+            q, k, v = window_partition_heads(qkv, self.window, 3, self.num_heads)
+        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
+        n, m_keys = q.shape[2], k.shape[2]
+        tw = self.window if self.table_window is None else self.table_window
+        th = halo if self.table_halo is None else self.table_halo
+        extent = tuple(t + e for t, e in zip(tw, th))
+        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
+                           (math.prod(2 * t - 1 for t in extent), self.num_heads))
+        index = relative_position_index(self.window, extent, halo).reshape(-1)
+        bias = jnp.take(table, index, axis=0).reshape(n, m_keys, self.num_heads).transpose(2, 0, 1)
+        m = None if mask is None else jnp.asarray(mask)
+        if self.topk_windows is not None:
+            nw = math.prod(s // w for s, w in zip(shape, self.window))
+            o = ops.window_attention_routed(q, k, v, bias, m, windows_per_image=nw, topk_windows=self.topk_windows,
+                                            topk=self.topk, impl=self.attention_impl)
+        else:
+            if m is not None and m.ndim == 2:  # a key mask: the same for every query of a window
+                m = jnp.broadcast_to(m[:, None, :], (m.shape[0], n, m.shape[1]))
+            if self.topk is None:
+                o = ops.window_attention(q, k, v, bias, m, impl=self.attention_impl)
+            else:
+                o = ops.window_attention_topk(q, k, v, bias, m, topk=self.topk, impl=self.attention_impl)
         o = window_reverse_heads(o, self.window, shape)
         o = LowRankDense(self.dim, name="proj", **dense)(o)
         if any(shift):
@@ -292,12 +338,20 @@ class LightSeg(nn.Module):
     stem_dims: tuple[int, int] = (16, 24)
     mlp_ratio: float = 4.0
     drop_path: float = 0.0  # max stochastic-depth rate, linear over blocks
-    shift_windows: bool = True  # Swin shifted windows on every second block of a stage
+    # Swin shifted windows on every second block of a stage. None: on, unless halo or
+    # topk_windows is set (they do not combine with shifted windows; True with them is an error).
+    shift_windows: bool | None = None
+    # Halo keys (HaloNet): each window attends to keys of the window grown by `halo` on each
+    # side (an int, or one per axis; the same for every stage). 0 = off.
+    halo: int | tuple[int, ...] = 0
     # Global block indices (0 .. sum(depths) - 1) each followed by a WindowExchange;
     # None -> the last block of every stage; () -> no cross-window exchange.
     cross_window_layers: tuple[int, ...] | None = None
     global_tokens: int = 1  # learnable tokens in each WindowExchange (0: pooled windows only)
     topk: int | None = None  # keys kept per query (dynamic sparse attention); None = dense
+    # Window routing (BiFormer): each window attends to the tokens of itself and of its
+    # topk_windows - 1 highest-affinity windows of the image; None = off.
+    topk_windows: int | None = None
     share_params: bool = False  # one block's attention + MLP weights per stage, reused
     rank: int | None = None  # low-rank factorised projections; None = full rank
     # Norm of the conv stem and decoder. "instance" by default: LayerNorm over few channels
@@ -325,6 +379,16 @@ class LightSeg(nn.Module):
             w = (w,) * self.dims if isinstance(w, int) else tuple(w)
             out.append(w)
         return out
+
+    def _halo(self) -> tuple[int, ...]:
+        h = self.halo
+        return (h,) * self.dims if isinstance(h, int) else tuple(h) if isinstance(h, (tuple, list)) else (h,)
+
+    def shifts_windows(self) -> bool:
+        """`shift_windows` resolved: None -> shifted unless halo or topk_windows is set."""
+        if self.shift_windows is None:
+            return not any(self._halo()) and self.topk_windows is None
+        return bool(self.shift_windows)
 
     def exchange_layers(self) -> tuple[int, ...]:
         """The global block indices followed by a cross-window exchange."""
@@ -372,6 +436,25 @@ class LightSeg(nn.Module):
             raise ConfigError(f"{n}: global_tokens must be >= 0; got {self.global_tokens}.")
         if self.topk is not None and self.topk < 1:
             raise ConfigError(f"{n}: topk must be None (dense) or >= 1; got {self.topk}.")
+        halo = self._halo()
+        if len(halo) != self.dims or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0
+                                             for h in halo):
+            raise ConfigError(f"{n}: halo must be an int >= 0 or {self.dims} ints >= 0 (one per axis); "
+                              f"got {self.halo!r}.")
+        tw = self.topk_windows
+        if tw is not None and (not isinstance(tw, int) or isinstance(tw, bool) or tw < 1):
+            raise ConfigError(f"{n}: topk_windows must be None (no routing) or an int >= 1; "
+                              f"got {self.topk_windows!r}.")
+        if any(halo) and self.topk_windows is not None:
+            raise ConfigError(f"{n}: halo={self.halo!r} and topk_windows={self.topk_windows} do not combine "
+                              "(halo keys are local, routed windows are not); set halo=0 or topk_windows=None.")
+        if self.shift_windows and (any(halo) or self.topk_windows is not None):
+            other, why = (f"halo={self.halo!r}", "halo keys already overlap the windows, and under a cyclic "
+                          "shift the halo would take keys from across the wrap-around") if any(halo) else (
+                f"topk_windows={self.topk_windows}", "routed windows already connect the windows, and the "
+                "own window's bias has no shift-region mask")
+            raise ConfigError(f"{n}: shift_windows=True does not combine with {other}: {why}. "
+                              "Set shift_windows=False (or None).")
         if self.rank is not None and self.rank < 1:
             raise ConfigError(f"{n}: rank must be None (full rank) or >= 1; got {self.rank}.")
         check_norm(self.norm, n)
@@ -412,13 +495,19 @@ class LightSeg(nn.Module):
             table_win = win
             win = tuple(min(w, n) for w, n in zip(win, f))
             no_shift = (0,) * self.dims
-            shift = tuple(w // 2 if n > w else 0 for w, n in zip(win, f)) if self.shift_windows else no_shift
+            shift = tuple(w // 2 if n > w else 0 for w, n in zip(win, f)) if self.shifts_windows() else no_shift
+            # No halo on an axis the window already covers: it would hold padding only.
+            halo = tuple(h if n > w else 0 for h, w, n in zip(self._halo(), win, f))
             x, _ = pad_to_multiple(x, win)
             fp = x.shape[1:-1]
-            masks = (window_attention_mask(fp, f, win, no_shift), window_attention_mask(fp, f, win, shift))
+            if any(halo) or self.topk_windows is not None:  # key masks [nW, M] (no shift here)
+                masks = (window_key_mask(fp, f, win, halo),) * 2
+            else:
+                masks = (window_attention_mask(fp, f, win, no_shift), window_attention_mask(fp, f, win, shift))
             block_args = dict(dim=dim, num_heads=heads, window=win, mlp_ratio=self.mlp_ratio,
                               attention_impl=self.attention_impl, dtype=dt, table_window=table_win,
-                              rank=self.rank, topk=self.topk)
+                              rank=self.rank, topk=self.topk, halo=halo, table_halo=self._halo(),
+                              topk_windows=self.topk_windows)
             # Arguments 3.. of a block call (shift, drop rate, train) are Python values: static.
             block_cls = nn.remat(LightBlock, static_argnums=(3, 4, 5)) if self.remat else LightBlock
             shared = block_cls(**block_args, name=f"stage{i}_block") if self.share_params else None

@@ -108,7 +108,7 @@ class TransformerBlock(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, train: bool = False):
         x = x + SABlock(self.hidden_size, self.num_heads, self.dropout_rate, self.qkv_bias, self.attention_impl,
                         self.dtype, name="attn")(layer_norm("norm1", self.dtype)(x), train=train)
         _UnusedLayerNorm(self.hidden_size, name="norm_cross_attn")()
@@ -166,15 +166,18 @@ class ViT(nn.Module):
     qkv_bias: bool = False
     attention_impl: str = "auto"
     dtype: Dtype = jnp.float32
+    remat: bool = False  # nn.remat each Transformer block
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
+        # `train` (argument 2 of a block call) is a Python value: static.
+        block_cls = nn.remat(TransformerBlock, static_argnums=(2,)) if self.remat else TransformerBlock
         x = PatchEmbeddingBlock(self.img_grid, self.hidden_size, self.proj_type, self.dropout_rate, self.dtype,
                                 name="patch_embedding")(x, train=train)
         hidden = []
         for i in range(self.num_layers):
-            x = TransformerBlock(self.hidden_size, self.mlp_dim, self.num_heads, self.dropout_rate, self.qkv_bias,
-                                 self.attention_impl, self.dtype, name=f"blocks_{i}")(x, train=train)
+            x = block_cls(self.hidden_size, self.mlp_dim, self.num_heads, self.dropout_rate, self.qkv_bias,
+                          self.attention_impl, self.dtype, name=f"blocks_{i}")(x, train)
             hidden.append(x)
         return layer_norm("norm", self.dtype)(x), hidden
 
@@ -204,6 +207,10 @@ class UNETR(nn.Module):
     qkv_bias: bool = False
     attention_impl: str = "auto"  # passed to jaxseg.ops.window_attention
     dtype: Dtype = jnp.float32  # compute dtype; params stay float32
+    # Not MONAI's: recompute each Transformer block and each encoder/decoder conv block in
+    # the backward pass (nn.remat): less activation memory, ~1/3 more compute. The blocks
+    # keep their names, so the parameters (and MONAI state dicts) are the same either way.
+    remat: bool = False
 
     def img_shape(self) -> tuple[int, ...]:
         s = self.img_size
@@ -242,7 +249,8 @@ class UNETR(nn.Module):
         img_grid = tuple(v // PATCH for v in self.img_shape())
         grid = tuple(p // PATCH for p in padded)
         z, hidden = ViT(img_grid, self.hidden_size, self.mlp_dim, 12, self.num_heads, self.proj_type,
-                        self.dropout_rate, self.qkv_bias, self.attention_impl, self.dtype, name="vit")(x, train=train)
+                        self.dropout_rate, self.qkv_bias, self.attention_impl, self.dtype, self.remat,
+                        name="vit")(x, train=train)
 
         def feat(t):  # tokens [B, N, hs] -> map [B, *grid, hs] (MONAI's proj_feat, channels-last)
             return t.reshape(t.shape[0], *grid, self.hidden_size)
@@ -250,13 +258,15 @@ class UNETR(nn.Module):
         fs, norm = self.feature_size, freeze_norm_name(self.norm_name)
         pr = dict(kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=norm, conv_block=self.conv_block,
                   res_block=self.res_block, dtype=self.dtype)
-        enc1 = UnetrBasicBlock(fs, 3, 1, norm, self.res_block, self.dtype, name="encoder1")(x)
-        enc2 = UnetrPrUpBlock(fs * 2, 2, **pr, name="encoder2")(feat(hidden[3]))
-        enc3 = UnetrPrUpBlock(fs * 4, 1, **pr, name="encoder3")(feat(hidden[6]))
-        enc4 = UnetrPrUpBlock(fs * 8, 0, **pr, name="encoder4")(feat(hidden[9]))
+        basic, pr_up, up = ((nn.remat(c) for c in (UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock)) if self.remat
+                            else (UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock))
+        enc1 = basic(fs, 3, 1, norm, self.res_block, self.dtype, name="encoder1")(x)
+        enc2 = pr_up(fs * 2, 2, **pr, name="encoder2")(feat(hidden[3]))
+        enc3 = pr_up(fs * 4, 1, **pr, name="encoder3")(feat(hidden[6]))
+        enc4 = pr_up(fs * 8, 0, **pr, name="encoder4")(feat(hidden[9]))
 
         def dec(c, name):
-            return UnetrUpBlock(c, 3, 2, norm, self.res_block, self.dtype, name=name)
+            return up(c, 3, 2, norm, self.res_block, self.dtype, name=name)
 
         dec3 = dec(fs * 8, "decoder5")(feat(z), enc4)
         dec2 = dec(fs * 4, "decoder4")(dec3, enc3)

@@ -24,44 +24,58 @@ def _resolve_impl(impl: str) -> str:
 
 
 def _check_shapes(q, k, v, bias, mask):
-    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]:
         raise ValueError(
-            "window_attention: q, k, v must all be [W, H, N, D] with the same shape; got "
+            "window_attention: q must be [W, H, N, D] and k, v [W, H, M, D] (same W, H, D); got "
             f"q{q.shape} k{k.shape} v{v.shape}."
         )
-    w, h, n, _ = q.shape
-    if bias is not None and bias.shape != (h, n, n):
-        raise ValueError(f"window_attention: bias must be [H, N, N] = {(h, n, n)}; got {bias.shape}.")
-    if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, n) or mask.shape[0] < 1):
-        raise ValueError(f"window_attention: mask must be [Wi, {n}, {n}]; got {mask.shape}.")
+    _, h, n, _ = q.shape
+    m = k.shape[2]
+    if bias is not None and bias.shape != (h, n, m):
+        raise ValueError(f"window_attention: bias must be [H, N, M] = {(h, n, m)}; got {bias.shape}.")
+    if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, m) or mask.shape[0] < 1):
+        raise ValueError(f"window_attention: mask must be [Wi, {n}, {m}] ([Wi, N, M]); got {mask.shape}.")
 
 
-def _window_attention_xla(q, k, v, bias, mask):
-    w, h, n, _ = q.shape
+def _add_mask(logits, mask):
+    """logits `[W, H, N, M]` + mask `[Wi, N, M]` with window w using `mask[w % Wi]`."""
+    w, h, n, m = logits.shape
+    mask = mask.astype(jnp.float32)
+    wi = mask.shape[0]
+    if w % wi == 0:  # a broadcast, not a gather, in the usual case
+        return (logits.reshape(w // wi, wi, h, n, m) + mask[None, :, None]).reshape(w, h, n, m)
+    return logits + jnp.take(mask, jnp.arange(w) % wi, axis=0)[:, None]
+
+
+def _logits(q, k, bias, mask):
+    """f32 logits `[W, H, N, M]` = q k^T (+ bias) (+ mask)."""
     # Batched matmuls over (window, head): no transposes needed for this layout.
     logits = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)[None]
-    if mask is not None:
-        mask = mask.astype(jnp.float32)
-        wi = mask.shape[0]
-        if w % wi == 0:
-            logits = (logits.reshape(w // wi, wi, h, n, n) + mask[None, :, None]).reshape(w, h, n, n)
-        else:
-            logits = logits + jnp.take(mask, jnp.arange(w) % wi, axis=0)[:, None]
+    return logits if mask is None else _add_mask(logits, mask)
+
+
+def _softmax_values(logits, v, dtype):
     probs = jax.nn.softmax(logits, axis=-1)
     out = jnp.einsum("whnm,whmd->whnd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
+    return out.astype(dtype)
+
+
+def _window_attention_xla(q, k, v, bias, mask):
+    return _softmax_values(_logits(q, k, bias, mask), v, q.dtype)
 
 
 def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto"):
     """Multi-head attention inside windows.
 
     Args:
-      q, k, v: `[W, H, N, D]` (windows, heads, tokens per window, head dim). The logits are
-        `q @ k^T` with no scaling: callers scale `q` (usually by `D ** -0.5`).
-      bias: optional `[H, N, N]`, added to the logits of every window (relative position bias).
-      mask: optional `[Wi, N, N]` additive mask (0 or a large negative number); window `w`
+      q: `[W, H, N, D]` (windows, heads, query tokens per window, head dim).
+      k, v: `[W, H, M, D]`: each window's M keys, M = N for plain windows; M != N for halo
+        key blocks or routed key windows. The logits are `q @ k^T` with no scaling: callers
+        scale `q` (usually by `D ** -0.5`).
+      bias: optional `[H, N, M]`, added to the logits of every window (relative position bias).
+      mask: optional `[Wi, N, M]` additive mask (0 or a large negative number); window `w`
         uses `mask[w % Wi]` (windows ordered batch-major, `Wi` windows per image).
       impl: "auto" (Pallas on TPU, XLA elsewhere), "xla" (einsum + softmax), "pallas"
         (the fused TPU kernel of `pallas_kernels.window_attention`) or "pallas_interpret"
@@ -81,51 +95,129 @@ def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto"):
 # --------------------------------------------------------------------------- top-k window attention
 
 
-def _check_topk(topk, n):
+def _check_topk(topk, m):
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
         raise ValueError(f"window_attention_topk: topk must be a positive int; got {topk!r}.")
-    return min(topk, n)
+    return min(topk, m)
 
 
 def _window_attention_topk_xla(q, k, v, bias, mask, topk):
-    w, h, n, _ = q.shape
-    logits = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)[None]
-    if mask is not None:
-        # Padding / shift-region masks apply BEFORE selection, so a masked key is never chosen.
-        mask = mask.astype(jnp.float32)
-        logits = logits + jnp.take(mask, jnp.arange(w) % mask.shape[0], axis=0)[:, None]
-    if topk < n:
+    # Padding / shift-region masks apply BEFORE selection, so a masked key is never chosen.
+    logits = _logits(q, k, bias, mask)
+    if topk < k.shape[2]:
         # The k-th largest logit of each query row is the threshold; keys below it are dropped.
         # Selection is piecewise constant, so no gradient flows through the threshold.
         kth = jax.lax.top_k(jax.lax.stop_gradient(logits), topk)[0][..., topk - 1:topk]
         logits = jnp.where(logits >= kth, logits, jnp.float32(-1e30))
-    probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("whnm,whmd->whnd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
+    return _softmax_values(logits, v, q.dtype)
 
 
 def window_attention_topk(q, k, v, bias=None, mask=None, *, topk: int, impl: str = "auto"):
     """Dynamic sparse window attention: each query attends only to its `topk` highest-scoring keys.
 
-    Same layout and conventions as `window_attention` (q, k, v `[W, H, N, D]`, unscaled logits,
-    bias `[H, N, N]`, additive mask `[Wi, N, N]`, softmax in float32). Per query row, the
-    logits (after bias and mask) below the row's `topk`-th largest are masked out; ties at the
-    threshold keep every tied key, so a row may keep more than `topk` keys. `topk >= N` is
-    dense attention.
+    Same layout and conventions as `window_attention` (q `[W, H, N, D]`, k, v `[W, H, M, D]`,
+    unscaled logits, bias `[H, N, M]`, additive mask `[Wi, N, M]`, softmax in float32). Per
+    query row, the logits (after bias and mask) below the row's `topk`-th largest are masked
+    out; ties at the threshold keep every tied key, so a row may keep more than `topk` keys.
+    `topk >= M` is dense attention.
 
     Returns `[W, H, N, D]` in `q.dtype`. impl: "auto" / "xla"; there is no Pallas kernel for
     the sparse form yet, so "auto" is XLA on every platform and "pallas" is an error.
     """
     _check_shapes(q, k, v, bias, mask)
-    topk = _check_topk(topk, q.shape[2])
+    topk = _check_topk(topk, k.shape[2])
     impl = resolve_impl("window_attention_topk", impl, ATTENTION_IMPLS, {"default": "xla"})
     if impl == "xla":
         return _window_attention_topk_xla(q, k, v, bias, mask, topk)
     raise NotImplementedError(
         "window_attention_topk(impl='pallas') is not implemented: there is no sparse Pallas kernel. "
         "Use impl='xla' or impl='auto'.")
+
+
+# --------------------------------------------------------------------------- routed window attention
+
+
+def _route(q, k, key_mask, nw, kw):
+    """Key-window indices `[B, nW, kw]` per query window: its own window first, then the
+    kw - 1 other windows of the same image with the highest affinity."""
+    w, h, n, d = q.shape
+    b = w // nw
+    if kw == 1:
+        return jnp.broadcast_to(jnp.arange(nw)[None, :, None], (b, nw, 1))
+    if key_mask is None:
+        weights = jnp.full((nw, n), 1.0 / n, jnp.float32)
+    else:
+        valid = (key_mask == 0).astype(jnp.float32)
+        weights = valid / jnp.maximum(valid.sum(-1, keepdims=True), 1.0)
+
+    def pool(x):  # mean over each window's valid tokens, heads concatenated: [B, nW, H * D]
+        x = jax.lax.stop_gradient(x).reshape(b, nw, h, n, d)
+        return jnp.einsum("bwhnd,wn->bwhd", x, weights, preferred_element_type=jnp.float32).reshape(b, nw, h * d)
+
+    affinity = jnp.einsum("bic,bjc->bij", pool(q), pool(k))
+    # The own window is always kept (slot 0), so it is excluded from the ranking.
+    affinity = jnp.where(jnp.eye(nw, dtype=bool), -jnp.inf, affinity)
+    others = jax.lax.top_k(affinity, kw - 1)[1]
+    own = jnp.broadcast_to(jnp.arange(nw, dtype=others.dtype)[None, :, None], (b, nw, 1))
+    return jnp.concatenate([own, others], axis=-1)
+
+
+def window_attention_routed(q, k, v, bias=None, key_mask=None, *, windows_per_image: int,
+                            topk_windows: int, topk: int | None = None, impl: str = "auto"):
+    """Window attention with bi-level routing (BiFormer, Zhu et al. CVPR 2023).
+
+    Args:
+      q, k, v: `[B * nW, H, N, D]`, windows batch-major, `nW = windows_per_image` per image;
+        logits `q @ k^T` unscaled, as in `window_attention`.
+      bias: optional `[H, N, N]`: the relative position bias of a window with itself.
+      key_mask: optional `[nW, N]` additive (0 = a real token, large negative = padding),
+        the same for every image.
+      topk_windows: key windows per query window (clamped to nW).
+      topk: optional per-query top-k over the gathered keys (`window_attention_topk`).
+
+    Routing, per image: the window-level query and key of a window are the means of its q
+    and k over its valid tokens, all heads concatenated (`[nW, H * D]`); their product is the
+    affinity `[nW, nW]`. Each query window attends to the `topk_windows * N` tokens of its OWN
+    window plus the `topk_windows - 1` other windows of highest affinity (BiFormer ranks the own
+    window with the rest; keeping it guarantees local context, and lets the bias apply).
+    The own window's keys get `bias`; routed windows get none (their offsets to the query
+    differ per window and are not local). Padded keys stay masked. The selection uses
+    `stop_gradient`ed scores (it is piecewise constant); the gathered k and v are
+    differentiable. `topk_windows >= nW` is global attention over all valid tokens.
+
+    Returns `[B * nW, H, N, D]` in `q.dtype`. impl as `window_attention` (with `topk`: as
+    `window_attention_topk`, XLA only).
+    """
+    w, h, n, d = q.shape
+    nw = windows_per_image
+    for name, val in (("windows_per_image", nw), ("topk_windows", topk_windows)):
+        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
+            raise ValueError(f"window_attention_routed: {name} must be a positive int; got {val!r}.")
+    _check_shapes(q, k, v, None, None)
+    if k.shape != q.shape or w % nw:
+        raise ValueError(f"window_attention_routed: q, k, v must be [B * nW, H, N, D] with nW = "
+                         f"windows_per_image = {nw}; got q{q.shape} k{k.shape} v{v.shape}.")
+    if bias is not None and bias.shape != (h, n, n):
+        raise ValueError(f"window_attention_routed: bias must be [H, N, N] = {(h, n, n)}; got {bias.shape}.")
+    if key_mask is not None and key_mask.shape != (nw, n):
+        raise ValueError(f"window_attention_routed: key_mask must be [nW, N] = {(nw, n)}; got {key_mask.shape}.")
+    kw = min(topk_windows, nw)
+    b = w // nw
+    idx = _route(q, k, key_mask, nw, kw)  # [B, nW, kw]
+
+    def gather(x):  # [B * nW, H, N, D] -> the routed windows' tokens [B * nW, H, kw * N, D]
+        g = jax.vmap(lambda xb, ib: xb[ib])(x.reshape(b, nw, h, n, d), idx)  # [B, nW, kw, H, N, D]
+        return g.transpose(0, 1, 3, 2, 4, 5).reshape(w, h, kw * n, d)
+
+    kg, vg = gather(k), gather(v)
+    if bias is not None and kw > 1:
+        bias = jnp.concatenate([bias, jnp.zeros((h, n, (kw - 1) * n), bias.dtype)], axis=-1)
+    mask = None
+    if key_mask is not None:  # padded keys of the gathered windows, the same for every query row
+        mask = jnp.broadcast_to(jnp.asarray(key_mask)[idx].reshape(w, 1, kw * n), (w, n, kw * n))
+    if topk is None:
+        return window_attention(q, kg, vg, bias, mask, impl=impl)
+    return window_attention_topk(q, kg, vg, bias, mask, topk=topk, impl=impl)
 
 
 # --------------------------------------------------------------------------- axial attention
@@ -145,13 +237,8 @@ def _check_axial_shapes(q, k, v, bias):
 
 
 def _axial_attention_xla(q, k, v, bias):
-    # Rows are independent lines of the volume: a batched matmul over (row, head).
-    logits = jnp.einsum("rhld,rhmd->rhlm", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)[None]
-    probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("rhlm,rhmd->rhld", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.astype(q.dtype)
+    # Rows are independent lines of the volume: the same batched matmuls as window attention.
+    return _softmax_values(_logits(q, k, bias, None), v, q.dtype)
 
 
 def axial_attention(q, k, v, bias=None, *, impl: str = "auto"):

@@ -62,6 +62,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         batch_size=config.data.batch_size, seed=config.seed,
         foreground_fraction=config.data.foreground_fraction,
         num_threads=config.data.num_threads, prefetch=config.data.prefetch,
+        num_workers=config.data.num_workers,
         ct_window=tuple(config.data.ct_window))
     start = ckpts.latest_step()
     if start is None:
@@ -79,6 +80,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
             print(f"{workdir} is already trained to step {start} (train.steps={total}); "
                   "raise --config.train.steps to train further.")
         ckpts.close()
+        batches.close()
         return {"step": start}
 
     replicated = mesh_lib.replicated(mesh)
@@ -123,6 +125,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
                 ckpts.save(state, batches)
     finally:
         ckpts.close()
+        batches.close()  # joins grain's worker processes (data.num_workers > 0)
         if writer is not None:
             writer.close()
     last["step"] = int(jax.device_get(state.step))

@@ -1,10 +1,13 @@
-"""Helpers shared by the data tests (all inputs are written under tmp_path)."""
+"""Helpers and fixtures shared by the data tests (all inputs are written under tmp_path)."""
 
 import json
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
+
+from jaxseg.data import dataset
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype=np.float32) -> Path:
@@ -31,3 +34,23 @@ def write_msd(root: Path, cases: dict, *, labels=None, dims=3, modality=("MRI",)
             "labels": labels, "training": training, "test": []}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+@pytest.fixture(scope="module")
+def spec2d(tmp_path_factory):
+    """Six small labelled 2D cases (one smaller than a patch) for the pipeline tests."""
+    root = tmp_path_factory.mktemp("pipe")
+    rng = np.random.default_rng(0)
+    cases = {}
+    for i in range(5):
+        shape = (40 + 4 * i, 36)
+        img = rng.normal(100, 10, size=shape + (1,))
+        lab = np.zeros(shape + (1,), np.uint8)
+        lab[10:13, 20:23] = 1  # tiny foreground
+        lab[30:32, 5:7] = 2
+        cases[f"c{i}"] = (img, lab)
+    small = np.zeros((10, 12, 1), np.uint8)
+    small[4, 4] = 1
+    cases["small"] = (rng.normal(size=(10, 12, 1)), small)
+    write_msd(root, cases, dims=2, labels={"0": "bg", "1": "a", "2": "b"})
+    return dataset.load_dataset(root)

@@ -1,28 +1,7 @@
 import numpy as np
 import pytest
 
-from jaxseg.data import dataset, pipeline
-
-from .conftest import write_msd
-
-
-@pytest.fixture(scope="module")
-def spec2d(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    rng = np.random.default_rng(0)
-    cases = {}
-    for i in range(5):
-        shape = (40 + 4 * i, 36)
-        img = rng.normal(100, 10, size=shape + (1,))
-        lab = np.zeros(shape + (1,), np.uint8)
-        lab[10:13, 20:23] = 1  # tiny foreground
-        lab[30:32, 5:7] = 2
-        cases[f"c{i}"] = (img, lab)
-    small = np.zeros((10, 12, 1), np.uint8)
-    small[4, 4] = 1
-    cases["small"] = (rng.normal(size=(10, 12, 1)), small)
-    write_msd(root, cases, dims=2, labels={"0": "bg", "1": "a", "2": "b"})
-    return dataset.load_dataset(root)
+from jaxseg.data import pipeline
 
 
 def _take(it, n):

@@ -38,6 +38,15 @@ def test_lightseg_with_pallas_window_attention_matches_xla():
              embed_dims=(16, 32), depths=(2, 2), num_heads=(1, 2), stem_dims=(8, 8))
 
 
+@pytest.mark.slow  # 40-80 s each on the loaded 2 cores; the ops / kernel tests cover M != N fast
+@pytest.mark.parametrize("switch", [dict(halo=1), dict(topk_windows=2)], ids=["halo", "routing"])
+def test_lightseg_halo_and_routing_with_pallas_match_xla(switch):
+    """M != N keys (halo blocks, routed windows) through the kernel: one stage, 12 windows."""
+    _compare("lightseg_tiny", 2, (40, 56), {"attention_impl": "xla"}, {"attention_impl": "pallas_interpret"},
+             embed_dims=(8,), depths=(1,), num_heads=(2,), stem_dims=(4, 4), window_sizes=(4,),
+             depthwise_kernel=1, decoder_refine_kernel=0, **switch)
+
+
 def test_transmed_with_pallas_axial_attention_matches_xla():
     _compare("transmed", 3, (16, 12, 8), {"attention_impl": "xla"},
              {"attention_impl": "pallas_interpret"}, variant="axial", features=(8, 16, 32))

@@ -4,7 +4,7 @@
 shape rules, Mosaic dialect emission and serialisation) without a TPU. It does not run
 libtpu's Mosaic compiler passes (vector layout, VMEM allocation): those need a TPU.
 
-Runtime: ~60 exports, ~0.1-0.5 s each on the shared machine (~20-40 s in total).
+Runtime: ~70 exports, ~0.1-0.5 s each on the shared machine (~20-40 s in total).
 """
 
 from __future__ import annotations
@@ -45,6 +45,21 @@ def test_exports_for_tpu(n, h, d, dtype):
     for fn in (_fwd, _bwd):
         exp = _export(fn, *args)
         assert "tpu_custom_call" in exp.mlir_module(), f"{fn.__name__} n={n} d={d}: no Mosaic call"
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("n,m,h,d", [(64, 144, 3, 16), (64, 216, 3, 16), (8, 32, 12, 16)],
+                         ids=["8x8-halo2", "4x4x4-halo1", "2x2x2-routed4"])
+def test_exports_more_keys_than_queries(n, m, h, d, dtype):
+    """M != N (lightseg halo / routed key windows): k, v `[W, H, M, D]`, bias `[H, N, M]`,
+    mask `[Wi, N, M]`; forward and backward lower with default block sizes."""
+    sd = jax.ShapeDtypeStruct
+    w = 256
+    args = (sd((w, h, n, d), dtype), sd((w, h, m, d), dtype), sd((w, h, m, d), dtype),
+            sd((h, n, m), jnp.float32), sd((16, n, m), jnp.float32))
+    for fn in (_fwd, _bwd):
+        exp = _export(fn, *args)
+        assert "tpu_custom_call" in exp.mlir_module(), f"{fn.__name__} n={n} m={m}: no Mosaic call"
 
 
 @pytest.mark.parametrize("variant", ["bias_only", "mask_only", "neither"])

@@ -10,8 +10,8 @@ Error measure: max|got - want| / max(1, max|want|) per array. Tolerances (issue 
 f32 1e-5; bf16 1e-2 forward, 2e-2 backward.
 
 Runtime (2 shared CPU cores, noisy): each case compiles the interpreter once, ~7-10 s;
-the default sweep (8 cases + races + flag + fast checks) takes ~50 s of CPU, 1-3 min
-wall on the shared machine; the full sweep is @slow.
+the default sweep (8 cases + 5 with M != N keys + races + flag + fast checks) takes ~80 s
+of CPU, 2-3 min wall on the shared machine; the full sweeps are @slow.
 """
 
 from __future__ import annotations
@@ -42,17 +42,19 @@ def _reference(q, k, v, bias, mask):
     return jnp.einsum("whnm,whmd->whnd", p, v, precision="highest")
 
 
-def _inputs(seed, w, h, n, d, dtype, *, bias, mask_windows):
+def _inputs(seed, w, h, n, d, dtype, *, bias, mask_windows, keys=None):
+    """q, do `[w, h, n, d]`; k, v `[w, h, keys, d]` (keys defaults to n); bias, mask."""
+    keys = n if keys is None else keys
     ks = jax.random.split(jax.random.PRNGKey(seed), 6)
     q = jax.random.normal(ks[0], (w, h, n, d)) * d**-0.5  # callers pre-scale q
-    k = jax.random.normal(ks[1], (w, h, n, d))
-    v = jax.random.normal(ks[2], (w, h, n, d))
+    k = jax.random.normal(ks[1], (w, h, keys, d))
+    v = jax.random.normal(ks[2], (w, h, keys, d))
     do = jax.random.normal(ks[3], (w, h, n, d))
     q, k, v, do = (a.astype(dtype) for a in (q, k, v, do))
-    b = jax.random.normal(ks[4], (h, n, n)) if bias else None
+    b = jax.random.normal(ks[4], (h, n, keys)) if bias else None
     m = None
     if mask_windows:
-        m = np.where(np.asarray(jax.random.bernoulli(ks[5], 0.3, (mask_windows, n, n))), MASK_VALUE, 0.0)
+        m = np.where(np.asarray(jax.random.bernoulli(ks[5], 0.3, (mask_windows, n, keys))), MASK_VALUE, 0.0)
         m[0, 0, :] = MASK_VALUE  # a fully masked row: padded keys must still get no weight
         m = jnp.asarray(m, jnp.float32)
     return q, k, v, b, m, do
@@ -63,9 +65,9 @@ def _err(got, want):
     return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
 
 
-def _run_case(w, h, window, d, dtype, *, bias, mask_windows, block_sizes, interpret=True, seed=0):
+def _run_case(w, h, window, d, dtype, *, bias, mask_windows, block_sizes, interpret=True, seed=0, keys=None):
     n = math.prod(window)
-    q, k, v, b, m, do = _inputs(seed, w, h, n, d, dtype, bias=bias, mask_windows=mask_windows)
+    q, k, v, b, m, do = _inputs(seed, w, h, n, d, dtype, bias=bias, mask_windows=mask_windows, keys=keys)
     diff = (q, k, v) + ((b,) if bias else ())
 
     def kernel(*a):
@@ -85,7 +87,8 @@ def _run_case(w, h, window, d, dtype, *, bias, mask_windows, block_sizes, interp
     ref_out, ref_grads = jax.jit(lambda *a: run.__wrapped__(reference, *a))(*diff)
     assert out.shape == q.shape and out.dtype == q.dtype
     tf, tb = TOL[jnp.dtype(dtype).name]
-    case = f"window={window} d={d} {jnp.dtype(dtype).name} bias={bias} mask={mask_windows} {block_sizes}"
+    case = (f"window={window} keys={keys or n} d={d} {jnp.dtype(dtype).name} bias={bias} mask={mask_windows} "
+            f"{block_sizes}")
     errs = {"out": _err(out, ref_out)}
     for name, g, rg in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
         assert g.shape == rg.shape, (name, case)
@@ -115,6 +118,30 @@ DEFAULT_CASES = [
                          f"bs{x.block_windows}-{x.block_windows_bwd}")
 def test_matches_reference(w, h, window, d, dtype, bias, mask_windows, bs):
     _run_case(w, h, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs)
+
+
+# M != N: keys from a halo around the query window (lightseg halo=h: M = prod(w + 2h)) or
+# from routed windows (topk_windows=k: M = k * N). (windows, heads, query window, keys M,
+# head dim, dtype, bias, mask windows Wi, block sizes)
+KEY_BLOCK_CASES = [
+    # 4x4 queries, 6x6 halo keys; W=6 padded to 8 (bw 4), Wi=3 tiled by lcm(3, 4).
+    (6, 2, (4, 4), 36, 16, jnp.float32, True, 3, BlockSizes(4, 2)),
+    # 3x4 = 12 queries -> Np 16, 5x6 = 30 keys -> Mp 32: both axes padded; Wi = W (routing).
+    (4, 2, (3, 4), 30, 32, jnp.float32, True, 4, BlockSizes(2, 4)),
+    # bf16 8x8 queries, 12x12 halo keys (lightseg halo=2), default block sizes.
+    (4, 2, (8, 8), 144, 16, jnp.bfloat16, True, 2, None),
+    # bf16 2x2x2 queries (Np 16) with 4 routed windows of 8 keys (M 32), and fewer keys than
+    # queries (4x4 queries, 9 keys), both without a bias.
+    (4, 2, (2, 2, 2), 32, 16, jnp.bfloat16, False, 4, BlockSizes(2, 2)),
+    (2, 1, (4, 4), 9, 16, jnp.float32, False, 1, BlockSizes(1, 1)),
+]
+
+
+@pytest.mark.parametrize("w,h,window,keys,d,dtype,bias,mask_windows,bs", KEY_BLOCK_CASES,
+                         ids=lambda x: str(x) if not isinstance(x, BlockSizes) else
+                         f"bs{x.block_windows}-{x.block_windows_bwd}")
+def test_more_or_fewer_keys_than_queries(w, h, window, keys, d, dtype, bias, mask_windows, bs):
+    _run_case(w, h, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs, keys=keys)
 
 
 def _races_found():
@@ -160,6 +187,8 @@ def test_block_size_rule():
     # 343 -> 344 tokens: 4 windows by rows, halved by VMEM (the f32 [bw, 344, 344] mask).
     assert BlockSizes.get_default(4096, 4, 343, 32, jnp.float32) == BlockSizes(2, 1)
     assert BlockSizes.get_default(4096, 4, 343, 32, jnp.float32, has_mask=False) == BlockSizes(4, 1)
+    # More keys than queries: the VMEM estimate grows with M, so both halve once more.
+    assert BlockSizes.get_default(4096, 4, 64, 32, jnp.float32, m=256) == BlockSizes(8, 4)
     # Never more windows than there are.
     assert BlockSizes.get_default(3, 4, 64, 32, jnp.float32).block_windows == 2
     assert padded_tokens(49, jnp.float32) == 56 and padded_tokens(49, jnp.bfloat16) == 64
@@ -168,9 +197,12 @@ def test_block_size_rule():
 
 
 @pytest.mark.parametrize("args,match", [
-    (((2, 1, 16, 8), (2, 1, 16, 4), None, None), "q, k, v must all be"),
-    (((2, 1, 16, 8), (2, 1, 16, 8), (2, 16, 16), None), r"bias must be \[H, N, N\]"),
-    (((2, 1, 16, 8), (2, 1, 16, 8), None, (16, 16)), r"mask must be \[Wi, 16, 16\]"),
+    (((2, 1, 16, 8), (2, 1, 16, 4), None, None), r"q must be \[W, H, N, D\] and k, v \[W, H, M, D\]"),
+    (((2, 1, 16, 8), (3, 1, 24, 8), None, None), r"q must be \[W, H, N, D\] and k, v \[W, H, M, D\]"),
+    (((2, 1, 16, 8), (2, 1, 16, 8), (2, 16, 16), None), r"bias must be \[H, N, M\]"),
+    (((2, 1, 16, 8), (2, 1, 24, 8), (1, 16, 16), None), r"bias must be \[H, N, M\] = \(1, 16, 24\)"),
+    (((2, 1, 16, 8), (2, 1, 16, 8), None, (16, 16)), r"mask must be \[Wi, N, M\] = \[Wi, 16, 16\]"),
+    (((2, 1, 16, 8), (2, 1, 24, 8), None, (1, 16, 16)), r"mask must be \[Wi, N, M\] = \[Wi, 16, 24\]"),
 ])
 def test_bad_shapes(args, match):
     qs, ks, bs, ms = args
@@ -198,3 +230,20 @@ def test_full_sweep(window, d, dtype):
     bias, mask_windows = [(True, 4), (True, 0), (False, 2), (False, 0)][i % 4]
     bs = [BlockSizes(2, 4), BlockSizes(4, 2)][i % 2]
     _run_case(8, 2, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs, seed=i)
+
+
+# (query window, keys M): lightseg halo blocks prod(w + 2h) and routed windows k * N.
+SLOW_KEY_BLOCKS = [((4, 4), 36), ((4, 4), 100), ((8, 8), 144), ((2, 2, 2), 64), ((4, 4, 4), 216),
+                   ((4, 4), 64), ((2, 2, 2), 32)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("window,keys", SLOW_KEY_BLOCKS)
+@pytest.mark.parametrize("dtype", (jnp.float32, jnp.bfloat16), ids=("f32", "bf16"))
+def test_key_block_sweep(window, keys, dtype):
+    """M != N at every lightseg halo / routing shape, bias + mask variants rotated, two block
+    sizes. 14 cases, ~3 min."""
+    i = SLOW_KEY_BLOCKS.index((window, keys))
+    bias, mask_windows = [(True, 4), (True, 0), (False, 2), (True, 3)][i % 4]
+    bs = [BlockSizes(2, 4), BlockSizes(4, 2)][i % 2]
+    _run_case(8, 2, window, 16, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs, seed=i, keys=keys)
