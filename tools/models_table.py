@@ -1,6 +1,7 @@
 """Measures every model of the zoo and prints the table of docs/models.md.
 
     .venv/bin/python tools/models_table.py --out runs/models.jsonl > runs/models.md
+    .venv/bin/python tools/models_table.py --render runs/models.jsonl   # table only, no runs
 
 Each measurement is one `python -m jaxseg.benchmark --model ...` subprocess (batch 1,
 inference: softmax of the logits), so compile caches and the process memory high-water
@@ -67,22 +68,41 @@ def measure(name: str, args: dict, dims: int, repeats: int, warmup: int) -> dict
     return row
 
 
-def _cells(row: dict | None, unit: str) -> list[str]:
+def _cells(row: dict | None) -> list[str]:
     if row is None:
-        return ["", "", ""]
+        return ["", "", "", ""]
     if "error" in row:
-        return ["error", "", ""]
+        return ["error", "", "", ""]
     return [f"{row['params'] / 1e6:.2f}", f"{row['gflops']:.1f}",
-            f"{row['items_per_s']:.2f} ({row['median_latency_s']:.3f} s)"]
+            f"{row['items_per_s']:.3g} ({row['median_latency_s']:.3g} s)", f"{row['peak_memory_mb']:.0f}"]
+
+
+def render(rows: dict, only=None) -> str:
+    """The markdown table of `rows` {(label, dims): benchmark JSON}."""
+    lines = ["| model | follows | 2D params (M) | 2D GFLOPs | 2D img/s (latency) | 2D peak MiB "
+             "| 3D params (M) | 3D GFLOPs | 3D vol/s (latency) | 3D peak MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, _, _, paper, _ in ZOO:
+        if not only or label in only:
+            cells = _cells(rows.get((label, 2))) + _cells(rows.get((label, 3)))
+            lines.append(f"| {label} | {paper} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="JSON lines of every measurement")
+    p.add_argument("--out", type=Path, help="JSON lines of every measurement (appended)")
+    p.add_argument("--render", type=Path, help="print the table of an earlier --out file; measure nothing")
     p.add_argument("--only", nargs="*", help="row labels to measure (default: all)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     a = p.parse_args(argv)
+    if a.render:
+        rows = {(r["label"], r["dims"]): r for r in map(json.loads, a.render.read_text().splitlines())}
+        print(render(rows, a.only))
+        return
+    if not a.out:
+        p.error("--out is required unless --render is given")
     rows = {}
     with a.out.open("a") as log:
         for label, name, args, _, dims_ok in ZOO:
@@ -95,14 +115,7 @@ def main(argv=None) -> None:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 print(f"{label} {dims}D: {row.get('items_per_s', row.get('error'))}", file=sys.stderr)
-    print("| model | follows | 2D params (M) | 2D GFLOPs | 2D img/s (latency) "
-          "| 3D params (M) | 3D GFLOPs | 3D vol/s (latency) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for label, _, _, paper, _ in ZOO:
-        if a.only and label not in a.only:
-            continue
-        cells = _cells(rows.get((label, 2)), "img") + _cells(rows.get((label, 3)), "vol")
-        print(f"| {label} | {paper} | " + " | ".join(cells) + " |")
+    print(render(rows, a.only))
 
 
 if __name__ == "__main__":
