@@ -5,8 +5,8 @@
 
 Ablations are model.args overrides, as in configs/lightseg_small_2d.py, e.g. halo keys or
 window routing instead of shifted windows:
-    --config.model.args.halo=1 --config.model.args.shift_windows=false
-    --config.model.args.topk_windows=8 --config.model.args.shift_windows=false
+    --config.model.args.halo=1
+    --config.model.args.topk_windows=8
 The size is --config.model.name=lightseg_tiny | lightseg_small | lightseg_base.
 """
 
@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model.name = "lightseg_small"
     c.model.args.window_sizes = (4, 4, 2, 2)  # multi-scale windows (4^3 = 64 tokens, then 2^3)
-    c.model.args.shift_windows = True  # Swin shifted windows on every second block (False with halo / routing)
+    c.model.args.shift_windows = None  # Swin shifted windows on every second block; None = on unless halo or routing
     c.model.args.halo = 0  # halo keys: windows attend to the window grown by `halo` per side; 0 = off
     c.model.args.topk_windows = None  # window routing: own window + the best topk_windows - 1; None = off
     c.model.args.cross_window_layers = None  # None: an exchange after each stage's last block; (): off

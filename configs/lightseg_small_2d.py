@@ -5,12 +5,10 @@
 
 Every mechanism is a model.args switch, so an ablation is one override, e.g.
     --config.model.args.shift_windows=false      (no overlapping windows)
-    --config.model.args.halo=2 --config.model.args.shift_windows=false
-                                                 (overlap by halo keys instead of shifted windows)
+    --config.model.args.halo=2                   (overlap by halo keys instead of shifted windows)
     --config.model.args.cross_window_layers=()   (no cross-window exchange)
     --config.model.args.topk=16                  (dynamic sparse attention)
-    --config.model.args.topk_windows=4 --config.model.args.shift_windows=false
-                                                 (dynamic sparse attention by window routing)
+    --config.model.args.topk_windows=4           (dynamic sparse attention by window routing)
     --config.model.args.share_params=true        (one block's weights per stage)
     --config.model.args.rank=32                  (low-rank projections)
 """
@@ -23,7 +21,7 @@ from jaxseg.defaults import phantom_2d_config
 def get_config() -> ml_collections.ConfigDict:
     c = phantom_2d_config("lightseg_small")
     c.model.args.window_sizes = (8, 8, 4, 4)  # multi-scale windows: one size per stage
-    c.model.args.shift_windows = True  # Swin shifted windows on every second block (False with halo / routing)
+    c.model.args.shift_windows = None  # Swin shifted windows on every second block; None = on unless halo or routing
     c.model.args.halo = 0  # halo keys: windows attend to the window grown by `halo` per side; 0 = off
     c.model.args.topk_windows = None  # window routing: own window + the best topk_windows - 1; None = off
     c.model.args.cross_window_layers = None  # None: an exchange after each stage's last block; (): off

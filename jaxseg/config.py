@@ -95,11 +95,18 @@ def _child(node: ml_collections.ConfigDict, key: str, walked: list[str]) -> Any:
                       f"Valid keys at {where}: {', '.join(valid)}")
 
 
+_UNTYPED_WORDS = {"true": True, "false": False, "none": None, "null": None}
+
+
 def parse_value(raw: str, current: Any, *, key: str) -> Any:
     """Parses an override string into the type of the field it replaces."""
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"config key {key} is a section; set one of its keys: "
                           f"{', '.join(sorted(current.keys()))}")
+    if current is None and raw.lower() in _UNTYPED_WORDS:
+        # A None-valued or new key has no type to parse by; `true`/`false`/`none` are the
+        # spellings users write (as for bool keys), and the string 'false' would be truthy.
+        return _UNTYPED_WORDS[raw.lower()]
     if isinstance(current, str) or (current is None and not _looks_literal(raw)):
         return raw
     if isinstance(current, bool):

@@ -68,6 +68,14 @@ def test_model_args_accept_new_keys(config_file):
     assert c.model.args.features == (16, 32) and c.model.args.norm == "group"
 
 
+def test_untyped_keys_read_true_false_none_as_python_values(config_file):
+    # A new model arg has no type to parse by: 'false' must not become a (truthy) string.
+    c = load_config(config_file, ["model.args.remat=false", "model.args.share_params=True",
+                                  "model.args.topk=None", "model.args.rank=null"])
+    assert c.model.args.remat is False and c.model.args.share_params is True
+    assert c.model.args.topk is None and c.model.args.rank is None
+
+
 def test_loaded_config_is_locked(config_file):
     c = load_config(config_file)
     with pytest.raises(AttributeError):
