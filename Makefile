@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DATA := data/demo2d
 DEMO_RUN := runs/demo
 
-.PHONY: install test test-all demo demo-clean clean
+.PHONY: install test test-all lint format demo demo-clean clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The formatter and linter (ruff, configured in pyproject.toml); tests/test_style.py runs the same checks.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # Everything, the exhaustive kernel sweeps and long model checks included (~1 h on 2 cores).
 test-all: $(STAMP)

@@ -1,7 +1,7 @@
 """Attention U-Net (Oktay et al. 2018) on the embedded 2D phantom dataset.
 
-    python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
-    python -m jaxseg.train --config configs/attention_unet_2d.py --workdir runs/attention_unet_2d
+python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
+python -m jaxseg.train --config configs/attention_unet_2d.py --workdir runs/attention_unet_2d
 """
 
 import ml_collections

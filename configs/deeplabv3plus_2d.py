@@ -1,7 +1,7 @@
 """DeepLabV3+ (Chen et al. 2018) with a small ResNet backbone on the embedded 2D phantom dataset.
 
-    python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
-    python -m jaxseg.train --config configs/deeplabv3plus_2d.py --workdir runs/deeplabv3plus_2d
+python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
+python -m jaxseg.train --config configs/deeplabv3plus_2d.py --workdir runs/deeplabv3plus_2d
 """
 
 import ml_collections

@@ -1,7 +1,7 @@
 """The demo: lightseg_tiny on the embedded 2D phantom dataset, sized for 2 CPU cores.
 
-    python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
-    python -m jaxseg.train --config configs/demo.py --workdir runs/demo
+python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
+python -m jaxseg.train --config configs/demo.py --workdir runs/demo
 """
 
 import ml_collections

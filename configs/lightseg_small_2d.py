@@ -21,10 +21,18 @@ from jaxseg.defaults import phantom_2d_config
 def get_config() -> ml_collections.ConfigDict:
     c = phantom_2d_config("lightseg_small")
     c.model.args.window_sizes = (8, 8, 4, 4)  # multi-scale windows: one size per stage
-    c.model.args.shift_windows = None  # Swin shifted windows on every second block; None = on unless halo or routing
-    c.model.args.halo = 0  # halo keys: windows attend to the window grown by `halo` per side; 0 = off
-    c.model.args.topk_windows = None  # window routing: own window + the best topk_windows - 1; None = off
-    c.model.args.cross_window_layers = None  # None: an exchange after each stage's last block; (): off
+    c.model.args.shift_windows = (
+        None  # Swin shifted windows on every second block; None = on unless halo or routing
+    )
+    c.model.args.halo = (
+        0  # halo keys: windows attend to the window grown by `halo` per side; 0 = off
+    )
+    c.model.args.topk_windows = (
+        None  # window routing: own window + the best topk_windows - 1; None = off
+    )
+    c.model.args.cross_window_layers = (
+        None  # None: an exchange after each stage's last block; (): off
+    )
     c.model.args.global_tokens = 1  # learnable tokens in each cross-window exchange
     c.model.args.topk = None  # keys per query (dynamic sparse attention); None = dense
     c.model.args.share_params = False  # share attention + MLP weights across a stage's blocks

@@ -1,7 +1,7 @@
 """U-Net with a MobileNetV3-Small encoder (Howard et al. 2019) on the embedded 2D phantom dataset.
 
-    python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
-    python -m jaxseg.train --config configs/mobilenetv3_unet_2d.py --workdir runs/mobilenetv3_unet_2d
+python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
+python -m jaxseg.train --config configs/mobilenetv3_unet_2d.py --workdir runs/mobilenetv3_unet_2d
 """
 
 import ml_collections

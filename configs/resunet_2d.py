@@ -1,7 +1,7 @@
 """ResU-Net (residual U-Net, Zhang et al. 2018) on the embedded 2D phantom dataset.
 
-    python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
-    python -m jaxseg.train --config configs/resunet_2d.py --workdir runs/resunet_2d
+python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
+python -m jaxseg.train --config configs/resunet_2d.py --workdir runs/resunet_2d
 """
 
 import ml_collections

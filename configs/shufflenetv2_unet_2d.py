@@ -1,7 +1,7 @@
 """U-Net with a ShuffleNetV2 0.5x encoder (Ma et al. 2018) on the embedded 2D phantom dataset.
 
-    python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
-    python -m jaxseg.train --config configs/shufflenetv2_unet_2d.py --workdir runs/shufflenetv2_unet_2d
+python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
+python -m jaxseg.train --config configs/shufflenetv2_unet_2d.py --workdir runs/shufflenetv2_unet_2d
 """
 
 import ml_collections

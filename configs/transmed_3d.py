@@ -29,7 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.args.routing_temperature = 1.0  # softmax temperature of the expert weights
     c.model.args.attention_impl = "auto"  # jaxseg.ops.axial_attention implementation
     c.model.args.dynamic_impl = "auto"  # "map" on CPU, "grouped" elsewhere
-    c.model.args.remat = False  # True: recompute conv and axial blocks in the backward pass (less memory)
+    c.model.args.remat = (
+        False  # True: recompute conv and axial blocks in the backward pass (less memory)
+    )
 
     c.train.steps = 500  # sized for 2 CPU cores; not tuned
     c.train.warmup_steps = 50

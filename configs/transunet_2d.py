@@ -1,7 +1,7 @@
 """TransUNet (Chen et al. 2021), small CPU-sized R50-ViT hybrid on the embedded 2D phantom dataset.
 
-    python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
-    python -m jaxseg.train --config configs/transunet_2d.py --workdir runs/transunet_2d
+python -m jaxseg.data.synthetic --dims 2 --out data/demo2d
+python -m jaxseg.train --config configs/transunet_2d.py --workdir runs/transunet_2d
 """
 
 import ml_collections

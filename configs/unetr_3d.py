@@ -20,7 +20,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 2
 
     c.model.name = "unetr"
-    c.model.args.img_size = (64, 64, 64)  # = data.patch_size: position embeddings for a 4^3 patch grid
+    c.model.args.img_size = (
+        64,
+        64,
+        64,
+    )  # = data.patch_size: position embeddings for a 4^3 patch grid
     c.model.args.feature_size = 16  # MONAI default
     c.model.args.hidden_size = 384  # paper/MONAI: 768
     c.model.args.mlp_dim = 1536  # paper/MONAI: 3072
@@ -28,7 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.args.proj_type = "conv"  # "conv" or "perceptron"
     c.model.args.norm_name = "instance"  # MONAI default
     c.model.args.dropout_rate = 0.0  # ViT dropout (patch embedding, attention, MLP)
-    c.model.args.remat = False  # True: recompute ViT and conv blocks in the backward pass (less memory)
+    c.model.args.remat = (
+        False  # True: recompute ViT and conv blocks in the backward pass (less memory)
+    )
 
     c.train.steps = 500  # sized for 2 CPU cores; not tuned
     c.train.warmup_steps = 50

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +45,25 @@ import numpy as np
 from jaxseg.errors import ConfigError
 
 __all__ = [
-    "augment_batch", "augment_example", "resolve_config",
-    "rotation_matrix", "sampling_matrix", "spatial_coordinates", "resample_linear",
-    "resample_nearest", "elastic_displacement", "elastic_coarse_shape",
-    "random_flip", "rot90", "bias_field", "adjust_brightness", "adjust_contrast",
-    "adjust_gamma", "simulate_low_resolution", "ghosting", "gaussian_noise",
+    "augment_batch",
+    "augment_example",
+    "resolve_config",
+    "rotation_matrix",
+    "sampling_matrix",
+    "spatial_coordinates",
+    "resample_linear",
+    "resample_nearest",
+    "elastic_displacement",
+    "elastic_coarse_shape",
+    "random_flip",
+    "rot90",
+    "bias_field",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_gamma",
+    "simulate_low_resolution",
+    "ghosting",
+    "gaussian_noise",
 ]
 
 PAD_MODES = ("constant", "nearest")
@@ -92,10 +106,15 @@ def resolve_config(config) -> ml_collections.ConfigDict:
         try:
             lo, hi = (float(t) for t in v)
         except (TypeError, ValueError):
-            raise ConfigError(f"augment.{k} = {v!r}: expected a (low, high) pair of numbers.") from None
+            raise ConfigError(
+                f"augment.{k} = {v!r}: expected a (low, high) pair of numbers."
+            ) from None
         if lo > hi or (positive and lo <= 0) or (lo_min is not None and lo < lo_min):
-            need = "0 < low <= high" if positive else (f"{lo_min} <= low <= high" if lo_min is not None
-                                                      else "low <= high")
+            need = (
+                "0 < low <= high"
+                if positive
+                else (f"{lo_min} <= low <= high" if lo_min is not None else "low <= high")
+            )
             raise ConfigError(f"augment.{k} = {v!r}: expected {need}.")
         c[k] = (lo, hi)
 
@@ -120,19 +139,25 @@ def resolve_config(config) -> ml_collections.ConfigDict:
     for k in ("rotation_degrees_2d", "brightness_shift", "noise_std", "bias_field_magnitude"):
         nonneg(k)
     if not isinstance(c["elastic_sigma"], (int, float)) or c["elastic_sigma"] <= 0:
-        raise ConfigError(f"augment.elastic_sigma = {c['elastic_sigma']!r}: expected a number > 0 "
-                          "(smoothness of the displacement field, in voxels).")
+        raise ConfigError(
+            f"augment.elastic_sigma = {c['elastic_sigma']!r}: expected a number > 0 "
+            "(smoothness of the displacement field, in voxels)."
+        )
     r3 = c["rotation_degrees_3d"]
     try:
         r3 = tuple(float(t) for t in r3)
     except (TypeError, ValueError):
         r3 = ()
     if len(r3) != 3 or min(r3) < 0:
-        raise ConfigError(f"augment.rotation_degrees_3d = {c['rotation_degrees_3d']!r}: expected "
-                          "three numbers >= 0 (max |angle| about the x, y and z axes).")
+        raise ConfigError(
+            f"augment.rotation_degrees_3d = {c['rotation_degrees_3d']!r}: expected "
+            "three numbers >= 0 (max |angle| about the x, y and z axes)."
+        )
     c["rotation_degrees_3d"] = r3
     if not isinstance(c["bias_field_order"], int) or c["bias_field_order"] < 0:
-        raise ConfigError(f"augment.bias_field_order = {c['bias_field_order']!r}: expected an int >= 0.")
+        raise ConfigError(
+            f"augment.bias_field_order = {c['bias_field_order']!r}: expected an int >= 0."
+        )
     if c["pad_mode"] not in PAD_MODES:
         raise ConfigError(f"augment.pad_mode = {c['pad_mode']!r}: expected one of {PAD_MODES}.")
     for k in ("scale_per_axis", "gamma_retain_stats"):
@@ -166,8 +191,9 @@ def sampling_matrix(angles: jax.Array, zoom: jax.Array, dims: int) -> jax.Array:
     return rotation_matrix(angles, dims) / jnp.asarray(zoom, jnp.float32)[None, :]
 
 
-def spatial_coordinates(shape: Sequence[int], matrix: jax.Array,
-                        displacement: jax.Array | None = None) -> jax.Array:
+def spatial_coordinates(
+    shape: Sequence[int], matrix: jax.Array, displacement: jax.Array | None = None
+) -> jax.Array:
     """Input coordinates `[*shape, d]` read by each output voxel: `M @ (o - c) + c + u(o)`
     with `c = (shape - 1) / 2` and `u` an optional displacement field `[*shape, d]` (voxels)."""
     d = len(shape)
@@ -202,8 +228,9 @@ def _padded(x: jax.Array, spatial: int, pad_mode: str, cval) -> jax.Array:
     raise ConfigError(f"augment.pad_mode = {pad_mode!r}: expected one of {PAD_MODES}.")
 
 
-def resample_linear(image: jax.Array, coords: jax.Array, pad_mode: str = "constant",
-                    cval: float = 0.0) -> jax.Array:
+def resample_linear(
+    image: jax.Array, coords: jax.Array, pad_mode: str = "constant", cval: float = 0.0
+) -> jax.Array:
     """(Bi/tri)linear interpolation of `image [*S, C]` at `coords [*T, d]` -> `[*T, C]`.
 
     "constant" treats voxels outside the grid as `cval` and still interpolates towards
@@ -216,7 +243,7 @@ def resample_linear(image: jax.Array, coords: jax.Array, pad_mode: str = "consta
     padded = _padded(image, d, pad_mode, cval)
     pshape = padded.shape[:-1]
     flat = padded.reshape(-1, channels)
-    strides = [int(np.prod(pshape[a + 1:])) for a in range(d)]
+    strides = [int(np.prod(pshape[a + 1 :])) for a in range(d)]
     base = jnp.zeros(coords.shape[:-1], jnp.int32)
     fracs = []
     for a, n in enumerate(spatial):
@@ -234,8 +261,9 @@ def resample_linear(image: jax.Array, coords: jax.Array, pad_mode: str = "consta
     return out
 
 
-def resample_nearest(label: jax.Array, coords: jax.Array, pad_mode: str = "constant",
-                     cval: int = 0) -> jax.Array:
+def resample_nearest(
+    label: jax.Array, coords: jax.Array, pad_mode: str = "constant", cval: int = 0
+) -> jax.Array:
     """Nearest-voxel lookup of `label [*S]` at `coords [*T, d]` -> `[*T]`; rounds half up
     (`floor(p + 0.5)`) like scipy's order 0, so only values already in `label` (or `cval`
     for "constant", scipy's "grid-constant") appear."""
@@ -246,7 +274,7 @@ def resample_nearest(label: jax.Array, coords: jax.Array, pad_mode: str = "const
     for a, n in enumerate(spatial):
         idx = jnp.floor(jnp.clip(coords[..., a], -1.0, float(n)) + 0.5).astype(jnp.int32)
         idx = jnp.clip(idx, -1, n)
-        flat_idx = flat_idx + (idx + 1) * int(np.prod(pshape[a + 1:]))
+        flat_idx = flat_idx + (idx + 1) * int(np.prod(pshape[a + 1 :]))
     return jnp.take(padded.reshape(-1), flat_idx, axis=0)
 
 
@@ -267,7 +295,7 @@ def _smoothing_matrix(n: int, sigma: float) -> np.ndarray:
     src = np.where(src >= n, 2 * n - 1 - src, src)  # padded position -> input index
     g = np.zeros((n, n), np.float64)
     for i in range(n):
-        np.add.at(g[i], src[i:i + 2 * r + 1], k)
+        np.add.at(g[i], src[i : i + 2 * r + 1], k)
     return g
 
 
@@ -295,8 +323,9 @@ def elastic_coarse_shape(shape: Sequence[int], sigma: float) -> tuple[float, tup
     return h, tuple(int(math.ceil((n - 1) / h)) + 1 for n in shape)
 
 
-def elastic_displacement(key: jax.Array, shape: Sequence[int], sigma: float,
-                         magnitude: jax.Array) -> jax.Array:
+def elastic_displacement(
+    key: jax.Array, shape: Sequence[int], sigma: float, magnitude: jax.Array
+) -> jax.Array:
     """Smooth random displacement field `[*shape, d]` in voxels.
 
     Standard-normal noise `[d, *coarse]` (see `elastic_coarse_shape`) is Gaussian-smoothed
@@ -311,9 +340,12 @@ def elastic_displacement(key: jax.Array, shape: Sequence[int], sigma: float,
     # the coarse grid was ~40x slower on XLA:CPU, unrolled filter taps slow to compile).
     field = noise
     for a, n in enumerate(shape):
-        op = _linear_upsample_matrix(n, coarse[a], h) @ _smoothing_matrix(coarse[a], float(sigma) / h)
-        field = jnp.moveaxis(jnp.tensordot(jnp.asarray(op, jnp.float32), field,
-                                           axes=[[1], [a + 1]]), 0, a + 1)
+        op = _linear_upsample_matrix(n, coarse[a], h) @ _smoothing_matrix(
+            coarse[a], float(sigma) / h
+        )
+        field = jnp.moveaxis(
+            jnp.tensordot(jnp.asarray(op, jnp.float32), field, axes=[[1], [a + 1]]), 0, a + 1
+        )
     field = jnp.moveaxis(field, 0, -1)  # [*S, d]
     peak = jnp.max(jnp.abs(field))
     return field * (magnitude / jnp.maximum(peak, 1e-12))
@@ -358,8 +390,10 @@ def bias_field(coeffs: jax.Array, shape: Sequence[int], order: int) -> jax.Array
     """Smooth multiplicative field `[*shape]`: `exp(sum_k coeffs[k] * prod_a x_a^p_ka)` over the
     monomials of total degree <= `order` (in `_monomials` order), with each `x_a` spanning
     [-1, 1] across the axis."""
-    axes = [jnp.linspace(-1.0, 1.0, n, dtype=jnp.float32) if n > 1 else jnp.zeros((1,), jnp.float32)
-            for n in shape]
+    axes = [
+        jnp.linspace(-1.0, 1.0, n, dtype=jnp.float32) if n > 1 else jnp.zeros((1,), jnp.float32)
+        for n in shape
+    ]
     log_field = jnp.zeros(tuple(shape), jnp.float32)
     for c, powers in zip(coeffs, _monomials(len(shape), order)):
         term = c
@@ -390,15 +424,16 @@ def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
     return jnp.clip(out, jnp.min(image, ax), jnp.max(image, ax))
 
 
-def adjust_gamma(image: jax.Array, gamma: jax.Array, retain_stats: bool = True,
-                 eps: float = 1e-7) -> jax.Array:
+def adjust_gamma(
+    image: jax.Array, gamma: jax.Array, retain_stats: bool = True, eps: float = 1e-7
+) -> jax.Array:
     """Per channel: rescale to [0, 1] with the channel's min/max, raise to `gamma [C]`, map
     back; with `retain_stats` restore the channel's original mean and std."""
     ax = _spatial_axes(image)
     lo, hi = jnp.min(image, ax), jnp.max(image, ax)
     rng = hi - lo
     unit = jnp.clip((image - lo) / jnp.maximum(rng, eps), 0.0, 1.0)
-    out = unit ** gamma * rng + lo
+    out = unit**gamma * rng + lo
     if retain_stats:
         mean, std = jnp.mean(image, ax), jnp.std(image, ax)
         out = (out - jnp.mean(out, ax)) / jnp.maximum(jnp.std(out, ax), eps) * std + mean
@@ -491,21 +526,28 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
 
         def decide_spatial(u, key):
             rot = u[0] < c.rotation_prob
-            angles = jnp.where(rot, (2.0 * u[1:1 + na] - 1.0) * limits, 0.0)
+            angles = jnp.where(rot, (2.0 * u[1 : 1 + na] - 1.0) * limits, 0.0)
             scl = u[4] < c.scale_prob
             # log-uniform, so zooming in and out are equally likely around 1
-            zoom = jnp.exp(_lerp(u[5:5 + dims] if c.scale_per_axis else u[5:6], log_scale))
+            zoom = jnp.exp(_lerp(u[5 : 5 + dims] if c.scale_per_axis else u[5:6], log_scale))
             zoom = jnp.broadcast_to(jnp.where(scl, zoom, 1.0), (dims,))
             el = u[8] < c.elastic_prob
             mag = jnp.where(el, _lerp(u[9], c.elastic_magnitude), 0.0)
             return rot | scl | el, dict(angles=angles, zoom=zoom, mag=mag, key=key)
 
         def apply_spatial(p, image, label):
-            disp = (elastic_displacement(p["key"], spatial, c.elastic_sigma, p["mag"])
-                    if c.elastic_prob > 0 else None)
-            coords = spatial_coordinates(spatial, sampling_matrix(p["angles"], p["zoom"], dims), disp)
-            return (resample_linear(image, coords, c.pad_mode),
-                    resample_nearest(label, coords, c.pad_mode))
+            disp = (
+                elastic_displacement(p["key"], spatial, c.elastic_sigma, p["mag"])
+                if c.elastic_prob > 0
+                else None
+            )
+            coords = spatial_coordinates(
+                spatial, sampling_matrix(p["angles"], p["zoom"], dims), disp
+            )
+            return (
+                resample_linear(image, coords, c.pad_mode),
+                resample_nearest(label, coords, c.pad_mode),
+            )
 
         stages.append(_Stage("spatial", 10, decide_spatial, apply_spatial))
 
@@ -526,6 +568,7 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
         stages.append(_Stage("rot90", 2 * npl, decide_rot90, apply_rot90))
 
     if c.flip_prob > 0:
+
         def decide_flip(u, key):
             return jnp.any(u < c.flip_prob), u < c.flip_prob
 
@@ -540,41 +583,73 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
     def intensity(name, prob, n_draws, draw, fn):
         """An image-only stage: `draw(u [n_draws], key) -> params`, `fn(params, image)`."""
         if prob > 0:
-            stages.append(_Stage(name, n_draws + 1,
-                                 lambda u, key: (u[0] < prob, draw(u[1:], key)),
-                                 lambda p, image, label: (fn(p, image), label)))
+            stages.append(
+                _Stage(
+                    name,
+                    n_draws + 1,
+                    lambda u, key: (u[0] < prob, draw(u[1:], key)),
+                    lambda p, image, label: (fn(p, image), label),
+                )
+            )
 
     order = c.bias_field_order
     n_terms = len(_monomials(dims, order))
     m = c.bias_field_magnitude
-    intensity("bias_field", c.bias_field_prob, n_terms, lambda u, k: _lerp(u, (-m, m)),
-              lambda coeffs, x: x * bias_field(coeffs, spatial, order)[..., None])
+    intensity(
+        "bias_field",
+        c.bias_field_prob,
+        n_terms,
+        lambda u, k: _lerp(u, (-m, m)),
+        lambda coeffs, x: x * bias_field(coeffs, spatial, order)[..., None],
+    )
     sh = c.brightness_shift
-    intensity("brightness", c.brightness_prob, 2 * channels,
-              lambda u, k: (_lerp(u[:channels], c.brightness_range), _lerp(u[channels:], (-sh, sh))),
-              lambda p, x: adjust_brightness(x, *p))
-    intensity("contrast", c.contrast_prob, channels,
-              lambda u, k: _lerp(u, c.contrast_range), lambda f, x: adjust_contrast(x, f))
+    intensity(
+        "brightness",
+        c.brightness_prob,
+        2 * channels,
+        lambda u, k: (_lerp(u[:channels], c.brightness_range), _lerp(u[channels:], (-sh, sh))),
+        lambda p, x: adjust_brightness(x, *p),
+    )
+    intensity(
+        "contrast",
+        c.contrast_prob,
+        channels,
+        lambda u, k: _lerp(u, c.contrast_range),
+        lambda f, x: adjust_contrast(x, f),
+    )
 
     def draw_lowres(u, key):
         zoom = _lerp(u[:dims], c.lowres_zoom)
         # each axis with probability 1/2, plus one random axis so that at least one is hit
         one = jnp.minimum(jnp.floor(u[2 * dims] * dims), dims - 1)
-        return zoom, (u[dims:2 * dims] < 0.5) | (jnp.arange(dims) == one)
+        return zoom, (u[dims : 2 * dims] < 0.5) | (jnp.arange(dims) == one)
 
-    intensity("lowres", c.lowres_prob, 2 * dims + 1, draw_lowres,
-              lambda p, x: simulate_low_resolution(x, *p))
+    intensity(
+        "lowres",
+        c.lowres_prob,
+        2 * dims + 1,
+        draw_lowres,
+        lambda p, x: simulate_low_resolution(x, *p),
+    )
 
     glo, ghi = c.gamma_range
 
     def draw_gamma(u, key):
         # as nnU-Net: half the draws below 1 (brighten), half above (darken)
         below = (u[:channels] < 0.5) & (glo < 1.0)
-        return jnp.where(below, _lerp(u[channels:], (glo, min(ghi, 1.0))),
-                         _lerp(u[channels:], (max(glo, 1.0), ghi)))
+        return jnp.where(
+            below,
+            _lerp(u[channels:], (glo, min(ghi, 1.0))),
+            _lerp(u[channels:], (max(glo, 1.0), ghi)),
+        )
 
-    intensity("gamma", c.gamma_prob, 2 * channels, draw_gamma,
-              lambda g, x: adjust_gamma(x, g, c.gamma_retain_stats))
+    intensity(
+        "gamma",
+        c.gamma_prob,
+        2 * channels,
+        draw_gamma,
+        lambda g, x: adjust_gamma(x, g, c.gamma_retain_stats),
+    )
 
     def draw_ghosting(u, key):
         axis = jnp.minimum(jnp.floor(u[2] * dims), dims - 1).astype(jnp.int32)
@@ -590,8 +665,13 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
 
     intensity("ghosting", c.ghosting_prob, 3, draw_ghosting, apply_ghosting)
     if c.noise_std > 0:
-        intensity("noise", c.noise_prob, 1, lambda u, k: (u[0] * c.noise_std, k),
-                  lambda p, x: gaussian_noise(p[1], x, p[0]))
+        intensity(
+            "noise",
+            c.noise_prob,
+            1,
+            lambda u, k: (u[0] * c.noise_std, k),
+            lambda p, x: gaussian_noise(p[1], x, p[0]),
+        )
     return stages
 
 
@@ -604,8 +684,10 @@ def augment_batch(key: jax.Array, image: jax.Array, label: jax.Array, config):
     Returns `(image [B, *S, C] same dtype, label [B, *S] same dtype)`.
     """
     if image.ndim != label.ndim + 1 or image.shape[:-1] != label.shape or label.ndim not in (3, 4):
-        raise ConfigError(f"augment_batch: expected image [B, *S, C] and label [B, *S] with 2 or 3 "
-                          f"spatial axes, got image {image.shape} and label {label.shape}.")
+        raise ConfigError(
+            f"augment_batch: expected image [B, *S, C] and label [B, *S] with 2 or 3 "
+            f"spatial axes, got image {image.shape} and label {label.shape}."
+        )
     c = resolve_config(config)
     stages = _stages(c, tuple(label.shape[1:]), image.shape[-1])
     if not stages:
@@ -616,14 +698,15 @@ def augment_batch(key: jax.Array, image: jax.Array, label: jax.Array, config):
     keys = jax.random.split(key, image.shape[0])
     draws = jax.vmap(lambda k: jax.random.uniform(k, (int(starts[-1]),)))(keys)  # [B, n]
     for i, stage in enumerate(stages):
-        u = draws[:, starts[i]:starts[i + 1]]
+        u = draws[:, starts[i] : starts[i + 1]]
         # field keys only for the stages that need them (elastic, noise); fold_in by position
-        fired, params = jax.vmap(lambda u, k: stage.decide(u, jax.random.fold_in(k, i)))(u, keys)
+        fired, params = jax.vmap(lambda u, k: stage.decide(u, jax.random.fold_in(k, i)))(u, keys)  # noqa: B023 (called at once)
 
         def run(image, label, fired=fired, params=params, stage=stage):
             new_image, new_label = jax.vmap(stage.apply)(params, image, label)
             sel = lambda new, old: jnp.where(  # noqa: E731
-                fired.reshape((-1,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old)
+                fired.reshape((-1,) + (1,) * (old.ndim - 1)), new.astype(old.dtype), old
+            )
             return sel(new_image, image), sel(new_label, label)
 
         image, label = jax.lax.cond(jnp.any(fired), run, lambda x, y: (x, y), image, label)

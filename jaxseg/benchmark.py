@@ -29,49 +29,84 @@ from jaxseg.config import split_overrides
 
 def main(argv) -> int:
     overrides, rest = split_overrides(argv)
-    parser = argparse.ArgumentParser(prog="python -m jaxseg.benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input-pipeline", action="store_true",
-                        help="benchmark the config's input pipeline instead of a model")
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxseg.benchmark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--input-pipeline",
+        action="store_true",
+        help="benchmark the config's input pipeline instead of a model",
+    )
     model = parser.add_argument_group("model benchmark")
     model.add_argument("--model", help="a registered model name (python -m jaxseg.models --list)")
     model.add_argument("--dims", type=int, choices=(2, 3))
-    model.add_argument("--size", type=int, nargs="+", default=None,
-                       help="voxels per spatial axis; several values give several runs "
-                            "(default 128 in 2D, 96 in 3D)")
-    model.add_argument("--batch", type=int, nargs="+", default=[1],
-                       help="batch size(s); several values give several runs")
-    model.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                       help="constructor override, repeatable: feature_size=48")
+    model.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        default=None,
+        help="voxels per spatial axis; several values give several runs "
+        "(default 128 in 2D, 96 in 3D)",
+    )
+    model.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="batch size(s); several values give several runs",
+    )
+    model.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor override, repeatable: feature_size=48",
+    )
     model.add_argument("--in-channels", type=int, default=1)
     model.add_argument("--num-classes", type=int, default=None, help="default 2")
     model.add_argument("--repeats", type=int, default=10, help="timed calls (median reported)")
-    model.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                       help="compute dtype passed to the model")
+    model.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype passed to the model",
+    )
     model.add_argument("--train", action="store_true", help="time the train step")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed calls first (default 2 for a model, 3 for a pipeline)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed calls first (default 2 for a model, 3 for a pipeline)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     pipe = parser.add_argument_group("input-pipeline benchmark")
     pipe.add_argument("--config", help="config file with get_config()")
     pipe.add_argument("--steps", type=int, default=20, help="timed train steps")
-    pipe.add_argument("--pipeline-batches", type=int, default=100,
-                      help="batches timed from the pipeline alone")
+    pipe.add_argument(
+        "--pipeline-batches", type=int, default=100, help="batches timed from the pipeline alone"
+    )
     args = parser.parse_args(rest)
 
     if args.input_pipeline:
         if args.config is None:
             parser.error("--input-pipeline needs --config FILE")
         if args.model is not None:
-            parser.error("--input-pipeline benchmarks the config's model; drop --model "
-                         "(set --config.model.name=... instead)")
+            parser.error(
+                "--input-pipeline benchmarks the config's model; drop --model "
+                "(set --config.model.name=... instead)"
+            )
         from jaxseg.benchmarking import benchmark_input_pipeline
         from jaxseg.config import load_config
 
         config = load_config(args.config, overrides)
         result = benchmark_input_pipeline(
-            config, steps=args.steps, warmup=3 if args.warmup is None else args.warmup,
-            pipeline_batches=args.pipeline_batches)
+            config,
+            steps=args.steps,
+            warmup=3 if args.warmup is None else args.warmup,
+            pipeline_batches=args.pipeline_batches,
+        )
         print(json.dumps({"config": args.config, **result}), flush=True)
         return 0
 
@@ -87,11 +122,19 @@ def main(argv) -> int:
     for size in args.size or [None]:
         for batch in args.batch:
             result = benchmark_model(
-                args.model, args.dims, size, batch, model_args=model_args,
+                args.model,
+                args.dims,
+                size,
+                batch,
+                model_args=model_args,
                 in_channels=args.in_channels,
-                num_classes=args.num_classes or DEFAULT_NUM_CLASSES, repeats=args.repeats,
-                warmup=2 if args.warmup is None else args.warmup, dtype=args.dtype,
-                train=args.train, seed=args.seed)
+                num_classes=args.num_classes or DEFAULT_NUM_CLASSES,
+                repeats=args.repeats,
+                warmup=2 if args.warmup is None else args.warmup,
+                dtype=args.dtype,
+                train=args.train,
+                seed=args.seed,
+            )
             print(json.dumps(result), flush=True)
     return 0
 

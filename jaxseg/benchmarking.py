@@ -42,8 +42,14 @@ from jaxseg.errors import ConfigError, DataError
 from jaxseg.models import build_model
 from jaxseg.models.summary import DEFAULT_NUM_CLASSES, compiled_cost, input_shape
 
-__all__ = ["DTYPES", "benchmark_model", "benchmark_input_pipeline", "peak_rss_mb",
-           "executable_memory", "time_calls"]
+__all__ = [
+    "DTYPES",
+    "benchmark_model",
+    "benchmark_input_pipeline",
+    "peak_rss_mb",
+    "executable_memory",
+    "time_calls",
+]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _MB = 1024.0 * 1024.0
@@ -66,12 +72,22 @@ def executable_memory(compiled) -> dict[str, float | None]:
     """
     stats = compiled.memory_analysis()
     if stats is None:
-        return {"peak_memory_mb": None, "xla_argument_mb": None, "xla_output_mb": None,
-                "xla_temp_mb": None, "xla_alias_mb": None}
+        return {
+            "peak_memory_mb": None,
+            "xla_argument_mb": None,
+            "xla_output_mb": None,
+            "xla_temp_mb": None,
+            "xla_alias_mb": None,
+        }
     arg, out = stats.argument_size_in_bytes, stats.output_size_in_bytes
     temp, alias = stats.temp_size_in_bytes, stats.alias_size_in_bytes
-    return {"peak_memory_mb": (arg + out + temp - alias) / _MB, "xla_argument_mb": arg / _MB,
-            "xla_output_mb": out / _MB, "xla_temp_mb": temp / _MB, "xla_alias_mb": alias / _MB}
+    return {
+        "peak_memory_mb": (arg + out + temp - alias) / _MB,
+        "xla_argument_mb": arg / _MB,
+        "xla_output_mb": out / _MB,
+        "xla_temp_mb": temp / _MB,
+        "xla_alias_mb": alias / _MB,
+    }
 
 
 def time_calls(call: Callable[[], Any], *, repeats: int, warmup: int) -> list[float]:
@@ -94,15 +110,29 @@ def _check_counts(**counts: int) -> None:
 
 
 def _environment() -> dict:
-    return {"backend": jax.default_backend(), "devices": jax.device_count(),
-            "jax_version": jax.__version__, "host": platform.node()}
+    return {
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "jax_version": jax.__version__,
+        "host": platform.node(),
+    }
 
 
-def benchmark_model(name: str, dims: int, size: int | Sequence[int] | None, batch: int, *,
-                    model_args: Mapping[str, Any] | None = None, in_channels: int = 1,
-                    num_classes: int = DEFAULT_NUM_CLASSES, repeats: int = 10,
-                    warmup: int = 2, dtype: str = "float32", train: bool = False,
-                    seed: int = 0) -> dict:
+def benchmark_model(
+    name: str,
+    dims: int,
+    size: int | Sequence[int] | None,
+    batch: int,
+    *,
+    model_args: Mapping[str, Any] | None = None,
+    in_channels: int = 1,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    repeats: int = 10,
+    warmup: int = 2,
+    dtype: str = "float32",
+    train: bool = False,
+    seed: int = 0,
+) -> dict:
     """Times the registered model `name` on random input `[batch, *S, in_channels]`.
 
     dtype: the compute dtype passed to the model as `dtype=` ("bfloat16" needs a model with
@@ -119,12 +149,12 @@ def benchmark_model(name: str, dims: int, size: int | Sequence[int] | None, batc
     kwargs = dict(model_args or {})
     if dtype != "float32":
         if "dtype" in kwargs:
-            raise ConfigError("give the compute dtype once: --dtype or --model-arg dtype=..., "
-                              "not both")
+            raise ConfigError(
+                "give the compute dtype once: --dtype or --model-arg dtype=..., not both"
+            )
         kwargs["dtype"] = DTYPES[dtype]
     shape = input_shape(dims, size, in_channels, batch)
-    model = build_model(name, dims=dims, in_channels=in_channels, num_classes=num_classes,
-                        **kwargs)
+    model = build_model(name, dims=dims, in_channels=in_channels, num_classes=num_classes, **kwargs)
     rng = np.random.default_rng(seed)
     image = jnp.asarray(rng.normal(size=shape).astype(np.float32))
     key = jax.random.key(seed)  # the step's key, as in the training loop
@@ -132,8 +162,9 @@ def benchmark_model(name: str, dims: int, size: int | Sequence[int] | None, batc
     # times faster than threefry.
     init_key = jax.random.key(seed, impl="unsafe_rbg")
     if train:
-        compile_s, compiled, call, params = _train_call(model, image, num_classes, rng, key,
-                                                        init_key)
+        compile_s, compiled, call, params = _train_call(
+            model, image, num_classes, rng, key, init_key
+        )
     else:
         compile_s, compiled, call, params = _inference_call(model, image, init_key)
     # Counted before timing: the train step donates (deletes) the initial state's buffers.
@@ -143,9 +174,11 @@ def benchmark_model(name: str, dims: int, size: int | Sequence[int] | None, batc
     flops = compiled_cost(compiled)["flops"]
     spatial = shape[1:-1]
     result = {
-        "model": name, "dims": dims,
+        "model": name,
+        "dims": dims,
         "size": spatial[0] if len(set(spatial)) == 1 else list(spatial),  # int for a cube
-        "batch": batch, "mode": "train" if train else "inference",
+        "batch": batch,
+        "mode": "train" if train else "inference",
         "dtype": dtype,
         "median_latency_s": median,
         "p90_latency_s": float(np.percentile(latencies, 90)),
@@ -158,8 +191,10 @@ def benchmark_model(name: str, dims: int, size: int | Sequence[int] | None, batc
         "params": num_params,
         "gflops": flops / 1e9,
         "achieved_gflop_per_s": flops / 1e9 / median,
-        "repeats": repeats, "warmup": warmup,
-        "in_channels": in_channels, "num_classes": num_classes,
+        "repeats": repeats,
+        "warmup": warmup,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
         "model_args": {k: _jsonable(v) for k, v in (model_args or {}).items()},
         **_environment(),
     }
@@ -221,21 +256,30 @@ def _train_call(model, image, num_classes, rng, key, init_key):
 
 def _check_dataset_root(config: ml_collections.ConfigDict) -> Path:
     root = str(config.data.root)
-    hint = ("write a demo dataset with `python -m jaxseg.data.synthetic --dims 2 --num-cases 60 "
-            "--shape 128,128 --out data/demo2d`, or point --config.data.root=DIR at a folder "
-            "holding dataset.json")
+    hint = (
+        "write a demo dataset with `python -m jaxseg.data.synthetic --dims 2 --num-cases 60 "
+        "--shape 128,128 --out data/demo2d`, or point --config.data.root=DIR at a folder "
+        "holding dataset.json"
+    )
     if not root:
         raise DataError(f"data.root is empty in the config; {hint}")
     path = Path(root).expanduser()
     if not (path / "dataset.json").is_file():
         what = "has no dataset.json" if path.is_dir() else "does not exist"
-        raise DataError(f"data.root={root} {what}: the input-pipeline benchmark reads the "
-                        f"config's dataset from disk; {hint}")
+        raise DataError(
+            f"data.root={root} {what}: the input-pipeline benchmark reads the "
+            f"config's dataset from disk; {hint}"
+        )
     return path
 
 
-def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 20,
-                             warmup: int = 3, pipeline_batches: int = 100) -> dict:
+def benchmark_input_pipeline(
+    config: ml_collections.ConfigDict,
+    *,
+    steps: int = 20,
+    warmup: int = 3,
+    pipeline_batches: int = 100,
+) -> dict:
     """Input-pipeline throughput and the share of train-step time spent waiting for it.
 
     1. The host pipeline alone: `pipeline_batches` calls of `next()` on
@@ -254,9 +298,12 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
     buffer: use `steps` well above `data.prefetch`.
     """
     _check_counts(steps=(steps, 1), warmup=(warmup, 0), pipeline_batches=(pipeline_batches, 1))
-    from jaxseg.data import dataset as dataset_lib, pipeline
-    from jaxseg.run import RunInfo, abstract_state, build_model as build_run_model
-    from jaxseg.training import mesh as mesh_lib, optimizer as optimizer_lib
+    from jaxseg.data import dataset as dataset_lib
+    from jaxseg.data import pipeline
+    from jaxseg.run import RunInfo, abstract_state
+    from jaxseg.run import build_model as build_run_model
+    from jaxseg.training import mesh as mesh_lib
+    from jaxseg.training import optimizer as optimizer_lib
     from jaxseg.training.state import init_train_state
     from jaxseg.training.steps import make_train_step
 
@@ -264,18 +311,25 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
     spec = dataset_lib.load_dataset(root)
     patch = tuple(int(p) for p in config.data.patch_size)
     if len(patch) != spec.dims:
-        raise ConfigError(f"data.patch_size={patch} has {len(patch)} axes but {spec.root} is "
-                          f"{spec.dims}D")
+        raise ConfigError(
+            f"data.patch_size={patch} has {len(patch)} axes but {spec.root} is {spec.dims}D"
+        )
     cases = dataset_lib.split_cases(spec.training, seed=config.data.split_seed)["train"]
     batch_size = int(config.data.batch_size)
 
     t0 = time.perf_counter()
     batches = pipeline.train_batches(
-        spec, cases, patch_size=patch, batch_size=batch_size, seed=config.seed,
+        spec,
+        cases,
+        patch_size=patch,
+        batch_size=batch_size,
+        seed=config.seed,
         foreground_fraction=config.data.foreground_fraction,
-        num_threads=config.data.num_threads, prefetch=config.data.prefetch,
+        num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch,
         num_workers=config.data.num_workers,
-        ct_window=tuple(config.data.ct_window))
+        ct_window=tuple(config.data.ct_window),
+    )
     setup_s = time.perf_counter() - t0
     for _ in range(warmup):
         next(batches)
@@ -297,11 +351,15 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
     state_sharding = jax.tree_util.tree_map(lambda s: s.sharding, abstract)
     replicated = mesh_lib.replicated(mesh)
     sample = np.zeros((1, *patch, info.in_channels), np.float32)
-    state = jax.jit(lambda: init_train_state(model, optimizer, init_key, sample),
-                    out_shardings=state_sharding)()
-    step_fn = jax.jit(make_train_step(model, optimizer, config),
-                      in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
-                      out_shardings=(state_sharding, replicated), donate_argnums=0)
+    state = jax.jit(
+        lambda: init_train_state(model, optimizer, init_key, sample), out_shardings=state_sharding
+    )()
+    step_fn = jax.jit(
+        make_train_step(model, optimizer, config),
+        in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0,
+    )
     first = mesh_lib.global_batch(next(batches), mesh)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, first, step_key).compile()
@@ -341,7 +399,8 @@ def benchmark_input_pipeline(config: ml_collections.ConfigDict, *, steps: int = 
         "pipeline_batches": pipeline_batches,
         "pipeline_batches_per_s": pipeline_bps,
         "pipeline_items_per_s": pipeline_bps * batch_size,
-        "steps": steps, "warmup": warmup,
+        "steps": steps,
+        "warmup": warmup,
         "compile_s": compile_s,
         "train_step_s": step_s,
         "median_train_step_s": statistics.median(totals),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from jaxseg.errors import JaxsegError
 
@@ -17,6 +17,7 @@ def run(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None 
     """Runs `main(argv)`; a `JaxsegError` (bad user input) prints one line and exits 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         code = main(argv)

@@ -11,8 +11,9 @@ import ast
 import difflib
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -39,7 +40,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ml_collectio
         raise ConfigError(f"config file {path} defines no get_config() function")
     config = module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"get_config() in {path} returned {type(config).__name__}, not a ConfigDict")
+        raise ConfigError(
+            f"get_config() in {path} returned {type(config).__name__}, not a ConfigDict"
+        )
     for override in overrides:
         apply_override(config, override)
     config.lock()
@@ -63,7 +66,7 @@ def _to_configdict(value: Any) -> Any:
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     """Sets one "a.b.c=value" override in place, parsing value by the field's current type."""
     if override.startswith(OVERRIDE_PREFIX):
-        override = override[len(OVERRIDE_PREFIX):]
+        override = override[len(OVERRIDE_PREFIX) :]
     if "=" not in override:
         raise ConfigError(f"config override {override!r} has no '=': write --config.a.b=value")
     dotted, raw = override.split("=", 1)
@@ -74,8 +77,9 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         node = _child(node, key, walked)
         walked.append(key)
         if not isinstance(node, ml_collections.ConfigDict):
-            raise ConfigError(f"config key {'.'.join(walked)} is a value, not a section; "
-                              f"cannot set {dotted}")
+            raise ConfigError(
+                f"config key {'.'.join(walked)} is a value, not a section; cannot set {dotted}"
+            )
     if ".".join(parents) in OPEN_SECTIONS and leaf not in node:
         current = None
     else:
@@ -91,8 +95,10 @@ def _child(node: ml_collections.ConfigDict, key: str, walked: list[str]) -> Any:
     valid = sorted(node.keys())
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown config key {'.'.join(walked + [key])!r}.{hint} "
-                      f"Valid keys at {where}: {', '.join(valid)}")
+    raise ConfigError(
+        f"unknown config key {'.'.join(walked + [key])!r}.{hint} "
+        f"Valid keys at {where}: {', '.join(valid)}"
+    )
 
 
 _UNTYPED_WORDS = {"true": True, "false": False, "none": None, "null": None}
@@ -101,8 +107,10 @@ _UNTYPED_WORDS = {"true": True, "false": False, "none": None, "null": None}
 def parse_value(raw: str, current: Any, *, key: str) -> Any:
     """Parses an override string into the type of the field it replaces."""
     if isinstance(current, ml_collections.ConfigDict):
-        raise ConfigError(f"config key {key} is a section; set one of its keys: "
-                          f"{', '.join(sorted(current.keys()))}")
+        raise ConfigError(
+            f"config key {key} is a section; set one of its keys: "
+            f"{', '.join(sorted(current.keys()))}"
+        )
     if current is None and raw.lower() in _UNTYPED_WORDS:
         # A None-valued or new key has no type to parse by; `true`/`false`/`none` are the
         # spellings users write (as for bool keys), and the string 'false' would be truthy.
@@ -119,15 +127,17 @@ def parse_value(raw: str, current: Any, *, key: str) -> Any:
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        raise ConfigError(f"config key {key}: cannot parse {raw!r} as "
-                          f"{type(current).__name__}") from None
+        raise ConfigError(
+            f"config key {key}: cannot parse {raw!r} as {type(current).__name__}"
+        ) from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(current, tuple) and isinstance(value, (list, int, float)):
         value = tuple(value) if isinstance(value, list) else (value,)
     if current is not None and not isinstance(value, type(current)):
-        raise ConfigError(f"config key {key} is a {type(current).__name__}; got {raw!r} "
-                          f"({type(value).__name__})")
+        raise ConfigError(
+            f"config key {key} is a {type(current).__name__}; got {raw!r} ({type(value).__name__})"
+        )
     return value
 
 

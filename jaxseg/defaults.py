@@ -40,7 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.elastic_prob = 0.2  # smooth random displacement field
     c.augment.elastic_sigma = 10.0  # smoothness of the field (Gaussian sigma, voxels)
     c.augment.elastic_magnitude = (0.0, 6.0)  # largest displacement, voxels, ~U(range)
-    c.augment.pad_mode = "constant"  # outside the volume: "constant" (image 0, label 0) or "nearest"
+    c.augment.pad_mode = (
+        "constant"  # outside the volume: "constant" (image 0, label 0) or "nearest"
+    )
     c.augment.bias_field_prob = 0.1  # smooth multiplicative bias field exp(polynomial)
     c.augment.bias_field_magnitude = 0.3  # polynomial coefficients ~ U(-m, m)
     c.augment.bias_field_order = 3  # polynomial degree of the log field

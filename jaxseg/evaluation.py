@@ -1,7 +1,7 @@
 """Whole-case evaluation: sliding-window inference, per-case metrics, a report on disk.
 
-    workdir/eval_<split>/metrics.csv    one row per case and foreground class
-    workdir/eval_<split>/summary.json   per-class means, foreground mean, inference speed
+workdir/eval_<split>/metrics.csv    one row per case and foreground class
+workdir/eval_<split>/summary.json   per-class means, foreground mean, inference speed
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import csv
 import functools
 import json
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import jax
 import numpy as np
@@ -34,17 +34,24 @@ def window_predictor(model, params) -> Callable[[np.ndarray], np.ndarray]:
     return lambda windows: np.asarray(predict(params, windows))
 
 
-def predict_probabilities(image: np.ndarray, predictor, *, patch_size, num_classes,
-                          eval_config) -> np.ndarray:
+def predict_probabilities(
+    image: np.ndarray, predictor, *, patch_size, num_classes, eval_config
+) -> np.ndarray:
     """Class probabilities `[X, Y, (Z), K]` for one normalised image `[X, Y, (Z), C]`."""
     return inference.sliding_window_predict(
-        image, predictor, patch_size=tuple(patch_size), num_classes=num_classes,
-        overlap=eval_config.overlap, batch_size=eval_config.batch_size,
-        gaussian_sigma_scale=eval_config.gaussian_sigma_scale)
+        image,
+        predictor,
+        patch_size=tuple(patch_size),
+        num_classes=num_classes,
+        overlap=eval_config.overlap,
+        batch_size=eval_config.batch_size,
+        gaussian_sigma_scale=eval_config.gaussian_sigma_scale,
+    )
 
 
-def evaluate_cases(cases: Iterable, predictor, *, patch_size, num_classes, labels,
-                   eval_config) -> tuple[list[dict], dict]:
+def evaluate_cases(
+    cases: Iterable, predictor, *, patch_size, num_classes, labels, eval_config
+) -> tuple[list[dict], dict]:
     """Evaluates (case_id, Image, label) triples; returns (rows, timing).
 
     rows: one dict per case and foreground class with `case`, `class`, `name` and the
@@ -54,18 +61,32 @@ def evaluate_cases(cases: Iterable, predictor, *, patch_size, num_classes, label
     rows, seconds = [], []
     for case_id, image, label in cases:
         start = time.perf_counter()
-        probs = predict_probabilities(image.data, predictor, patch_size=patch_size,
-                                      num_classes=num_classes, eval_config=eval_config)
+        probs = predict_probabilities(
+            image.data,
+            predictor,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            eval_config=eval_config,
+        )
         pred = np.argmax(probs, axis=-1).astype(np.uint8)
         seconds.append(time.perf_counter() - start)
         per_class = metrics.case_metrics(pred, label, num_classes, image.spacing)
         for cls, values in enumerate(per_class, start=1):
-            rows.append({"case": case_id, "class": cls, "name": labels.get(cls, str(cls)),
-                         **{m: float(values[m]) for m in METRIC_NAMES}})
+            rows.append(
+                {
+                    "case": case_id,
+                    "class": cls,
+                    "name": labels.get(cls, str(cls)),
+                    **{m: float(values[m]) for m in METRIC_NAMES},
+                }
+            )
     timed = seconds[1:] or seconds
     per_case = float(np.median(timed)) if timed else float("nan")
-    return rows, {"median_seconds_per_case": per_case, "cases_per_second": 1.0 / per_case,
-                  "num_cases": len(seconds)}
+    return rows, {
+        "median_seconds_per_case": per_case,
+        "cases_per_second": 1.0 / per_case,
+        "num_cases": len(seconds),
+    }
 
 
 def summarize(rows: list[dict], labels: dict[int, str]) -> dict:
@@ -75,10 +96,10 @@ def summarize(rows: list[dict], labels: dict[int, str]) -> dict:
     for cls in classes:
         mine = [r for r in rows if r["class"] == cls]
         per_class[labels.get(cls, str(cls))] = {
-            m: float(np.mean([r[m] for r in mine])) for m in METRIC_NAMES}
+            m: float(np.mean([r[m] for r in mine])) for m in METRIC_NAMES
+        }
     mean = {m: float(np.mean([v[m] for v in per_class.values()])) for m in METRIC_NAMES}
-    return {"per_class": per_class, "mean": mean,
-            "num_cases": len({r["case"] for r in rows})}
+    return {"per_class": per_class, "mean": mean, "num_cases": len({r["case"] for r in rows})}
 
 
 def write_report(rows: list[dict], summary: dict, out_dir: Path) -> None:
@@ -99,10 +120,16 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_run(workdir: str | Path, *, split: str | None = None, which: str = "auto",
-                 data_root: str | None = None) -> dict:
+def evaluate_run(
+    workdir: str | Path,
+    *,
+    split: str | None = None,
+    which: str = "auto",
+    data_root: str | None = None,
+) -> dict:
     """Evaluates a trained run on one of its splits; writes and returns the summary."""
-    from jaxseg.data import dataset as dataset_lib, pipeline
+    from jaxseg.data import dataset as dataset_lib
+    from jaxseg.data import pipeline
     from jaxseg.errors import JaxsegError
     from jaxseg.run import load_splits, load_trained
 
@@ -113,17 +140,28 @@ def evaluate_run(workdir: str | Path, *, split: str | None = None, which: str = 
     by_id = {c.case_id: c for c in spec.training}
     missing = [c for c in wanted if c not in by_id]
     if missing:
-        raise JaxsegError(f"{len(missing)} {split} cases of {workdir} are not in "
-                          f"{spec.root}/dataset.json (first: {missing[0]}); pass the "
-                          "dataset the run was trained on with --data-root")
-    cases = pipeline.eval_cases(spec, [by_id[c] for c in wanted],
-                                ct_window=tuple(config.data.ct_window))
-    rows, timing = evaluate_cases(cases, window_predictor(model, params),
-                                  patch_size=config.data.patch_size,
-                                  num_classes=info.num_classes, labels=info.labels,
-                                  eval_config=config.eval)
+        raise JaxsegError(
+            f"{len(missing)} {split} cases of {workdir} are not in "
+            f"{spec.root}/dataset.json (first: {missing[0]}); pass the "
+            "dataset the run was trained on with --data-root"
+        )
+    cases = pipeline.eval_cases(
+        spec, [by_id[c] for c in wanted], ct_window=tuple(config.data.ct_window)
+    )
+    rows, timing = evaluate_cases(
+        cases,
+        window_predictor(model, params),
+        patch_size=config.data.patch_size,
+        num_classes=info.num_classes,
+        labels=info.labels,
+        eval_config=config.eval,
+    )
     out_dir = Path(workdir) / f"eval_{split}"
-    summary = {**summarize(rows, info.labels), "split": split, "inference": timing,
-               "report_dir": str(out_dir)}
+    summary = {
+        **summarize(rows, info.labels),
+        "split": split,
+        "inference": timing,
+        "report_dir": str(out_dir),
+    }
     write_report(rows, summary, out_dir)
     return summary

@@ -110,9 +110,7 @@ def _validate(image, patch_size, num_classes, overlap, batch_size, sigma_scale, 
     if int(num_classes) < 1:
         raise ConfigError(f"sliding_window_predict: num_classes={num_classes} must be >= 1.")
     if mode not in ("gaussian", "constant"):
-        raise ConfigError(
-            f"sliding_window_predict: mode={mode!r}; use 'gaussian' or 'constant'."
-        )
+        raise ConfigError(f"sliding_window_predict: mode={mode!r}; use 'gaussian' or 'constant'.")
     if mode == "gaussian" and not sigma_scale > 0:
         raise ConfigError(
             f"sliding_window_predict: gaussian_sigma_scale={sigma_scale} must be > 0."

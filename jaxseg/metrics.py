@@ -97,7 +97,9 @@ def _check_inputs(pred, label, num_classes, spacing):
     if pred.shape != label.shape:
         raise ValueError(f"case_metrics: pred shape {pred.shape} != label shape {label.shape}.")
     if pred.ndim not in (2, 3):
-        raise ValueError(f"case_metrics: expected [X, Y] or [X, Y, Z] label maps, got {pred.shape}.")
+        raise ValueError(
+            f"case_metrics: expected [X, Y] or [X, Y, Z] label maps, got {pred.shape}."
+        )
     if not (np.issubdtype(pred.dtype, np.integer) and np.issubdtype(label.dtype, np.integer)):
         raise ValueError(
             f"case_metrics: pred ({pred.dtype}) and label ({label.dtype}) must be integer label "
@@ -110,7 +112,9 @@ def _check_inputs(pred, label, num_classes, spacing):
             f"(one per spatial axis of {pred.shape})."
         )
     if num_classes < 2:
-        raise ValueError(f"case_metrics: num_classes={num_classes}; need background plus >= 1 class.")
+        raise ValueError(
+            f"case_metrics: num_classes={num_classes}; need background plus >= 1 class."
+        )
     for name, arr in (("pred", pred), ("label", label)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(
@@ -194,9 +198,7 @@ def summarize(rows: Sequence[Sequence[dict[str, float]]]) -> dict:
         )
     per_class = {}
     for i in range(n_classes):
-        per_class[i + 1] = {
-            m: float(np.mean([case[i][m] for case in rows])) for m in METRIC_NAMES
-        }
+        per_class[i + 1] = {m: float(np.mean([case[i][m] for case in rows])) for m in METRIC_NAMES}
     foreground_mean = {
         m: float(np.mean([per_class[c][m] for c in per_class])) for m in METRIC_NAMES
     }

@@ -13,8 +13,11 @@ from jaxseg import cli
 
 
 def main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxseg.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxseg.predict",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--workdir", required=True, help="a trained run")
     parser.add_argument("--input", required=True, help="an image file or a folder")
     parser.add_argument("--output", required=True, help="a mask file, or a folder")
@@ -22,6 +25,7 @@ def main(argv) -> int:
     args = parser.parse_args(argv)
 
     from jaxseg.segment import Segmenter
+
     written = Segmenter(args.workdir, args.checkpoint).segment_path(args.input, args.output)
     for path in written:
         print(path)

@@ -24,7 +24,9 @@ from jaxseg import models
 from jaxseg.config import config_from_json
 from jaxseg.data.dataset import check_label_values
 from jaxseg.errors import ConfigError, JaxsegError
-from jaxseg.training import checkpoint, mesh as mesh_lib, optimizer as optimizer_lib
+from jaxseg.training import checkpoint
+from jaxseg.training import mesh as mesh_lib
+from jaxseg.training import optimizer as optimizer_lib
 from jaxseg.training.state import TrainState, init_train_state
 
 
@@ -46,21 +48,29 @@ class RunInfo:
     label_values: tuple[int, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "label_values", check_label_values(
-            self.label_values, self.num_classes, "run.json"))
+        object.__setattr__(
+            self,
+            "label_values",
+            check_label_values(self.label_values, self.num_classes, "run.json"),
+        )
 
     @classmethod
-    def from_spec(cls, spec) -> "RunInfo":
-        return cls(dims=spec.dims, in_channels=len(spec.modalities),
-                   num_classes=spec.num_classes, labels=dict(spec.labels),
-                   modalities=tuple(spec.modalities), dataset_root=str(spec.root),
-                   label_values=tuple(spec.label_values))
+    def from_spec(cls, spec) -> RunInfo:
+        return cls(
+            dims=spec.dims,
+            in_channels=len(spec.modalities),
+            num_classes=spec.num_classes,
+            labels=dict(spec.labels),
+            modalities=tuple(spec.modalities),
+            dataset_root=str(spec.root),
+            label_values=tuple(spec.label_values),
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunInfo":
+    def from_json(cls, text: str) -> RunInfo:
         d = json.loads(text)
         d["labels"] = {int(k): v for k, v in d["labels"].items()}
         d["modalities"] = tuple(d["modalities"])
@@ -68,8 +78,9 @@ class RunInfo:
         return cls(**d)
 
 
-def save_run(workdir: Path, config: ml_collections.ConfigDict, info: RunInfo,
-             splits: dict[str, list[str]]) -> None:
+def save_run(
+    workdir: Path, config: ml_collections.ConfigDict, info: RunInfo, splits: dict[str, list[str]]
+) -> None:
     """Writes config.json, run.json and splits.json; refuses a workdir of another model.
 
     A rerun may change training fields (more steps, another learning rate) but not the
@@ -82,8 +93,7 @@ def save_run(workdir: Path, config: ml_collections.ConfigDict, info: RunInfo,
     if config_path.exists():
         old = config_from_json(config_path.read_text())
         for section in ("model", "data"):
-            fixed = ("name", "args") if section == "model" else ("root", "split_seed",
-                                                                 "patch_size")
+            fixed = ("name", "args") if section == "model" else ("root", "split_seed", "patch_size")
             for key in fixed:
                 was, now = old[section][key], config[section][key]
                 if section == "model" and key == "args":
@@ -91,7 +101,8 @@ def save_run(workdir: Path, config: ml_collections.ConfigDict, info: RunInfo,
                 if _normalise(was) != _normalise(now):
                     raise ConfigError(
                         f"{section}.{key} is {now!r} but the run in {workdir} was trained "
-                        f"with {was!r}; use a new --workdir or the original value")
+                        f"with {was!r}; use a new --workdir or the original value"
+                    )
     if jax.process_index() == 0:
         _write_atomic(config_path, config.to_json(indent=2))
         _write_atomic(workdir / "run.json", info.to_json())
@@ -99,8 +110,9 @@ def save_run(workdir: Path, config: ml_collections.ConfigDict, info: RunInfo,
 
 
 # Model arguments that change how parameters are computed, never which parameters exist.
-COMPUTE_ONLY_ARGS = frozenset({"remat", "use_checkpoint", "attention_impl", "depthwise_impl",
-                               "dynamic_impl"})
+COMPUTE_ONLY_ARGS = frozenset(
+    {"remat", "use_checkpoint", "attention_impl", "depthwise_impl", "dynamic_impl"}
+)
 
 
 def _structural_args(args: Any) -> Any:
@@ -125,10 +137,14 @@ def load_run(workdir: str | Path) -> tuple[ml_collections.ConfigDict, RunInfo]:
     workdir = Path(workdir)
     for name in ("config.json", "run.json"):
         if not (workdir / name).is_file():
-            raise JaxsegError(f"{workdir / name} is missing: {workdir} is not a jaxseg "
-                              "training workdir (train with python -m jaxseg.train first)")
-    return (config_from_json((workdir / "config.json").read_text()),
-            RunInfo.from_json((workdir / "run.json").read_text()))
+            raise JaxsegError(
+                f"{workdir / name} is missing: {workdir} is not a jaxseg "
+                "training workdir (train with python -m jaxseg.train first)"
+            )
+    return (
+        config_from_json((workdir / "config.json").read_text()),
+        RunInfo.from_json((workdir / "run.json").read_text()),
+    )
 
 
 def load_splits(workdir: str | Path) -> dict[str, list[str]]:
@@ -149,19 +165,23 @@ def build_model(config: ml_collections.ConfigDict, info: RunInfo):
     if dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"train.compute_dtype={dtype!r}; use one of {COMPUTE_DTYPES}")
     args.setdefault("dtype", jnp.dtype(dtype))
-    return models.build_model(config.model.name, dims=info.dims,
-                              in_channels=info.in_channels, num_classes=info.num_classes,
-                              **args)
+    return models.build_model(
+        config.model.name,
+        dims=info.dims,
+        in_channels=info.in_channels,
+        num_classes=info.num_classes,
+        **args,
+    )
 
 
 def abstract_state(model, optimizer, config, info: RunInfo, mesh) -> TrainState:
     """Shapes, dtypes and shardings (`mesh.param_rules`) of the train state, uncomputed."""
     sample = jnp.zeros((1, *config.data.patch_size, info.in_channels), jnp.float32)
-    shapes = jax.eval_shape(lambda: init_train_state(model, optimizer,
-                                                     jax.random.key(0), sample))
+    shapes = jax.eval_shape(lambda: init_train_state(model, optimizer, jax.random.key(0), sample))
     shardings = mesh_lib.state_shardings(shapes, mesh, config.mesh)
     return jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
 
 
 def load_trained(workdir: str | Path, which: str = "auto"):

@@ -27,7 +27,7 @@ _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 def _split_suffix(name: str) -> tuple[str, str]:
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
-            return name[:-len(suffix)], name[-len(suffix):]
+            return name[: -len(suffix)], name[-len(suffix) :]
     return name, ""
 
 
@@ -43,13 +43,20 @@ class Segmenter:
         values (`classes_to_values`: uint8, or wider when a value exceeds 255)."""
         channels = image.data.shape[-1]
         if channels != self.info.in_channels:
-            raise JaxsegError(f"{image.path} has {channels} channel(s); the model was "
-                              f"trained on {self.info.in_channels} ({', '.join(self.info.modalities)})")
-        data = preprocess.normalize(image.data, self.info.modalities,
-                                    ct_window=tuple(self.config.data.ct_window))
+            raise JaxsegError(
+                f"{image.path} has {channels} channel(s); the model was "
+                f"trained on {self.info.in_channels} ({', '.join(self.info.modalities)})"
+            )
+        data = preprocess.normalize(
+            image.data, self.info.modalities, ct_window=tuple(self.config.data.ct_window)
+        )
         probs = evaluation.predict_probabilities(
-            data, self._predictor, patch_size=self.config.data.patch_size,
-            num_classes=self.info.num_classes, eval_config=self.config.eval)
+            data,
+            self._predictor,
+            patch_size=self.config.data.patch_size,
+            num_classes=self.info.num_classes,
+            eval_config=self.config.eval,
+        )
         return classes_to_values(np.argmax(probs, axis=-1), self.info.label_values)
 
     def segment_files(self, channel_paths: list[Path], output: Path) -> Path:
@@ -83,5 +90,7 @@ class Segmenter:
         if not cases:
             raise JaxsegError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {input_path}")
         output.mkdir(parents=True, exist_ok=True)
-        return [self.segment_files(paths, output / f"{case}{suffix_of[case]}")
-                for case, paths in cases.items()]
+        return [
+            self.segment_files(paths, output / f"{case}{suffix_of[case]}")
+            for case, paths in cases.items()
+        ]

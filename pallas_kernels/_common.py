@@ -50,8 +50,16 @@ def vmem_bytes(shape, dtype) -> int:
     return n * jnp.dtype(dtype).itemsize
 
 
-def mxu_macs(m: int, k: int, n: int, mxu: int, *, m_pad: int | None = None,
-             k_pad: int | None = None, n_pad: int | None = None) -> tuple[int, int]:
+def mxu_macs(
+    m: int,
+    k: int,
+    n: int,
+    mxu: int,
+    *,
+    m_pad: int | None = None,
+    k_pad: int | None = None,
+    n_pad: int | None = None,
+) -> tuple[int, int]:
     """(useful, issued) MACs of `lhs [m, k] @ rhs [k, n]` on a `mxu` x `mxu` MXU.
 
     `useful` counts the unpadded problem `m*k*n`. `issued` uses the padded extents the

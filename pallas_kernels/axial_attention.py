@@ -50,6 +50,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+
 from pallas_kernels._common import fit_block
 
 __all__ = [
@@ -70,13 +71,13 @@ _LANES = 128
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 # Defaults of the block-size rule (documented in AxialBlockSizes).
-_MAX_SINGLE_BLOCK = 512      # axes up to this (padded to 8) use one key block
-_LONG_BLOCK_Q = 256          # query block for longer axes
+_MAX_SINGLE_BLOCK = 512  # axes up to this (padded to 8) use one key block
+_LONG_BLOCK_Q = 256  # query block for longer axes
 _LONG_BLOCK_KS = (512, 256, 128)  # key-block candidates for longer axes
 _TARGET_QUERY_TOKENS = 1024  # query tokens per grid step to amortise ~0.35 us/step
 _MAX_BLOCK_ROWS = 64
-_VMEM_BUDGET = 12 * 2**20    # keep every kernel under this; TPU scoped VMEM default is 16 MiB
-_MAX_BIAS_LP = 4096          # d(bias) keeps a [block_q, Lp] f32 block resident in VMEM
+_VMEM_BUDGET = 12 * 2**20  # keep every kernel under this; TPU scoped VMEM default is 16 MiB
+_MAX_BIAS_LP = 4096  # d(bias) keeps a [block_q, Lp] f32 block resident in VMEM
 
 
 def _round_up(x: int, m: int) -> int:
@@ -133,8 +134,16 @@ class AxialBlockSizes:
             )
 
     @classmethod
-    def default(cls, rows: int, heads: int, length: int, head_dim: int,
-                dtype: Any = jnp.float32, *, has_bias: bool = True) -> "AxialBlockSizes":
+    def default(
+        cls,
+        rows: int,
+        heads: int,
+        length: int,
+        head_dim: int,
+        dtype: Any = jnp.float32,
+        *,
+        has_bias: bool = True,
+    ) -> AxialBlockSizes:
         """Block sizes chosen by the documented rule (see the class docstring)."""
         del heads  # the head axis is a grid axis; it does not change the per-step tiles
         l8 = _round_up(max(length, 1), _SUBLANES)
@@ -159,14 +168,14 @@ class AxialBlockSizes:
 class _Plan:
     """Static tiling of one call: padded sizes and the effective blocks."""
 
-    rows: int        # R
-    length: int      # L
+    rows: int  # R
+    length: int  # L
     padded_rows: int  # Rp, a multiple of block_rows
     padded_len: int  # Lp, a multiple of block_q and block_k
     block_rows: int
     block_q: int
     block_k: int
-    interpret: Any   # False or a pltpu.InterpretParams (hashable: a frozen dataclass)
+    interpret: Any  # False or a pltpu.InterpretParams (hashable: a frozen dataclass)
 
     @property
     def n_q(self) -> int:
@@ -222,8 +231,16 @@ def _dkv_block_q(padded_len: int, block_k: int) -> int:
 def _plan(rows: int, length: int, bs: AxialBlockSizes, interpret) -> _Plan:
     padded_len, block_q, block_k = _tiles(length, bs)
     block_rows = fit_block(bs.block_rows, rows)
-    return _Plan(rows, length, _round_up(rows, block_rows), padded_len, block_rows,
-                 block_q, block_k, interpret)
+    return _Plan(
+        rows,
+        length,
+        _round_up(rows, block_rows),
+        padded_len,
+        block_rows,
+        block_q,
+        block_k,
+        interpret,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -241,8 +258,15 @@ def _tile_bytes(shape: tuple[int, ...], dtype) -> int:
     return math.prod(lead) * _round_up(a, sublanes) * _round_up(b, _LANES) * itemsize
 
 
-def vmem_bytes(block_sizes: AxialBlockSizes, length: int, head_dim: int, dtype=jnp.float32,
-               *, has_bias: bool = True, kernel: str = "max") -> int:
+def vmem_bytes(
+    block_sizes: AxialBlockSizes,
+    length: int,
+    head_dim: int,
+    dtype=jnp.float32,
+    *,
+    has_bias: bool = True,
+    kernel: str = "max",
+) -> int:
     """Per-grid-step VMEM footprint in bytes of one kernel (or the max of the three).
 
     Counts every input/output block twice (Pallas double-buffers them to overlap the
@@ -259,7 +283,7 @@ def vmem_bytes(block_sizes: AxialBlockSizes, length: int, head_dim: int, dtype=j
     f32 = jnp.float32
     qblk = _tile_bytes((br, bq, d), dtype)
     kblk = _tile_bytes((br, bk, d), dtype)
-    vec = _tile_bytes((br, bq, 1), f32)           # lse / di / m / l: one f32 per query
+    vec = _tile_bytes((br, bq, 1), f32)  # lse / di / m / l: one f32 per query
     bias = _tile_bytes((bq, bk), f32) if has_bias else 0
     temps = 3 * _tile_bytes((bq, bk), f32)
     multi_k = bk < padded
@@ -272,10 +296,12 @@ def vmem_bytes(block_sizes: AxialBlockSizes, length: int, head_dim: int, dtype=j
     if has_bias:
         dq += 3 * _tile_bytes((bq, padded), f32)  # resident d(bias) out (x2) + f32 acc
     bqd = _dkv_block_q(padded, bk)
-    dkv = (2 * (2 * _tile_bytes((br, bqd, d), dtype) + 4 * kblk
-                + 2 * _tile_bytes((br, 1, bqd), f32)
-                + (_tile_bytes((bk, bqd), f32) if has_bias else 0))
-           + 3 * _tile_bytes((bk, bqd), f32))
+    dkv = 2 * (
+        2 * _tile_bytes((br, bqd, d), dtype)
+        + 4 * kblk
+        + 2 * _tile_bytes((br, 1, bqd), f32)
+        + (_tile_bytes((bk, bqd), f32) if has_bias else 0)
+    ) + 3 * _tile_bytes((bk, bqd), f32)
     if bqd < padded:
         dkv += 2 * _tile_bytes((br, bk, d), f32)
     sizes = {"fwd": fwd, "dq": dq, "dkv": dkv}
@@ -286,8 +312,9 @@ def vmem_bytes(block_sizes: AxialBlockSizes, length: int, head_dim: int, dtype=j
     return sizes[kernel]
 
 
-def useful_mac_fraction(length: int, head_dim: int, block_sizes: AxialBlockSizes,
-                        mxu: int = 128) -> float:
+def useful_mac_fraction(
+    length: int, head_dim: int, block_sizes: AxialBlockSizes, mxu: int = 128
+) -> float:
     """Fraction of MXU multiply-accumulates doing useful work in the forward kernel.
 
     Model: a matmul `[M, K] @ [K, N]` on an `mxu x mxu` systolic array loads the
@@ -346,18 +373,20 @@ def report_rows(dtype=jnp.bfloat16) -> list[dict]:
                 "is fusion (no [L, L] logits in HBM), not MXU use; MXU-shaped alternatives are "
                 "attending over a plane (L = 24*24 = 576) or window attention with 128 tokens."
             )
-        out.append({
-            "kernel": "axial_attention",
-            "config": f"{name}, H={heads}, rows={rows}",
-            "block_shapes": (
-                f"q/o ({bs.block_rows},1,{bq},{d}) k/v ({bs.block_rows},1,{bk},{d}) "
-                f"bias (1,{bq},{bk})"
-            ),
-            "useful_mac_fraction_128": f128,
-            "useful_mac_fraction_256": f256,
-            "vmem_bytes": vmem_bytes(bs, length, d, dtype, has_bias=True),
-            "note": note,
-        })
+        out.append(
+            {
+                "kernel": "axial_attention",
+                "config": f"{name}, H={heads}, rows={rows}",
+                "block_shapes": (
+                    f"q/o ({bs.block_rows},1,{bq},{d}) k/v ({bs.block_rows},1,{bk},{d}) "
+                    f"bias (1,{bq},{bk})"
+                ),
+                "useful_mac_fraction_128": f128,
+                "useful_mac_fraction_256": f256,
+                "vmem_bytes": vmem_bytes(bs, length, d, dtype, has_bias=True),
+                "note": note,
+            }
+        )
     return out
 
 
@@ -432,8 +461,7 @@ def _key_valid(plan: _Plan, k_index):
     """Bool `[bq, bk]` mask of real (unpadded) keys, or None when nothing is padded."""
     if plan.padded_len == plan.length:
         return None
-    cols = k_index * plan.block_k + lax.broadcasted_iota(
-        jnp.int32, (plan.block_q, plan.block_k), 1)
+    cols = k_index * plan.block_k + lax.broadcasted_iota(jnp.int32, (plan.block_q, plan.block_k), 1)
     return cols < plan.length
 
 
@@ -484,7 +512,8 @@ def _fwd_kernel(*refs, plan: _Plan, has_bias: bool):
         l_ref[r] = alpha * l_ref[r] + jnp.sum(p, axis=1, keepdims=True)
         v = v_ref[r, 0]
         acc_ref[r] = alpha * acc_ref[r] + lax.dot(
-            p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+            p.astype(v.dtype), v, preferred_element_type=jnp.float32
+        )
         m_ref[r] = m_next
         return carry
 
@@ -531,8 +560,8 @@ def _dkv_kernel(*refs, plan: _Plan, has_bias: bool):
 
     def grads(r):
         q, k, v, do = q_ref[r, 0], k_ref[r, 0], v_ref[r, 0], do_ref[r, 0]
-        s_t = _logits(k, q, bias_t, key_valid)            # [bk, bq] = (q k^T)^T
-        p_t = jnp.exp(s_t - lse_ref[r, 0])                # lse row [1, bq] broadcasts
+        s_t = _logits(k, q, bias_t, key_valid)  # [bk, bq] = (q k^T)^T
+        p_t = jnp.exp(s_t - lse_ref[r, 0])  # lse row [1, bq] broadcasts
         dp_t = lax.dot_general(v, do, _NT, preferred_element_type=jnp.float32)
         ds_t = p_t * (dp_t - di_ref[r, 0])
         dv = lax.dot(p_t.astype(do.dtype), do, preferred_element_type=jnp.float32)
@@ -540,6 +569,7 @@ def _dkv_kernel(*refs, plan: _Plan, has_bias: bool):
         return dk, dv
 
     if plan.n_q_dkv == 1:
+
         def row(r, carry):
             dk, dv = grads(r)
             dk_ref[r, 0] = dk.astype(dk_ref.dtype)
@@ -574,13 +604,11 @@ def _dq_kernel(*refs, plan: _Plan, has_bias: bool):
     # grid (head, query block, row block, key block): key blocks innermost, rows next so
     # that the [block_q, Lp] d(bias) block of (head, query block) stays resident.
     if has_bias:
-        (q_ref, k_ref, v_ref, b_ref, lse_ref, di_ref, do_ref,
-         dq_ref, db_ref, *scratch) = refs
+        (q_ref, k_ref, v_ref, b_ref, lse_ref, di_ref, do_ref, dq_ref, db_ref, *scratch) = refs
         *scratch, db_acc = scratch
     else:
         q_ref, k_ref, v_ref, lse_ref, di_ref, do_ref, dq_ref, *scratch = refs
         b_ref = db_ref = db_acc = None
-    q_index = pl.program_id(1)
     r_index = pl.program_id(2)
     k_index = pl.program_id(3)
     bias = b_ref[0].astype(jnp.float32) if has_bias else None
@@ -595,6 +623,7 @@ def _dq_kernel(*refs, plan: _Plan, has_bias: bool):
             db_acc[...] = jnp.zeros(db_acc.shape, jnp.float32)
 
     if multi_k:
+
         @pl.when(k_index == 0)
         def _init_dq():
             dq_acc[...] = jnp.zeros(dq_acc.shape, jnp.float32)
@@ -623,6 +652,7 @@ def _dq_kernel(*refs, plan: _Plan, has_bias: bool):
             db_ref[0] = db_acc[...].astype(db_ref.dtype)
 
     if multi_k:
+
         @pl.when(k_index == plan.n_k - 1)
         def _write_dq():
             dq_ref[:, 0] = dq_acc[...].astype(dq_ref.dtype)
@@ -638,9 +668,11 @@ def _cost(plan: _Plan, q, n_matmuls: int, nbytes: int) -> pl.CostEstimate | None
     if not isinstance(plan.padded_rows, int) or not isinstance(nbytes, int):
         return None  # a symbolic (batch-polymorphic) row count: XLA gets no estimate
     flops = 2 * n_matmuls * plan.padded_rows * heads * padded * padded * d
-    return pl.CostEstimate(flops=flops,
-                           transcendentals=plan.padded_rows * heads * padded * padded,
-                           bytes_accessed=nbytes)
+    return pl.CostEstimate(
+        flops=flops,
+        transcendentals=plan.padded_rows * heads * padded * padded,
+        bytes_accessed=nbytes,
+    )
 
 
 def _nbytes(*arrays) -> int:
@@ -662,19 +694,28 @@ def _forward(q, k, v, bias, plan: _Plan):
         args.append(bias)
     scratch = []
     if plan.n_k > 1:
-        scratch = [pltpu.VMEM((br, bq, 1), jnp.float32),
-                   pltpu.VMEM((br, bq, 1), jnp.float32),
-                   pltpu.VMEM((br, bq, d), jnp.float32)]
-    out_shape = (jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((rp, heads, padded, 1), jnp.float32))
+        scratch = [
+            pltpu.VMEM((br, bq, 1), jnp.float32),
+            pltpu.VMEM((br, bq, 1), jnp.float32),
+            pltpu.VMEM((br, bq, d), jnp.float32),
+        ]
+    out_shape = (
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct((rp, heads, padded, 1), jnp.float32),
+    )
     return pl.pallas_call(
         functools.partial(_fwd_kernel, plan=plan, has_bias=has_bias),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=0, grid=grid, in_specs=in_specs,
-            out_specs=[q_spec, lse_spec], scratch_shapes=scratch),
+            num_scalar_prefetch=0,
+            grid=grid,
+            in_specs=in_specs,
+            out_specs=[q_spec, lse_spec],
+            scratch_shapes=scratch,
+        ),
         out_shape=out_shape,
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+        ),
         cost_estimate=_cost(plan, q, 2, _nbytes(q, k, v, bias, q, q[..., :1])),
         interpret=plan.interpret,
         name="axial_attention_fwd",
@@ -703,12 +744,16 @@ def _backward_dkv(q, k, v, bias, lse, di, do, plan: _Plan):
     return pl.pallas_call(
         functools.partial(_dkv_kernel, plan=plan, has_bias=has_bias),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=0, grid=grid, in_specs=in_specs,
-            out_specs=[kv_spec, kv_spec], scratch_shapes=scratch),
-        out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype),
-                   jax.ShapeDtypeStruct(v.shape, v.dtype)),
+            num_scalar_prefetch=0,
+            grid=grid,
+            in_specs=in_specs,
+            out_specs=[kv_spec, kv_spec],
+            scratch_shapes=scratch,
+        ),
+        out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+            dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
+        ),
         cost_estimate=_cost(plan, q, 4, _nbytes(q, k, v, bias, lse, di, do, k, v)),
         interpret=plan.interpret,
         name="axial_attention_bwd_dkv",
@@ -749,8 +794,12 @@ def _backward_dq(q, k, v, bias, lse, di, do, plan: _Plan):
     outs = pl.pallas_call(
         functools.partial(_dq_kernel, plan=plan, has_bias=has_bias),
         grid_spec=pltpu.PrefetchScalarGridSpec(
-            num_scalar_prefetch=0, grid=grid, in_specs=in_specs,
-            out_specs=out_specs, scratch_shapes=scratch),
+            num_scalar_prefetch=0,
+            grid=grid,
+            in_specs=in_specs,
+            out_specs=out_specs,
+            scratch_shapes=scratch,
+        ),
         out_shape=tuple(out_shape),
         compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
         cost_estimate=_cost(plan, q, 3, _nbytes(q, k, v, bias, lse, di, do, q, bias)),
@@ -810,8 +859,9 @@ def _check_inputs(q, k, v, bias):
             raise ValueError(f"axial_attention: bias must be floating point; got {bias.dtype}.")
 
 
-def axial_attention(q, k, v, bias=None, *, block_sizes: AxialBlockSizes | None = None,
-                    interpret: bool | Any = False):
+def axial_attention(
+    q, k, v, bias=None, *, block_sizes: AxialBlockSizes | None = None, interpret: bool | Any = False
+):
     """Multi-head softmax attention along one axis, as Pallas TPU kernels.
 
     Args:
@@ -831,8 +881,9 @@ def axial_attention(q, k, v, bias=None, *, block_sizes: AxialBlockSizes | None =
     _check_inputs(q, k, v, bias)
     rows, heads, length, d = q.shape
     if block_sizes is None:
-        block_sizes = AxialBlockSizes.default(rows, heads, length, d, q.dtype,
-                                              has_bias=bias is not None)
+        block_sizes = AxialBlockSizes.default(
+            rows, heads, length, d, q.dtype, has_bias=bias is not None
+        )
     if interpret is True:
         interpret = pltpu.InterpretParams()
     plan = _plan(rows, length, block_sizes, interpret)

@@ -98,31 +98,42 @@ def _pct(x) -> str:
 
 def format_report(rows: list[dict], dtype_name: str) -> str:
     """A Markdown table plus the notes, as printed by the CLI and pasted in docs/kernels.md."""
-    lines = [f"MXU / VMEM report ({dtype_name} inputs; goal: >= {GOAL:.0%} useful MACs; "
-             f"VMEM budget {VMEM_BUDGET_BYTES / 2**20:.0f} MiB per grid step)", "",
-             "| # | kernel | config | useful MACs 128 | useful MACs 256 | tokens 128 | tokens 256 "
-             "| VMEM/step | block shapes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"MXU / VMEM report ({dtype_name} inputs; goal: >= {GOAL:.0%} useful MACs; "
+        f"VMEM budget {VMEM_BUDGET_BYTES / 2**20:.0f} MiB per grid step)",
+        "",
+        "| # | kernel | config | useful MACs 128 | useful MACs 256 | tokens 128 | tokens 256 "
+        "| VMEM/step | block shapes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for i, r in enumerate(rows, 1):
         v = r["vmem_bytes"]
         lines.append(
             f"| {i} | {r['kernel']} | {r['config']} | {_pct(r['useful_mac_fraction_128'])} | "
             f"{_pct(r['useful_mac_fraction_256'])} | {_pct(r.get('token_fraction_128'))} | "
             f"{_pct(r.get('token_fraction_256'))} | {v / 2**20:.2f} MiB "
-            f"({100 * v / VMEM_BUDGET_BYTES:.0f}%) | {r['block_shapes']} |")
+            f"({100 * v / VMEM_BUDGET_BYTES:.0f}%) | {r['block_shapes']} |"
+        )
     lines += ["", "Notes:"]
     for i, r in enumerate(rows, 1):
         lines.append(f"{i}. {r['note']}")
     meets = [r for r in rows if r["useful_mac_fraction_128"] >= GOAL]
     tok = [r for r in rows if r.get("token_fraction_128", 0) >= GOAL]
-    lines += ["", f"Rows at >= {GOAL:.0%} useful MACs (128 MXU): {len(meets)} of {len(rows)}; "
-              f"window rows whose token fraction reaches it: {len(tok)}."]
+    lines += [
+        "",
+        f"Rows at >= {GOAL:.0%} useful MACs (128 MXU): {len(meets)} of {len(rows)}; "
+        f"window rows whose token fraction reaches it: {len(tok)}.",
+    ]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pallas_kernels.report", description=__doc__.split("\n")[0])
-    p.add_argument("--dtype", choices=("bf16", "f32"), default="bf16", help="input dtype (default bf16)")
+    p = argparse.ArgumentParser(
+        prog="python -m pallas_kernels.report", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--dtype", choices=("bf16", "f32"), default="bf16", help="input dtype (default bf16)"
+    )
     args = p.parse_args(argv)
     dtype = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     print(format_report(collect_rows(dtype), args.dtype))

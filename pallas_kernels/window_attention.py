@@ -63,18 +63,24 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels._common import (
-    fit_block,
     PAD_LOGIT,
     VMEM_BUDGET_BYTES,
-    largest_pow2_at_most,
+    fit_block,
     mxu_macs,
     round_up,
     sublane_tile,
     vmem_bytes,
 )
 
-__all__ = ["BlockSizes", "window_attention", "window_attention_reference", "padded_tokens",
-           "vmem_bytes_per_step", "mxu_fractions", "report_rows"]
+__all__ = [
+    "BlockSizes",
+    "window_attention",
+    "window_attention_reference",
+    "padded_tokens",
+    "vmem_bytes_per_step",
+    "mxu_fractions",
+    "report_rows",
+]
 
 # Block-size rule constants (documented in BlockSizes.get_default).
 TARGET_ROWS_PER_STEP = 1024  # tokens per grid step: amortises the ~0.35 us fixed step cost
@@ -89,9 +95,19 @@ def padded_tokens(n: int, dtype) -> int:
     return round_up(n, sublane_tile(dtype))
 
 
-def vmem_bytes_per_step(bw: int, np_: int, d: int, dtype, *, backward: bool,
-                        has_bias: bool = True, has_mask: bool = True,
-                        bias_dtype=jnp.float32, mask_dtype=jnp.float32, mp: int | None = None) -> int:
+def vmem_bytes_per_step(
+    bw: int,
+    np_: int,
+    d: int,
+    dtype,
+    *,
+    backward: bool,
+    has_bias: bool = True,
+    has_mask: bool = True,
+    bias_dtype=jnp.float32,
+    mask_dtype=jnp.float32,
+    mp: int | None = None,
+) -> int:
     """Estimated VMEM bytes of one grid step with `bw` windows of `np_` padded query and `mp`
     (default `np_`) padded key tokens.
 
@@ -135,9 +151,20 @@ class BlockSizes:
                 raise ValueError(f"BlockSizes.{name} must be a positive power of two; got {b!r}.")
 
     @classmethod
-    def get_default(cls, num_windows: int, heads: int, n: int, head_dim: int, dtype,
-                    *, has_bias: bool = True, has_mask: bool = True, windows_per_image: int = 1,
-                    vmem_target: int = VMEM_TARGET_BYTES, m: int | None = None) -> "BlockSizes":
+    def get_default(
+        cls,
+        num_windows: int,
+        heads: int,
+        n: int,
+        head_dim: int,
+        dtype,
+        *,
+        has_bias: bool = True,
+        has_mask: bool = True,
+        windows_per_image: int = 1,
+        vmem_target: int = VMEM_TARGET_BYTES,
+        m: int | None = None,
+    ) -> BlockSizes:
         """The documented rule, applied separately to forward and backward (`m`: key tokens
         per window, default `n`):
 
@@ -157,9 +184,23 @@ class BlockSizes:
         mp = padded_tokens(n if m is None else m, dtype)
 
         def pick(backward):
-            bw = min(MAX_BLOCK_WINDOWS, 1 << max(0, math.ceil(math.log2(TARGET_ROWS_PER_STEP / np_))))
-            while bw > 1 and vmem_bytes_per_step(bw, np_, head_dim, dtype, backward=backward, has_bias=has_bias,
-                                                 has_mask=has_mask, mp=mp) > vmem_target:
+            bw = min(
+                MAX_BLOCK_WINDOWS, 1 << max(0, math.ceil(math.log2(TARGET_ROWS_PER_STEP / np_)))
+            )
+            while (
+                bw > 1
+                and vmem_bytes_per_step(
+                    bw,
+                    np_,
+                    head_dim,
+                    dtype,
+                    backward=backward,
+                    has_bias=has_bias,
+                    has_mask=has_mask,
+                    mp=mp,
+                )
+                > vmem_target
+            ):
                 bw //= 2
             return fit_block(bw, num_windows, power_of_two=True)
 
@@ -292,9 +333,11 @@ def _cost(q, flops_per_window_head, transcendentals, arrays):
     w, h = q.shape[:2]
     if not isinstance(w, int):
         return None  # a symbolic (batch-polymorphic) window count: XLA gets no estimate
-    return pl.CostEstimate(flops=int(w * h * flops_per_window_head),
-                           transcendentals=int(w * h * transcendentals),
-                           bytes_accessed=int(sum(a.size * a.dtype.itemsize for a in arrays)))
+    return pl.CostEstimate(
+        flops=int(w * h * flops_per_window_head),
+        transcendentals=int(w * h * transcendentals),
+        bytes_accessed=int(sum(a.size * a.dtype.itemsize for a in arrays)),
+    )
 
 
 def _inputs(q, k, v, bias, mask, bw):
@@ -314,8 +357,9 @@ def _fwd_call(q, k, v, bias, mask, m_valid, bw, interpret):
     w, h, np_, d = q.shape
     mp = k.shape[2]
     args, in_specs, q_spec, _ = _inputs(q, k, v, bias, mask, bw)
-    kernel = functools.partial(_fwd_kernel, has_bias=bias is not None, has_mask=mask is not None,
-                               m_valid=m_valid)
+    kernel = functools.partial(
+        _fwd_kernel, has_bias=bias is not None, has_mask=mask is not None, m_valid=m_valid
+    )
     return pl.pallas_call(
         kernel,
         grid=(h, w // bw),
@@ -337,12 +381,17 @@ def _bwd_call(q, k, v, bias, mask, do, m_valid, bw, interpret):
     args.append(do)
     in_specs.append(q_spec)
     out_specs = [q_spec, k_spec, k_spec]
-    out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k.shape, k.dtype),
-                 jax.ShapeDtypeStruct(v.shape, v.dtype)]
+    out_shape = [
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct(k.shape, k.dtype),
+        jax.ShapeDtypeStruct(v.shape, v.dtype),
+    ]
     if has_bias:
         out_specs.append(pl.BlockSpec((1, np_, mp), lambda h_, j: (h_, 0, 0)))
         out_shape.append(jax.ShapeDtypeStruct((h, np_, mp), jnp.float32))
-    kernel = functools.partial(_bwd_kernel, has_bias=has_bias, has_mask=mask is not None, m_valid=m_valid)
+    kernel = functools.partial(
+        _bwd_kernel, has_bias=has_bias, has_mask=mask is not None, m_valid=m_valid
+    )
     outs = pl.pallas_call(
         kernel,
         grid=(h, w // bw),
@@ -350,7 +399,8 @@ def _bwd_call(q, k, v, bias, mask, do, m_valid, bw, interpret):
         out_specs=out_specs,
         out_shape=out_shape,
         compiler_params=pltpu.CompilerParams(
-            dimension_semantics=("parallel", "arbitrary" if has_bias else "parallel")),
+            dimension_semantics=("parallel", "arbitrary" if has_bias else "parallel")
+        ),
         cost_estimate=_cost(q, 10 * np_ * mp * d, np_ * mp, args + [q, k, v]),
         interpret=_interpret_arg(interpret),
         name="window_attention_bwd",
@@ -371,8 +421,9 @@ def _attention_fwd(q, k, v, bias, mask, m_valid, block_sizes, interpret):
 
 def _attention_bwd(m_valid, block_sizes, interpret, res, do):
     q, k, v, bias, mask = res
-    dq, dk, dv, dbias = _bwd_call(q, k, v, bias, mask, do.astype(q.dtype), m_valid,
-                                  block_sizes.block_windows_bwd, interpret)
+    dq, dk, dv, dbias = _bwd_call(
+        q, k, v, bias, mask, do.astype(q.dtype), m_valid, block_sizes.block_windows_bwd, interpret
+    )
     if bias is not None:
         dbias = dbias.astype(bias.dtype)
     # The mask is stop_gradient'ed by the public wrapper; its cotangent is zero.
@@ -385,23 +436,37 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 # ----------------------------------------------------------------------------- public API
 def _check(q, k, v, bias, mask):
-    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]:
-        raise ValueError("window_attention: q must be [W, H, N, D] and k, v [W, H, M, D] (same W, H, D); "
-                         f"got q{q.shape} k{k.shape} v{v.shape}.")
+    if (
+        q.ndim != 4
+        or k.ndim != 4
+        or v.shape != k.shape
+        or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]
+    ):
+        raise ValueError(
+            "window_attention: q must be [W, H, N, D] and k, v [W, H, M, D] (same W, H, D); "
+            f"got q{q.shape} k{k.shape} v{v.shape}."
+        )
     if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError("window_attention: q, k, v must share one dtype, float32 or bfloat16; "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}.")
+        raise ValueError(
+            "window_attention: q, k, v must share one dtype, float32 or bfloat16; "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}."
+        )
     _, h, n, _ = q.shape
     m = k.shape[2]
     if bias is not None and bias.shape != (h, n, m):
-        raise ValueError(f"window_attention: bias must be [H, N, M] = {(h, n, m)}; got {bias.shape}.")
+        raise ValueError(
+            f"window_attention: bias must be [H, N, M] = {(h, n, m)}; got {bias.shape}."
+        )
     if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, m) or mask.shape[0] < 1):
-        raise ValueError(f"window_attention: mask must be [Wi, N, M] = [Wi, {n}, {m}] with Wi >= 1; "
-                         f"got {mask.shape}.")
+        raise ValueError(
+            f"window_attention: mask must be [Wi, N, M] = [Wi, {n}, {m}] with Wi >= 1; "
+            f"got {mask.shape}."
+        )
 
 
-def window_attention(q, k, v, bias=None, mask=None, *, block_sizes: BlockSizes | None = None,
-                     interpret: Any = False):
+def window_attention(
+    q, k, v, bias=None, mask=None, *, block_sizes: BlockSizes | None = None, interpret: Any = False
+):
     """Multi-head attention inside windows, fused in one Pallas TPU kernel.
 
     Args:
@@ -425,8 +490,16 @@ def window_attention(q, k, v, bias=None, mask=None, *, block_sizes: BlockSizes |
     m = k.shape[2]
     if block_sizes is None:
         block_sizes = BlockSizes.get_default(
-            w, h, n, d, q.dtype, has_bias=bias is not None, has_mask=mask is not None,
-            windows_per_image=1 if mask is None else mask.shape[0], m=m)
+            w,
+            h,
+            n,
+            d,
+            q.dtype,
+            has_bias=bias is not None,
+            has_mask=mask is not None,
+            windows_per_image=1 if mask is None else mask.shape[0],
+            m=m,
+        )
     np_, mp = padded_tokens(n, q.dtype), padded_tokens(m, q.dtype)
     wp = round_up(w, max(block_sizes.block_windows, block_sizes.block_windows_bwd))
     # Padding happens outside the custom_vjp, so autodiff of pad/slice routes the cotangents:
@@ -461,9 +534,11 @@ def mxu_fractions(n: int, d: int, dtype, mxu: int, m: int | None = None) -> tupl
     leaves MXU rows/columns idle in every formulation of `q k^T`, whose contraction is D)."""
     m = n if m is None else m
     np_, mp = padded_tokens(n, dtype), padded_tokens(m, dtype)
-    counts = (3, mxu_macs(n, d, m, mxu, m_pad=np_, n_pad=mp)), \
-             (2, mxu_macs(n, m, d, mxu, m_pad=np_, k_pad=mp)), \
-             (2, mxu_macs(m, n, d, mxu, m_pad=mp, k_pad=np_))
+    counts = (
+        (3, mxu_macs(n, d, m, mxu, m_pad=np_, n_pad=mp)),
+        (2, mxu_macs(n, m, d, mxu, m_pad=np_, k_pad=mp)),
+        (2, mxu_macs(m, n, d, mxu, m_pad=mp, k_pad=np_)),
+    )
     useful = sum(c * u for c, (u, _) in counts) / sum(c * i for c, (_, i) in counts)
     return useful / (d / round_up(d, mxu)), useful
 
@@ -479,6 +554,7 @@ def report_rows(dtype=jnp.bfloat16, configs=None, num_windows: int = 4096) -> li
     them), with a f32 bias and a f32 mask (the shifted-window blocks; the largest VMEM case)."""
     if configs is None:
         from pallas_kernels.report import KEY_BLOCK_CONFIGS, WINDOW_CONFIGS
+
         configs = WINDOW_CONFIGS + KEY_BLOCK_CONFIGS
     rows = []
     for name, window, heads, d, *keys in configs:
@@ -491,34 +567,53 @@ def report_rows(dtype=jnp.bfloat16, configs=None, num_windows: int = 4096) -> li
         t128, f128 = mxu_fractions(n, d, dtype, 128, m)
         t256, f256 = mxu_fractions(n, d, dtype, 256, m)
         win = "x".join(map(str, window))
-        note = f"N={n} -> Np={np_}" + (f", M={m} -> Mp={mp}" if m != n else "") + f"; grid (H={heads}, W/bw)."
+        note = (
+            f"N={n} -> Np={np_}"
+            + (f", M={m} -> Mp={mp}" if m != n else "")
+            + f"; grid (H={heads}, W/bw)."
+        )
         bad = [lbl for lbl, t in (("128", t128), ("256", t256)) if t < 0.75]
         if bad:
-            used = f"{n} of {round_up(np_, 128 if '128' in bad else 256)} used" if m == n else \
-                f"{n} query rows, {m} keys"
+            used = (
+                f"{n} of {round_up(np_, 128 if '128' in bad else 256)} used"
+                if m == n
+                else f"{n} query rows, {m} keys"
+            )
             note += f" Tokens < 75% on the {'/'.join(bad)} MXU ({used}); MXU-shaped: {_suggest(window, bad)}."
         if d < 128:
             note += f" D={d} caps useful MACs at {d}/{round_up(d, 128)} | {d}/{round_up(d, 256)}."
         if vf > VMEM_TARGET_BYTES or vb > VMEM_TARGET_BYTES:
-            note += " VMEM above the 8 MiB target even at the smallest block (still < 16 MiB)." \
-                if max(vf, vb) <= VMEM_BUDGET_BYTES else " VMEM ABOVE the 16 MiB budget."
-        kv = f"q/o ({bs.block_windows},1,{np_},{d}) k/v ({bs.block_windows},1,{mp},{d})" if m != n else \
-            f"q/k/v/o ({bs.block_windows},1,{np_},{d})"
-        rows.append({
-            "kernel": "window_attention",
-            "config": f"{name}: window {win}" + (f", M={m} keys" if m != n else "") + f", H={heads}, D={d}",
-            "block_shapes": (f"fwd bw={bs.block_windows}: {kv} "
-                             f"bias (1,{np_},{mp}) mask ({bs.block_windows},{np_},{mp}); "
-                             f"bwd bw={bs.block_windows_bwd}"),
-            "useful_mac_fraction_128": f128,
-            "useful_mac_fraction_256": f256,
-            "token_fraction_128": t128,
-            "token_fraction_256": t256,
-            "vmem_bytes": max(vf, vb),
-            "vmem_bytes_fwd": vf,
-            "vmem_bytes_bwd": vb,
-            "note": note,
-        })
+            note += (
+                " VMEM above the 8 MiB target even at the smallest block (still < 16 MiB)."
+                if max(vf, vb) <= VMEM_BUDGET_BYTES
+                else " VMEM ABOVE the 16 MiB budget."
+            )
+        kv = (
+            f"q/o ({bs.block_windows},1,{np_},{d}) k/v ({bs.block_windows},1,{mp},{d})"
+            if m != n
+            else f"q/k/v/o ({bs.block_windows},1,{np_},{d})"
+        )
+        rows.append(
+            {
+                "kernel": "window_attention",
+                "config": f"{name}: window {win}"
+                + (f", M={m} keys" if m != n else "")
+                + f", H={heads}, D={d}",
+                "block_shapes": (
+                    f"fwd bw={bs.block_windows}: {kv} "
+                    f"bias (1,{np_},{mp}) mask ({bs.block_windows},{np_},{mp}); "
+                    f"bwd bw={bs.block_windows_bwd}"
+                ),
+                "useful_mac_fraction_128": f128,
+                "useful_mac_fraction_256": f256,
+                "token_fraction_128": t128,
+                "token_fraction_256": t256,
+                "vmem_bytes": max(vf, vb),
+                "vmem_bytes_fwd": vf,
+                "vmem_bytes_bwd": vb,
+                "note": note,
+            }
+        )
     return rows
 
 

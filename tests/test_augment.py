@@ -77,8 +77,9 @@ def test_rot90_matches_numpy_for_every_k_and_plane():
     x = np.arange(4 * 4 * 4).reshape(4, 4, 4)
     for k in range(4):
         for plane in [(0, 1), (0, 2), (1, 2)]:
-            np.testing.assert_array_equal(np.asarray(augment.rot90(jnp.asarray(x), k, plane)),
-                                          np.rot90(x, k, plane))
+            np.testing.assert_array_equal(
+                np.asarray(augment.rot90(jnp.asarray(x), k, plane)), np.rot90(x, k, plane)
+            )
 
 
 def test_rot90_only_in_square_planes():
@@ -107,15 +108,22 @@ def _scipy_affine(image, label, matrix, pad_mode):
     centre = (shape - 1) / 2.0
     offset = centre - matrix @ centre
     mode = "grid-constant" if pad_mode == "constant" else "nearest"
-    x = np.stack([ndimage.affine_transform(image[..., ch].astype(np.float64), matrix, offset,
-                                           order=1, mode=mode, cval=0.0)
-                  for ch in range(image.shape[-1])], -1)
+    x = np.stack(
+        [
+            ndimage.affine_transform(
+                image[..., ch].astype(np.float64), matrix, offset, order=1, mode=mode, cval=0.0
+            )
+            for ch in range(image.shape[-1])
+        ],
+        -1,
+    )
     y = ndimage.affine_transform(label, matrix, offset, order=0, mode=mode, cval=0)
     return x, y
 
 
-@pytest.mark.parametrize("dims,pad_mode", [(2, "constant"), (3, "constant"), (2, "nearest"),
-                                           (3, "nearest")])
+@pytest.mark.parametrize(
+    "dims,pad_mode", [(2, "constant"), (3, "constant"), (2, "nearest"), (3, "nearest")]
+)
 def test_rotation_and_scaling_match_scipy_affine_transform(dims, pad_mode):
     rng = np.random.default_rng(dims)
     shape = (23, 18) if dims == 2 else (13, 11, 9)
@@ -164,7 +172,9 @@ def test_elastic_field_and_warp_match_scipy(dims):
     shape = (40, 33) if dims == 2 else (20, 17, 12)
     sigma, mag = 6.0, 3.5
     key = jax.random.key(11)
-    disp = np.asarray(jax.jit(augment.elastic_displacement, static_argnums=(1, 2))(key, shape, sigma, mag))
+    disp = np.asarray(
+        jax.jit(augment.elastic_displacement, static_argnums=(1, 2))(key, shape, sigma, mag)
+    )
     assert disp.shape == shape + (dims,)
     # reference field: same noise, scipy Gaussian (reflect), scipy linear upsampling
     h, coarse = augment.elastic_coarse_shape(shape, sigma)
@@ -187,8 +197,11 @@ def test_elastic_field_and_warp_match_scipy(dims):
     x = np.asarray(jax.jit(augment.resample_linear)(image, coords))
     y = np.asarray(jax.jit(augment.resample_nearest)(label, coords))
     c = np.moveaxis(np.asarray(coords, np.float64), -1, 0)
-    np.testing.assert_allclose(x[..., 0], ndimage.map_coordinates(image[..., 0], c, order=1,
-                                                                  mode="grid-constant"), atol=2e-5)
+    np.testing.assert_allclose(
+        x[..., 0],
+        ndimage.map_coordinates(image[..., 0], c, order=1, mode="grid-constant"),
+        atol=2e-5,
+    )
     assert np.mean(y != ndimage.map_coordinates(label, c, order=0, mode="grid-constant")) < 1e-3
 
 
@@ -225,9 +238,10 @@ def test_brightness_contrast_gamma_formulas():
 
     g = np.array([0.7, 1.5], np.float32)
     unit = (x - lo) / (hi - lo)
-    raw = unit ** g * (hi - lo) + lo
-    np.testing.assert_allclose(np.asarray(augment.adjust_gamma(x, g, retain_stats=False)), raw,
-                               atol=1e-5)
+    raw = unit**g * (hi - lo) + lo
+    np.testing.assert_allclose(
+        np.asarray(augment.adjust_gamma(x, g, retain_stats=False)), raw, atol=1e-5
+    )
     kept = (raw - raw.mean((0, 1))) / raw.std((0, 1)) * x.std((0, 1)) + mean
     out = np.asarray(augment.adjust_gamma(x, g, retain_stats=True))
     np.testing.assert_allclose(out, kept, atol=1e-4)
@@ -240,12 +254,16 @@ def test_bias_field_formula_and_smoothness():
     field = np.asarray(augment.bias_field(jnp.asarray(coeffs), shape, 2))
     xs, ys = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 12), indexing="ij")
     # monomials x^i y^j, i + j <= 2, in (i, j) lexicographic order
-    terms = [np.ones_like(xs), ys, ys ** 2, xs, xs * ys, xs ** 2]
+    terms = [np.ones_like(xs), ys, ys**2, xs, xs * ys, xs**2]
     np.testing.assert_allclose(field, np.exp(sum(c * t for c, t in zip(coeffs, terms))), rtol=1e-5)
     # through augment_batch: output / input is such a field, positive and bounded
     img = np.full((2, 16, 12, 1), 2.0, np.float32)
-    x, _ = augment.augment_batch(jax.random.key(0), img, np.zeros((2, 16, 12), np.int32),
-                                 _only(bias_field_prob=1.0, bias_field_magnitude=0.2))
+    x, _ = augment.augment_batch(
+        jax.random.key(0),
+        img,
+        np.zeros((2, 16, 12), np.int32),
+        _only(bias_field_prob=1.0, bias_field_magnitude=0.2),
+    )
     ratio = np.asarray(x)[..., 0] / 2.0
     n_terms = 10  # order 3 in 2D
     assert np.all(ratio > np.exp(-0.2 * n_terms)) and np.all(ratio < np.exp(0.2 * n_terms))
@@ -267,12 +285,16 @@ def test_simulate_low_resolution_matches_numpy():
     rng = np.random.default_rng(6)
     x = rng.normal(size=(20, 17, 9, 1)).astype(np.float32)
     zoom = np.array([0.5, 0.62, 1.0], np.float32)
-    out = np.asarray(augment.simulate_low_resolution(jnp.asarray(x), jnp.asarray(zoom),
-                                                     jnp.array([True, True, False])))
+    out = np.asarray(
+        augment.simulate_low_resolution(
+            jnp.asarray(x), jnp.asarray(zoom), jnp.array([True, True, False])
+        )
+    )
     want = _lowres_reference(_lowres_reference(x.astype(np.float64), 0, 10), 1, 11)
     np.testing.assert_allclose(out, want, atol=1e-5)
-    untouched = augment.simulate_low_resolution(jnp.asarray(x), jnp.asarray(zoom),
-                                                jnp.array([False, False, True]))
+    untouched = augment.simulate_low_resolution(
+        jnp.asarray(x), jnp.asarray(zoom), jnp.array([False, False, True])
+    )
     np.testing.assert_array_equal(np.asarray(untouched), x)  # zoom 1 on the only applied axis
 
 
@@ -286,9 +308,13 @@ def test_ghosting_is_shifted_copies():
     # fractional shift: numpy complex FFT phase shift, averaged over +-d
     d = 2.6
     f = np.fft.fftfreq(10)[None, :, None]
-    shift = lambda s: np.real(np.fft.ifft(np.fft.fft(x, axis=1) * np.exp(-2j * np.pi * f * s), axis=1))  # noqa: E731
+    shift = lambda s: np.real(
+        np.fft.ifft(np.fft.fft(x, axis=1) * np.exp(-2j * np.pi * f * s), axis=1)
+    )  # noqa: E731
     want = (1 - a) * x + a / 2 * (shift(d) + shift(-d))
-    np.testing.assert_allclose(np.asarray(augment.ghosting(jnp.asarray(x), 1, d, a)), want, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(augment.ghosting(jnp.asarray(x), 1, d, a)), want, atol=1e-5
+    )
     np.testing.assert_allclose(out.mean((0, 1)), x.mean((0, 1)), atol=1e-5)  # k-space centre kept
 
 

@@ -22,8 +22,20 @@ from jaxseg.data import synthetic
 from jaxseg.models.summary import summarize_model
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_KEYS = {"model", "dims", "size", "batch", "median_latency_s", "items_per_s",
-              "peak_memory_mb", "compile_s", "p90_latency_s", "params", "backend", "mode"}
+MODEL_KEYS = {
+    "model",
+    "dims",
+    "size",
+    "batch",
+    "median_latency_s",
+    "items_per_s",
+    "peak_memory_mb",
+    "compile_s",
+    "p90_latency_s",
+    "params",
+    "backend",
+    "mode",
+}
 TINY = ["--model", "unet", "--dims", "2", "--size", "32", "--model-arg", "features=(8,16)"]
 
 CONFIG = """
@@ -44,8 +56,14 @@ def get_config():
 
 def _cli(*args):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "jaxseg.benchmark", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxseg.benchmark", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _run(argv, capsys):
@@ -88,8 +106,18 @@ def test_model_benchmark_prints_one_json_line_per_run():
 
 
 def test_input_pipeline_mode(config_file):
-    r = _cli("--input-pipeline", "--config", str(config_file), "--steps", "3", "--warmup", "1",
-             "--pipeline-batches", "6", "--config.data.batch_size=2")
+    r = _cli(
+        "--input-pipeline",
+        "--config",
+        str(config_file),
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--pipeline-batches",
+        "6",
+        "--config.data.batch_size=2",
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -104,25 +132,35 @@ def test_input_pipeline_mode(config_file):
 
 
 def test_input_pipeline_names_missing_data_root(config_file, tmp_path, capsys):
-    code, out, err = _run(["--input-pipeline", "--config", str(config_file),
-                           f"--config.data.root={tmp_path / 'nowhere'}"], capsys)
+    code, out, err = _run(
+        [
+            "--input-pipeline",
+            "--config",
+            str(config_file),
+            f"--config.data.root={tmp_path / 'nowhere'}",
+        ],
+        capsys,
+    )
     assert code == 2 and out == ""
     assert "data.root" in err and "nowhere" in err and "jaxseg.data.synthetic" in err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--model", "unetz", "--dims", "2", "--size", "32"], "registered models are"),
-    ([*TINY, "--model-arg", "featurez=1"], "featurez"),
-    ([*TINY, "--model-arg", "norm"], "no '='"),
-    ([*TINY, "--repeats", "0"], "--repeats must be >= 1"),
-    ([*TINY, "--batch", "0"], "--batch must be >= 1"),
-    ([*TINY, "--dtype", "bfloat16", "--model-arg", "dtype=float32"], "--dtype"),
-    (["--model", "unet"], "--dims"),
-    ([*TINY, "--config", "configs/demo.py"], "--input-pipeline only"),
-    (["--input-pipeline"], "needs --config"),
-    (["--input-pipeline", "--config", "nowhere.py"], "nowhere.py"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--model", "unetz", "--dims", "2", "--size", "32"], "registered models are"),
+        ([*TINY, "--model-arg", "featurez=1"], "featurez"),
+        ([*TINY, "--model-arg", "norm"], "no '='"),
+        ([*TINY, "--repeats", "0"], "--repeats must be >= 1"),
+        ([*TINY, "--batch", "0"], "--batch must be >= 1"),
+        ([*TINY, "--dtype", "bfloat16", "--model-arg", "dtype=float32"], "--dtype"),
+        (["--model", "unet"], "--dims"),
+        ([*TINY, "--config", "configs/demo.py"], "--input-pipeline only"),
+        (["--input-pipeline"], "needs --config"),
+        (["--input-pipeline", "--config", "nowhere.py"], "nowhere.py"),
+    ],
+)
 def test_bad_arguments_exit_2(capsys, argv, needle):
     code, out, err = _run(argv, capsys)
     assert code == 2 and out == ""
@@ -142,7 +180,8 @@ def test_executable_memory_against_buffer_sizes():
     assert mem["xla_output_mb"] * 2**20 == 4
     assert mem["xla_temp_mb"] > 0
     assert mem["peak_memory_mb"] == pytest.approx(
-        mem["xla_argument_mb"] + mem["xla_output_mb"] + mem["xla_temp_mb"])
+        mem["xla_argument_mb"] + mem["xla_output_mb"] + mem["xla_temp_mb"]
+    )
 
     # A donated argument written in place is counted once.
     donated = jax.jit(lambda s, x: s + x, donate_argnums=0).lower(a, a).compile()
@@ -166,10 +205,12 @@ def test_time_calls_counts_warmup_and_repeats():
 @pytest.mark.slow
 def test_train_mode_times_the_train_step():
     """~30-60 s: compiles a full train step (augment + forward + backward + AdamW)."""
-    infer = benchmarking.benchmark_model("unet", 2, 32, 2, model_args={"features": (8, 16)},
-                                         repeats=2, warmup=1)
-    train = benchmarking.benchmark_model("unet", 2, 32, 2, model_args={"features": (8, 16)},
-                                         repeats=2, warmup=1, train=True)
+    infer = benchmarking.benchmark_model(
+        "unet", 2, 32, 2, model_args={"features": (8, 16)}, repeats=2, warmup=1
+    )
+    train = benchmarking.benchmark_model(
+        "unet", 2, 32, 2, model_args={"features": (8, 16)}, repeats=2, warmup=1, train=True
+    )
     assert train["mode"] == "train" and train["params"] == infer["params"]
     # Backward is about twice the forward: a train step counts well over 2x the flops.
     assert train["gflops"] > 2 * infer["gflops"]

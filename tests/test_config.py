@@ -2,10 +2,10 @@
 
 import pytest
 
-from jaxseg.config import apply_override, load_config, split_overrides
+from jaxseg.config import load_config, split_overrides
 from jaxseg.errors import ConfigError
 
-CONFIG = '''
+CONFIG = """
 import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
@@ -21,7 +21,7 @@ def get_config():
     c.model.name = "unet"
     c.model.args = ml_collections.ConfigDict()
     return c
-'''
+"""
 
 
 @pytest.fixture
@@ -32,9 +32,17 @@ def config_file(tmp_path):
 
 
 def test_overrides_parse_by_field_type(config_file):
-    c = load_config(config_file, ["train.steps=250", "--config.train.learning_rate=3e-4",
-                                  "train.use_ema=true", "data.patch_size=(96,80)",
-                                  "data.root=/tmp/y", "train.learning_rate=1"])
+    c = load_config(
+        config_file,
+        [
+            "train.steps=250",
+            "--config.train.learning_rate=3e-4",
+            "train.use_ema=true",
+            "data.patch_size=(96,80)",
+            "data.root=/tmp/y",
+            "train.learning_rate=1",
+        ],
+    )
     assert c.train.steps == 250 and isinstance(c.train.steps, int)
     assert c.train.learning_rate == 1.0 and isinstance(c.train.learning_rate, float)
     assert c.train.use_ema is True
@@ -70,8 +78,15 @@ def test_model_args_accept_new_keys(config_file):
 
 def test_untyped_keys_read_true_false_none_as_python_values(config_file):
     # A new model arg has no type to parse by: 'false' must not become a (truthy) string.
-    c = load_config(config_file, ["model.args.remat=false", "model.args.share_params=True",
-                                  "model.args.topk=None", "model.args.rank=null"])
+    c = load_config(
+        config_file,
+        [
+            "model.args.remat=false",
+            "model.args.share_params=True",
+            "model.args.topk=None",
+            "model.args.rank=null",
+        ],
+    )
     assert c.model.args.remat is False and c.model.args.share_params is True
     assert c.model.args.topk is None and c.model.args.rank is None
 
@@ -102,6 +117,7 @@ def test_split_overrides():
 
 def test_shipped_configs_load():
     import pathlib
+
     for path in sorted(pathlib.Path(__file__).parents[1].glob("configs/*.py")):
         c = load_config(path)
         assert c.model.name and c.train.steps > 0, path

@@ -91,8 +91,9 @@ def test_interrupted_run_resumes_exactly(config_file, trained, tmp_path):
     assert train(config, resumed, stop_at=3)["step"] == 3
     assert train(config, resumed)["step"] == 6
     straight, again = _params(workdir), _params(resumed)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                           straight, again)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), straight, again
+    )
 
 
 def test_raising_steps_extends_a_finished_run(config_file, tmp_path):
@@ -105,6 +106,7 @@ def test_raising_steps_extends_a_finished_run(config_file, tmp_path):
 
 def test_rerun_with_another_model_is_refused(config_file, trained):
     from jaxseg.errors import ConfigError
+
     workdir, _ = trained
     with pytest.raises(ConfigError, match="model.name"):
         train(load_config(config_file, ["model.name=lightseg_tiny"]), workdir)
@@ -112,6 +114,7 @@ def test_rerun_with_another_model_is_refused(config_file, trained):
 
 def test_rerun_may_switch_remat_but_not_the_architecture(config_file, tmp_path):
     from jaxseg.errors import ConfigError
+
     workdir = tmp_path / "w"
     train(load_config(config_file, ["train.steps=3"]), workdir)
     result = train(load_config(config_file, ["train.steps=4", "model.args.remat=true"]), workdir)
@@ -185,27 +188,46 @@ def test_export_matches_jax(trained, tmp_path):
 
 def _cli(*args, cwd=ROOT):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_unknown_config_key(config_file, tmp_path):
-    r = _cli("jaxseg.train", "--config", str(config_file), "--workdir", str(tmp_path / "w"),
-             "--config.train.stpes=3")
+    r = _cli(
+        "jaxseg.train",
+        "--config",
+        str(config_file),
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.train.stpes=3",
+    )
     assert r.returncode == 2
     assert "train.stpes" in r.stderr and "steps" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_unknown_model_name(config_file, tmp_path):
-    r = _cli("jaxseg.train", "--config", str(config_file), "--workdir", str(tmp_path / "w"),
-             "--config.model.name=unetz")
+    r = _cli(
+        "jaxseg.train",
+        "--config",
+        str(config_file),
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.model.name=unetz",
+    )
     assert r.returncode == 2
     assert "unetz" in r.stderr and "lightseg_tiny" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_missing_dataset(config_file, tmp_path):
-    r = _cli("jaxseg.train", "--config", str(config_file), "--workdir", str(tmp_path / "w"),
-             f"--config.data.root={tmp_path / 'nowhere'}")
+    r = _cli(
+        "jaxseg.train",
+        "--config",
+        str(config_file),
+        "--workdir",
+        str(tmp_path / "w"),
+        f"--config.data.root={tmp_path / 'nowhere'}",
+    )
     assert r.returncode == 2
     assert "nowhere" in r.stderr and "Traceback" not in r.stderr
 

@@ -133,7 +133,9 @@ def test_batch_size_and_padding_do_not_change_results(shape, patch):
     n_windows = len(window_slices(shape, patch, 0.5))
     for b in (1, 3, 4, n_windows, n_windows + 5):
         fn, shapes = _recording(jax.jit(_window_dependent))
-        results.append(sliding_window_predict(image, fn, patch_size=patch, num_classes=K, batch_size=b))
+        results.append(
+            sliding_window_predict(image, fn, patch_size=patch, num_classes=K, batch_size=b)
+        )
         assert len(shapes) == -(-n_windows // b) and set(shapes) == {(b, *patch, C)}
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], rtol=1e-6, atol=1e-7)

@@ -10,9 +10,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU_ENV = {"TPU_NAME": "seg-v5", "TPU_ZONE": "us-east5-a", "TPU_PROJECT": "proj"}
-GKE_ENV = {"JOB_NAME": "seg1", "IMAGE": "img:1", "CONFIG": "configs/demo.py",
-           "WORKDIR": "gs://b/seg1", "TPU_ACCELERATOR": "tpu-v5p-slice",
-           "TPU_TOPOLOGY": "2x2x2", "NUM_HOSTS": "2", "CHIPS_PER_HOST": "4"}
+GKE_ENV = {
+    "JOB_NAME": "seg1",
+    "IMAGE": "img:1",
+    "CONFIG": "configs/demo.py",
+    "WORKDIR": "gs://b/seg1",
+    "TPU_ACCELERATOR": "tpu-v5p-slice",
+    "TPU_TOPOLOGY": "2x2x2",
+    "NUM_HOSTS": "2",
+    "CHIPS_PER_HOST": "4",
+}
 
 
 def _run(script, *args, env=None, path=None):
@@ -22,8 +29,14 @@ def _run(script, *args, env=None, path=None):
             full.pop(key, None)
     if path is not None:
         full["PATH"] = path
-    return subprocess.run(["bash", str(ROOT / script), *args], env=full, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", str(ROOT / script), *args],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -55,7 +68,7 @@ def test_local_usage_error():
 
 
 def test_local_propagates_a_failing_process():
-    r = _run("launch/local.sh", "2", "bash", "-c", 'exit $((JAXSEG_PROCESS_ID + 3))')
+    r = _run("launch/local.sh", "2", "bash", "-c", "exit $((JAXSEG_PROCESS_ID + 3))")
     assert r.returncode in (3, 4)
 
 
@@ -64,11 +77,17 @@ def test_tpu_vm_needs_its_settings():
     assert r.returncode == 2 and "TPU_ZONE" in r.stderr and "TPU_PROJECT" in r.stderr
 
 
-@pytest.mark.parametrize("action,expect", [
-    ("create", "tpu-vm create seg-v5 --zone=us-east5-a --project=proj --accelerator-type=v5litepod-16"),
-    ("stop", "tpu-vm stop seg-v5"),
-    ("delete", "tpu-vm delete seg-v5 --zone=us-east5-a --project=proj --quiet"),
-])
+@pytest.mark.parametrize(
+    "action,expect",
+    [
+        (
+            "create",
+            "tpu-vm create seg-v5 --zone=us-east5-a --project=proj --accelerator-type=v5litepod-16",
+        ),
+        ("stop", "tpu-vm stop seg-v5"),
+        ("delete", "tpu-vm delete seg-v5 --zone=us-east5-a --project=proj --quiet"),
+    ],
+)
 def test_tpu_vm_dry_run(action, expect):
     r = _run("launch/tpu_vm.sh", action, env={**TPU_ENV, "DRY_RUN": "1"})
     assert r.returncode == 0, r.stderr
@@ -76,8 +95,19 @@ def test_tpu_vm_dry_run(action, expect):
 
 
 def test_tpu_vm_run_goes_to_every_worker():
-    r = _run("launch/tpu_vm.sh", "run", "--", "python", "-m", "jaxseg.train", "--config",
-             "configs/demo.py", "--workdir", "gs://b/r", env={**TPU_ENV, "DRY_RUN": "1"})
+    r = _run(
+        "launch/tpu_vm.sh",
+        "run",
+        "--",
+        "python",
+        "-m",
+        "jaxseg.train",
+        "--config",
+        "configs/demo.py",
+        "--workdir",
+        "gs://b/r",
+        env={**TPU_ENV, "DRY_RUN": "1"},
+    )
     assert r.returncode == 0, r.stderr
     assert "tpu-vm ssh seg-v5" in r.stdout and "--worker=all" in r.stdout
     assert "jaxseg.train" in r.stdout and "gs://b/r" in r.stdout

@@ -8,7 +8,9 @@ import pytest
 from jaxseg.losses import dice_ce_loss
 
 
-def _np_dice_ce(logits, labels, dice_weight=1.0, ce_weight=1.0, smooth=1e-5, include_background=False):
+def _np_dice_ce(
+    logits, labels, dice_weight=1.0, ce_weight=1.0, smooth=1e-5, include_background=False
+):
     """Reference in float64 numpy, written independently of the module (explicit loops)."""
     logits = np.asarray(logits, np.float64)
     k = logits.shape[-1]
@@ -38,9 +40,13 @@ def test_matches_numpy_reference(shape, include_background):
     logits = rng.normal(size=(*shape, k)).astype(np.float32) * 3
     labels = rng.integers(0, k, size=shape).astype(np.int32)
     loss, parts = jax.jit(
-        lambda a, b: dice_ce_loss(a, b, dice_weight=0.7, ce_weight=1.3, include_background=include_background)
+        lambda a, b: dice_ce_loss(
+            a, b, dice_weight=0.7, ce_weight=1.3, include_background=include_background
+        )
     )(logits, labels)
-    ref, ref_dice, ref_ce = _np_dice_ce(logits, labels, 0.7, 1.3, include_background=include_background)
+    ref, ref_dice, ref_ce = _np_dice_ce(
+        logits, labels, 0.7, 1.3, include_background=include_background
+    )
     np.testing.assert_allclose(float(parts["dice_loss"]), ref_dice, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(parts["ce"]), ref_ce, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5, atol=1e-6)
@@ -86,7 +92,7 @@ def test_gradient_finite_when_class_absent():
     labels = rng.integers(0, 2, size=(2, 6, 6)).astype(np.int32)  # class 2 absent
     logits = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
     for smooth in (1e-5, 0.0):
-        grad = jax.grad(lambda x: dice_ce_loss(x, labels, smooth=smooth)[0])(logits)
+        grad = jax.grad(lambda x, smooth=smooth: dice_ce_loss(x, labels, smooth=smooth)[0])(logits)
         assert np.all(np.isfinite(np.asarray(grad)))
         assert float(jnp.abs(grad).sum()) > 0
     # Also with confident, class-free logits (probabilities of class 2 underflow).

@@ -147,7 +147,9 @@ def test_empty_mask_policy(shape, spacing):
     assert missed == dict(dice=0.0, iou=0.0, precision=0.0, recall=0.0, hd95=penalty, asd=penalty)
 
     (false_pos,) = case_metrics(present, empty, 2, spacing)  # predicted where there is none
-    assert false_pos == dict(dice=0.0, iou=0.0, precision=0.0, recall=0.0, hd95=penalty, asd=penalty)
+    assert false_pos == dict(
+        dice=0.0, iou=0.0, precision=0.0, recall=0.0, hd95=penalty, asd=penalty
+    )
 
     # Disjoint non-empty masks: formulas give 0 without any 0/0; distances finite, < penalty.
     other = np.zeros(shape, np.int32)

@@ -9,8 +9,9 @@ from jaxseg.training.optimizer import decay_mask, learning_rate_schedule
 
 
 def test_warmup_then_cosine_matches_formula():
-    train = ml_collections.ConfigDict(dict(steps=1000, warmup_steps=100, learning_rate=2e-3,
-                                           end_learning_rate_fraction=0.01))
+    train = ml_collections.ConfigDict(
+        dict(steps=1000, warmup_steps=100, learning_rate=2e-3, end_learning_rate_fraction=0.01)
+    )
     schedule = learning_rate_schedule(train)
     peak, end = 2e-3, 2e-5
     for step in (0, 10, 50, 100, 101, 400, 999, 1000):
@@ -23,7 +24,9 @@ def test_warmup_then_cosine_matches_formula():
 
 
 def test_weight_decay_skips_vectors():
-    params = {"dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)},
-              "norm": {"scale": np.zeros(4)}}
+    params = {
+        "dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)},
+        "norm": {"scale": np.zeros(4)},
+    }
     mask = decay_mask(params)
     assert mask == {"dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}

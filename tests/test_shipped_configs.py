@@ -30,25 +30,32 @@ def phantoms(tmp_path_factory):
     return {2: two, 3: three}
 
 
-@pytest.mark.parametrize("path", [
-    pytest.param(p, id=p.stem, marks=[] if p.stem in DEFAULT_SUITE else [pytest.mark.slow])
-    for p in CONFIGS])
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, id=p.stem, marks=[] if p.stem in DEFAULT_SUITE else [pytest.mark.slow])
+        for p in CONFIGS
+    ],
+)
 def test_config_trains(path, phantoms, tmp_path):
     dims = len(load_config(path).data.patch_size)
     # 64 per axis: the deepest model stride is 32, so every model sees at least a 2^d map.
     patch = (64,) * dims
-    config = load_config(path, [
-        f"--config.data.root={phantoms[dims]}",
-        f"--config.data.patch_size={patch}",
-        "--config.data.batch_size=2",
-        "--config.data.num_threads=1",
-        "--config.train.steps=2",
-        "--config.train.warmup_steps=1",
-        "--config.train.log_every=1",
-        "--config.train.eval_every=2",
-        "--config.train.checkpoint_every=2",
-        "--config.eval.max_val_cases=1",
-    ])
+    config = load_config(
+        path,
+        [
+            f"--config.data.root={phantoms[dims]}",
+            f"--config.data.patch_size={patch}",
+            "--config.data.batch_size=2",
+            "--config.data.num_threads=1",
+            "--config.train.steps=2",
+            "--config.train.warmup_steps=1",
+            "--config.train.log_every=1",
+            "--config.train.eval_every=2",
+            "--config.train.checkpoint_every=2",
+            "--config.eval.max_val_cases=1",
+        ],
+    )
     result = train(config, tmp_path / "run")
     assert result["step"] == 2 and np.isfinite(result["loss"])
     assert (tmp_path / "run" / "checkpoints" / "2").is_dir()

@@ -23,13 +23,31 @@ ZOO = [
     ("lightseg_tiny", "lightseg_tiny", {}, "this project", (2, 3)),
     ("lightseg_small", "lightseg_small", {}, "this project", (2, 3)),
     ("lightseg_base", "lightseg_base", {}, "this project", (2, 3)),
-    ("transmed (full)", "transmed", {"variant": "full"}, "Wang et al. 2021 (TransMed); axial attention: Ho et al. "
-     "2019, Wang et al. 2020; dynamic conv: Yang et al. 2019 (CondConv)", (3,)),
+    (
+        "transmed (full)",
+        "transmed",
+        {"variant": "full"},
+        "Wang et al. 2021 (TransMed); axial attention: Ho et al. "
+        "2019, Wang et al. 2020; dynamic conv: Yang et al. 2019 (CondConv)",
+        (3,),
+    ),
     ("transmed (axial)", "transmed", {"variant": "axial"}, "TransMed-A", (3,)),
     ("transmed (dynamic)", "transmed", {"variant": "dynamic"}, "TransMed-D", (3,)),
     ("transmed (unet)", "transmed", {"variant": "unet"}, "TransMed's plain U-Net ablation", (3,)),
-    ("swinunetr-24", "swinunetr", {"feature_size": 24}, "Hatamizadeh et al. 2022 (MONAI default size)", (2, 3)),
-    ("swinunetr-48", "swinunetr", {"feature_size": 48}, "Hatamizadeh et al. 2022 (paper size)", (2, 3)),
+    (
+        "swinunetr-24",
+        "swinunetr",
+        {"feature_size": 24},
+        "Hatamizadeh et al. 2022 (MONAI default size)",
+        (2, 3),
+    ),
+    (
+        "swinunetr-48",
+        "swinunetr",
+        {"feature_size": 48},
+        "Hatamizadeh et al. 2022 (paper size)",
+        (2, 3),
+    ),
     ("unetr", "unetr", {"img_size": "S"}, "Hatamizadeh et al. 2022 (WACV)", (2, 3)),
     ("transunet", "transunet", {"pos_grid": "S/16"}, "Chen et al. 2021", (2,)),
     ("unet", "unet", {}, "Ronneberger et al. 2015; Çiçek et al. 2016 (3D)", (2, 3)),
@@ -56,13 +74,30 @@ def _model_args(args: dict, dims: int) -> list[str]:
 
 
 def measure(name: str, args: dict, dims: int, repeats: int, warmup: int) -> dict:
-    cmd = [sys.executable, "-m", "jaxseg.benchmark", "--model", name, "--dims", str(dims),
-           "--size", str(SIZES[dims]), "--batch", "1", "--repeats", str(repeats), "--warmup", str(warmup),
-           *_model_args(args, dims)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxseg.benchmark",
+        "--model",
+        name,
+        "--dims",
+        str(dims),
+        "--size",
+        str(SIZES[dims]),
+        "--batch",
+        "1",
+        "--repeats",
+        str(repeats),
+        "--warmup",
+        str(warmup),
+        *_model_args(args, dims),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed",
-                "command": " ".join(cmd[1:])}
+        return {
+            "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed",
+            "command": " ".join(cmd[1:]),
+        }
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["command"] = "python " + " ".join(cmd[1:])
     return row
@@ -73,15 +108,21 @@ def _cells(row: dict | None) -> list[str]:
         return ["", "", "", ""]
     if "error" in row:
         return ["error", "", "", ""]
-    return [f"{row['params'] / 1e6:.2f}", f"{row['gflops']:.1f}",
-            f"{row['items_per_s']:.3g} ({row['median_latency_s']:.3g} s)", f"{row['peak_memory_mb']:.0f}"]
+    return [
+        f"{row['params'] / 1e6:.2f}",
+        f"{row['gflops']:.1f}",
+        f"{row['items_per_s']:.3g} ({row['median_latency_s']:.3g} s)",
+        f"{row['peak_memory_mb']:.0f}",
+    ]
 
 
 def render(rows: dict, only=None) -> str:
     """The markdown table of `rows` {(label, dims): benchmark JSON}."""
-    lines = ["| model | follows | 2D params (M) | 2D GFLOPs | 2D img/s (latency) | 2D peak MiB "
-             "| 3D params (M) | 3D GFLOPs | 3D vol/s (latency) | 3D peak MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | follows | 2D params (M) | 2D GFLOPs | 2D img/s (latency) | 2D peak MiB "
+        "| 3D params (M) | 3D GFLOPs | 3D vol/s (latency) | 3D peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, _, _, paper, _ in ZOO:
         if not only or label in only:
             cells = _cells(rows.get((label, 2))) + _cells(rows.get((label, 3)))
@@ -90,15 +131,21 @@ def render(rows: dict, only=None) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, help="JSON lines of every measurement (appended)")
-    p.add_argument("--render", type=Path, help="print the table of an earlier --out file; measure nothing")
+    p.add_argument(
+        "--render", type=Path, help="print the table of an earlier --out file; measure nothing"
+    )
     p.add_argument("--only", nargs="*", help="row labels to measure (default: all)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     a = p.parse_args(argv)
     if a.render:
-        rows = {(r["label"], r["dims"]): r for r in map(json.loads, a.render.read_text().splitlines())}
+        rows = {
+            (r["label"], r["dims"]): r for r in map(json.loads, a.render.read_text().splitlines())
+        }
         print(render(rows, a.only))
         return
     if not a.out:
@@ -114,7 +161,9 @@ def main(argv=None) -> None:
                 rows[(label, dims)] = row
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                print(f"{label} {dims}D: {row.get('items_per_s', row.get('error'))}", file=sys.stderr)
+                print(
+                    f"{label} {dims}D: {row.get('items_per_s', row.get('error'))}", file=sys.stderr
+                )
     print(render(rows, a.only))
 
 

@@ -12,18 +12,24 @@ from jaxseg import cli
 
 
 def main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxseg.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxseg.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--workdir", required=True, help="a trained run")
     parser.add_argument("--output", required=True, help="SavedModel folder to write")
-    parser.add_argument("--platforms", default="cpu",
-                        help="comma-separated: cpu, tpu (one signature per platform)")
+    parser.add_argument(
+        "--platforms", default="cpu", help="comma-separated: cpu, tpu (one signature per platform)"
+    )
     parser.add_argument("--checkpoint", default="auto", choices=("auto", "best", "latest"))
     args = parser.parse_args(argv)
 
     from jaxseg.export.from_workdir import export_run
-    path = export_run(args.workdir, args.output, platforms=tuple(args.platforms.split(",")),
-                      which=args.checkpoint)
+
+    path = export_run(
+        args.workdir, args.output, platforms=tuple(args.platforms.split(",")), which=args.checkpoint
+    )
     print(path)
     return 0
 

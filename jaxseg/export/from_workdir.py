@@ -9,7 +9,6 @@ from jaxseg.export.saved_model import export_saved_model
 from jaxseg.run import load_trained
 from jaxseg.training.steps import make_predict_fn
 
-
 # Per-platform choices of the operators a model exposes: the fused Pallas kernels on TPU
 # (the XLA:CPU path cannot run them), XLA elsewhere. Models without the field ignore it.
 PLATFORM_OPS = {
@@ -32,8 +31,9 @@ def platform_predict_fns(model, platforms) -> dict:
     return fns
 
 
-def export_run(workdir: str | Path, output: str | Path, *, platforms=("cpu",),
-               which: str = "auto") -> Path:
+def export_run(
+    workdir: str | Path, output: str | Path, *, platforms=("cpu",), which: str = "auto"
+) -> Path:
     """Writes `output` (a SavedModel) for the run in `workdir`; returns its path."""
     config, info, model, params = load_trained(workdir, which)
     metadata = {
@@ -43,12 +43,22 @@ def export_run(workdir: str | Path, output: str | Path, *, platforms=("cpu",),
         "labels": {str(k): v for k, v in info.labels.items()},
         "label_values": list(info.label_values),  # class k is written as label_values[k]
         "modalities": list(info.modalities),
-        "normalization": {"ct_window": list(config.data.ct_window),
-                          "rule": "z-score per channel; CT: clip to ct_window, scale to [-1, 1]"},
-        "sliding_window": {"overlap": config.eval.overlap,
-                           "gaussian_sigma_scale": config.eval.gaussian_sigma_scale},
+        "normalization": {
+            "ct_window": list(config.data.ct_window),
+            "rule": "z-score per channel; CT: clip to ct_window, scale to [-1, 1]",
+        },
+        "sliding_window": {
+            "overlap": config.eval.overlap,
+            "gaussian_sigma_scale": config.eval.gaussian_sigma_scale,
+        },
     }
-    return export_saved_model(platform_predict_fns(model, platforms), params, Path(output),
-                              patch_size=tuple(config.data.patch_size),
-                              in_channels=info.in_channels, num_classes=info.num_classes,
-                              platforms=tuple(platforms), metadata=metadata)
+    return export_saved_model(
+        platform_predict_fns(model, platforms),
+        params,
+        Path(output),
+        patch_size=tuple(config.data.patch_size),
+        in_channels=info.in_channels,
+        num_classes=info.num_classes,
+        platforms=tuple(platforms),
+        metadata=metadata,
+    )

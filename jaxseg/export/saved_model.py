@@ -91,7 +91,9 @@ def _check_platforms(platforms) -> tuple[str, ...]:
             f"from {SUPPORTED_PLATFORMS}, e.g. platforms=('cpu',) or ('cpu', 'tpu')."
         )
     if len(set(platforms)) != len(platforms):
-        raise JaxsegError(f"export: platforms={platforms!r} names a platform twice; list each once.")
+        raise JaxsegError(
+            f"export: platforms={platforms!r} names a platform twice; list each once."
+        )
     return platforms
 
 
@@ -259,7 +261,9 @@ def export_saved_model(
 
     out_dir = Path(out_dir).expanduser().absolute()
     if out_dir.exists() and not out_dir.is_dir():
-        raise JaxsegError(f"export: {out_dir} exists and is not a directory; choose another output path.")
+        raise JaxsegError(
+            f"export: {out_dir} exists and is not a directory; choose another output path."
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "saved_model.pb").exists():
         raise JaxsegError(
             f"export: {out_dir} is a non-empty directory that is not a SavedModel; refusing to "
@@ -273,7 +277,9 @@ def export_saved_model(
     out_shapes = {p: _output_shape(fns[p], params_np, patch, in_channels, p) for p in platforms}
     ks = {p: int(s.shape[-1]) for p, s in out_shapes.items()}
     if len(set(ks.values())) != 1:
-        raise JaxsegError(f"export: the per-platform apply_fns disagree on the number of classes: {ks}.")
+        raise JaxsegError(
+            f"export: the per-platform apply_fns disagree on the number of classes: {ks}."
+        )
     k = next(iter(ks.values()))
     if num_classes is not None and num_classes != k:
         raise JaxsegError(
@@ -403,7 +409,9 @@ def read_export_metadata(path) -> dict:
         with open(meta_path) as f:
             info = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
-        raise JaxsegError(f"{meta_path} cannot be read as JSON ({e}); re-export the model.") from None
+        raise JaxsegError(
+            f"{meta_path} cannot be read as JSON ({e}); re-export the model."
+        ) from None
     if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
         raise JaxsegError(f"{meta_path} is not a jaxseg export description; re-export the model.")
     if info.get("format_version") != FORMAT_VERSION:
@@ -424,7 +432,9 @@ def load_saved_model(path):
     """
     path = Path(path).expanduser()
     if not (path / "saved_model.pb").is_file():
-        raise JaxsegError(f"{path} holds no saved_model.pb; give the directory written by the export.")
+        raise JaxsegError(
+            f"{path} holds no saved_model.pb; give the directory written by the export."
+        )
     info = read_export_metadata(path)
 
     import tensorflow as tf

@@ -6,35 +6,62 @@ Registered: "unet", "swinunetr", "unetr", "lightseg_tiny", "lightseg_small", "li
 
 from jaxseg.models.attention_unet import AttentionUNet
 from jaxseg.models.deeplab import DeepLabV3Plus
+from jaxseg.models.lightseg import LightSeg
 from jaxseg.models.mobilenet import MobileNetV3UNet
+from jaxseg.models.registry import available_models, build_model, model_factory, register_model
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.shufflenet import ShuffleNetV2UNet
-from jaxseg.models.transunet import TransUNet
-from jaxseg.models.unetpp import UNetPlusPlus
-from jaxseg.models.lightseg import LightSeg
-from jaxseg.models.registry import available_models, build_model, model_factory, register_model
 from jaxseg.models.swin_unetr import SwinUNETR
 from jaxseg.models.transmed import TransMed
+from jaxseg.models.transunet import TransUNet
 from jaxseg.models.unet import UNet
+from jaxseg.models.unetpp import UNetPlusPlus
 from jaxseg.models.unetr import UNETR
 
 register_model("unet", model_factory(UNet))
 register_model("swinunetr", model_factory(SwinUNETR))  # MONAI-equivalent; see jaxseg.models.convert
 register_model("unetr", model_factory(UNETR))  # MONAI-equivalent; see jaxseg.models.convert
 register_model("transmed", model_factory(TransMed))  # variant: unet | axial | dynamic | full
-register_model("lightseg_tiny", model_factory(
-    LightSeg, model_name="lightseg_tiny", _hidden=("model_name",),
-    embed_dims=(32, 64, 128), depths=(2, 2, 2), num_heads=(2, 4, 8), stem_dims=(16, 24),
-    drop_path=0.0))
-register_model("lightseg_small", model_factory(
-    LightSeg, model_name="lightseg_small", _hidden=("model_name",),
-    embed_dims=(48, 96, 192, 384), depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), stem_dims=(16, 32),
-    mlp_ratio=3.0,  # keeps small <= 25% of SwinUNETR-48's params with the cross-window modules
-    drop_path=0.1))
-register_model("lightseg_base", model_factory(
-    LightSeg, model_name="lightseg_base", _hidden=("model_name",),
-    embed_dims=(64, 128, 256, 512), depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), stem_dims=(32, 48),
-    drop_path=0.2))
+register_model(
+    "lightseg_tiny",
+    model_factory(
+        LightSeg,
+        model_name="lightseg_tiny",
+        _hidden=("model_name",),
+        embed_dims=(32, 64, 128),
+        depths=(2, 2, 2),
+        num_heads=(2, 4, 8),
+        stem_dims=(16, 24),
+        drop_path=0.0,
+    ),
+)
+register_model(
+    "lightseg_small",
+    model_factory(
+        LightSeg,
+        model_name="lightseg_small",
+        _hidden=("model_name",),
+        embed_dims=(48, 96, 192, 384),
+        depths=(2, 2, 2, 2),
+        num_heads=(3, 6, 12, 24),
+        stem_dims=(16, 32),
+        mlp_ratio=3.0,  # keeps small <= 25% of SwinUNETR-48's params with the cross-window modules
+        drop_path=0.1,
+    ),
+)
+register_model(
+    "lightseg_base",
+    model_factory(
+        LightSeg,
+        model_name="lightseg_base",
+        _hidden=("model_name",),
+        embed_dims=(64, 128, 256, 512),
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 8, 16),
+        stem_dims=(32, 48),
+        drop_path=0.2,
+    ),
+)
 
 # CNN and hybrid baselines (issue 3)
 register_model("resunet", model_factory(ResUNet))
@@ -45,6 +72,19 @@ register_model("mobilenetv3_unet", model_factory(MobileNetV3UNet))
 register_model("shufflenetv2_unet", model_factory(ShuffleNetV2UNet))
 register_model("deeplabv3plus", model_factory(DeepLabV3Plus))
 
-__all__ = ["AttentionUNet", "DeepLabV3Plus", "LightSeg", "MobileNetV3UNet", "ResUNet",
-           "ShuffleNetV2UNet", "TransMed", "TransUNet", "UNet", "UNetPlusPlus", "available_models", "build_model",
-           "model_factory", "register_model"]
+__all__ = [
+    "AttentionUNet",
+    "DeepLabV3Plus",
+    "LightSeg",
+    "MobileNetV3UNet",
+    "ResUNet",
+    "ShuffleNetV2UNet",
+    "TransMed",
+    "TransUNet",
+    "UNet",
+    "UNetPlusPlus",
+    "available_models",
+    "build_model",
+    "model_factory",
+    "register_model",
+]

@@ -25,24 +25,37 @@ def _size(text: str):
         values = [int(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--size {text!r}: give an int or comma-separated ints") from None
+            f"--size {text!r}: give an int or comma-separated ints"
+        ) from None
     return values[0] if len(values) == 1 else tuple(values)
 
 
 def main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxseg.models", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxseg.models",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--list", action="store_true", help="print the registered model names")
     what.add_argument("--summary", metavar="NAME", help="summarise the model registered as NAME")
     parser.add_argument("--dims", type=int, choices=(2, 3), help="2 or 3 spatial dimensions")
-    parser.add_argument("--size", type=_size, default=None,
-                        help="voxels per spatial axis (one int, or one per axis: 160,128); "
-                             "default 128 in 2D, 96 in 3D")
+    parser.add_argument(
+        "--size",
+        type=_size,
+        default=None,
+        help="voxels per spatial axis (one int, or one per axis: 160,128); "
+        "default 128 in 2D, 96 in 3D",
+    )
     parser.add_argument("--in-channels", type=int, default=1)
     parser.add_argument("--num-classes", type=int, default=None, help="default 2")
-    parser.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="constructor override, repeatable")
+    parser.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor override, repeatable",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line instead")
     args = parser.parse_args(argv)
 
@@ -55,9 +68,13 @@ def main(argv) -> int:
     if args.dims is None:
         parser.error("--summary needs --dims 2 or --dims 3")
     result = summary.summarize_model(
-        args.summary, args.dims, args.size, in_channels=args.in_channels,
+        args.summary,
+        args.dims,
+        args.size,
+        in_channels=args.in_channels,
         num_classes=args.num_classes or summary.DEFAULT_NUM_CLASSES,
-        model_args=summary.parse_model_args(args.model_arg))
+        model_args=summary.parse_model_args(args.model_arg),
+    )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -65,11 +82,15 @@ def main(argv) -> int:
     print(f"model       {result['model']} ({result['dims']}D)")
     print(f"input       [{shape}] float32")
     print(f"parameters  {result['params']:,} ({result['params'] / 1e6:.3f} M)")
-    print(f"forward     {result['gflops']:.3f} GFLOPs (XLA cost analysis on "
-          f"{result['backend']}; a multiply-add counts 2)")
+    print(
+        f"forward     {result['gflops']:.3f} GFLOPs (XLA cost analysis on "
+        f"{result['backend']}; a multiply-add counts 2)"
+    )
     if result["has_loops"]:
-        print("note        the compiled model contains while loops; XLA counts a loop body "
-              "once, so GFLOPs is an undercount")
+        print(
+            "note        the compiled model contains while loops; XLA counts a loop body "
+            "once, so GFLOPs is an undercount"
+        )
     return 0
 
 

@@ -70,7 +70,9 @@ class AttentionUNet(nn.Module):
         if self.dims not in (2, 3):
             raise ConfigError(f"attention_unet: dims must be 2 or 3; got {self.dims}.")
         if len(self.features) < 2:
-            raise ConfigError(f"attention_unet: features needs at least 2 levels; got {self.features}.")
+            raise ConfigError(
+                f"attention_unet: features needs at least 2 levels; got {self.features}."
+            )
         check_norm(self.norm, "attention_unet")
 
     def _encoder_level(self, x, level: int):

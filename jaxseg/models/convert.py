@@ -46,11 +46,22 @@ from jaxseg.errors import ConfigError
 
 _WRAPPERS = ("state_dict", "model", "net", "model_state_dict")
 _IGNORED = (re.compile(r"(^|\.)relative_position_index$"), re.compile(r"(^|\.)cross_attn\."))
-_SWIN_ENCODER_ROOTS = ("patch_embed.", "layers1.", "layers2.", "layers3.", "layers4.", "layers1c.", "layers2c.",
-                       "layers3c.", "layers4c.")
+_SWIN_ENCODER_ROOTS = (
+    "patch_embed.",
+    "layers1.",
+    "layers2.",
+    "layers3.",
+    "layers4.",
+    "layers1c.",
+    "layers2c.",
+    "layers3c.",
+    "layers4c.",
+)
 # MONAI transposed convolutions: UnetrUpBlock/UnetrPrUpBlock "transp_conv(_init)" and the
 # up-convs inside UnetrPrUpBlock.blocks (blocks.i.conv or blocks.i.0.conv).
-_TRANSPOSED = re.compile(r"(transp_conv(_init)?\.conv\.weight$)|(^encoder\d+\.blocks\.\d+\.(0\.)?conv\.weight$)")
+_TRANSPOSED = re.compile(
+    r"(transp_conv(_init)?\.conv\.weight$)|(^encoder\d+\.blocks\.\d+\.(0\.)?conv\.weight$)"
+)
 
 
 def _to_numpy(v) -> np.ndarray:
@@ -69,7 +80,9 @@ def _is_array(v) -> bool:
 def unwrap_state_dict(obj) -> dict[str, Any]:
     """The tensor mapping inside a checkpoint (a state dict, or one wrapped by a trainer)."""
     if not isinstance(obj, Mapping):
-        raise ConfigError(f"from_monai: expected a state dict (a mapping of names to tensors); got {type(obj).__name__}.")
+        raise ConfigError(
+            f"from_monai: expected a state dict (a mapping of names to tensors); got {type(obj).__name__}."
+        )
     for _ in range(3):
         if obj and all(_is_array(v) for v in obj.values()):
             return dict(obj)
@@ -81,7 +94,8 @@ def unwrap_state_dict(obj) -> dict[str, Any]:
     if not tensors:
         raise ConfigError(
             "from_monai: no tensors found; expected a MONAI state_dict or a checkpoint dict with one under "
-            f"{_WRAPPERS}. Top-level keys: {sorted(map(str, obj))[:20]}.")
+            f"{_WRAPPERS}. Top-level keys: {sorted(map(str, obj))[:20]}."
+        )
     return tensors
 
 
@@ -95,9 +109,9 @@ def normalize_monai_keys(state_dict) -> dict[str, np.ndarray]:
     for key, value in sd.items():
         k = str(key)
         while k.startswith("module."):  # DataParallel / DDP
-            k = k[len("module."):]
+            k = k[len("module.") :]
         if k.startswith("swin_vit."):  # research-contributions pretraining name
-            k = "swinViT." + k[len("swin_vit."):]
+            k = "swinViT." + k[len("swin_vit.") :]
         if k.startswith(_SWIN_ENCODER_ROOTS):  # encoder-only SwinViT checkpoint
             k = "swinViT." + k
         if k.startswith("swinViT."):
@@ -105,8 +119,10 @@ def normalize_monai_keys(state_dict) -> dict[str, np.ndarray]:
         if any(p.search(k) for p in _IGNORED):
             continue
         if k in out:
-            raise ConfigError(f"from_monai: two checkpoint keys map to {k!r} after renaming legacy names; "
-                              "the checkpoint mixes layouts.")
+            raise ConfigError(
+                f"from_monai: two checkpoint keys map to {k!r} after renaming legacy names; "
+                "the checkpoint mixes layouts."
+            )
         out[k] = _to_numpy(value)
     return out
 
@@ -161,7 +177,9 @@ def _fmt(keys, n: int = 25) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def from_monai(state_dict, model: nn.Module | None = None, *, params=None, strict: bool = True) -> dict:
+def from_monai(
+    state_dict, model: nn.Module | None = None, *, params=None, strict: bool = True
+) -> dict:
     """Convert MONAI SwinUNETR/UNETR weights into Flax params for `model`.
 
     Args:
@@ -188,14 +206,18 @@ def from_monai(state_dict, model: nn.Module | None = None, *, params=None, stric
     for key, value in sd.items():
         path = _flax_path(key)
         leaf = path[-1]
-        candidates = [path[:-1] + ("kernel",), path[:-1] + ("scale",)] if leaf == "weight" else [path]
+        candidates = (
+            [path[:-1] + ("kernel",), path[:-1] + ("scale",)] if leaf == "weight" else [path]
+        )
         hit = next((c for c in candidates if c in targets), None)
         if hit is None:
             unexpected.append(key)
             continue
         v = _convert(key, value, targets[hit], hit[-1])
         if tuple(v.shape) != targets[hit]:
-            mismatched.append(f"{key} {tuple(value.shape)} -> {'/'.join(hit)} expects {targets[hit]}")
+            mismatched.append(
+                f"{key} {tuple(value.shape)} -> {'/'.join(hit)} expects {targets[hit]}"
+            )
             continue
         out[hit] = jnp.asarray(v, jnp.float32)
     missing = [p for p in targets if p not in out]
@@ -205,30 +227,42 @@ def from_monai(state_dict, model: nn.Module | None = None, *, params=None, stric
         missing.remove(p)
     model_name = type(model).__name__
     if mismatched:
-        raise ConfigError(f"from_monai: {len(mismatched)} shape mismatch(es) for {model_name}: "
-                          f"{'; '.join(mismatched[:15])}. Build the model with the checkpoint's settings "
-                          "(feature_size, depths, num_heads, window_size, in_channels, num_classes, ...).")
+        raise ConfigError(
+            f"from_monai: {len(mismatched)} shape mismatch(es) for {model_name}: "
+            f"{'; '.join(mismatched[:15])}. Build the model with the checkpoint's settings "
+            "(feature_size, depths, num_heads, window_size, in_channels, num_classes, ...)."
+        )
     if strict and (missing or unexpected):
         raise ConfigError(
             f"from_monai: the checkpoint does not match {model_name}.\n"
             f"  missing ({len(missing)}): {_fmt(['.'.join(p) for p in missing])}\n"
             f"  unexpected ({len(unexpected)}): {_fmt(unexpected)}\n"
             "Check the model settings (use_v2, qkv_bias, patch_norm, norm_name, conv_block, res_block, ...), or "
-            "pass strict=False with params= to load a partial checkpoint (e.g. a pretrained encoder).")
+            "pass strict=False with params= to load a partial checkpoint (e.g. a pretrained encoder)."
+        )
     if missing:
         if params is None:
-            raise ConfigError(f"from_monai: {len(missing)} parameter(s) are not in the checkpoint "
-                              f"({_fmt(['.'.join(p) for p in missing], 10)}); pass params= (e.g. from model.init) "
-                              "to supply them.")
-        given = {tuple(k.key for k in path): leaf
-                 for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+            raise ConfigError(
+                f"from_monai: {len(missing)} parameter(s) are not in the checkpoint "
+                f"({_fmt(['.'.join(p) for p in missing], 10)}); pass params= (e.g. from model.init) "
+                "to supply them."
+            )
+        given = {
+            tuple(k.key for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        }
         for p in missing:
             if p not in given:
-                raise ConfigError(f"from_monai: params= has no {'/'.join(p)}; it must be {model_name}'s params.")
+                raise ConfigError(
+                    f"from_monai: params= has no {'/'.join(p)}; it must be {model_name}'s params."
+                )
             out[p] = jnp.asarray(given[p])
     if unexpected:
-        warnings.warn(f"from_monai: ignored {len(unexpected)} checkpoint key(s) that {model_name} does not have: "
-                      f"{_fmt(unexpected, 10)}", stacklevel=2)
+        warnings.warn(
+            f"from_monai: ignored {len(unexpected)} checkpoint key(s) that {model_name} does not have: "
+            f"{_fmt(unexpected, 10)}",
+            stacklevel=2,
+        )
     return _unflatten(out)
 
 
@@ -255,28 +289,40 @@ def infer_monai_config(state_dict, **overrides) -> tuple[str, dict]:
     sd = normalize_monai_keys(state_dict)
     if "swinViT.patch_embed.proj.weight" in sd:
         if "out.conv.conv.weight" not in sd:
-            raise ConfigError("infer_monai_config: this is an encoder-only SwinViT checkpoint (no decoder). "
-                              "Build SwinUNETR yourself and call from_monai(ckpt, model, params=..., strict=False).")
+            raise ConfigError(
+                "infer_monai_config: this is an encoder-only SwinViT checkpoint (no decoder). "
+                "Build SwinUNETR yourself and call from_monai(ckpt, model, params=..., strict=False)."
+            )
         w = sd["swinViT.patch_embed.proj.weight"]
         dims = w.ndim - 2
         fs = w.shape[0]
         depths = tuple(_count_indices(sd, f"swinViT.layers{i}.0.blocks.") for i in range(1, 5))
-        heads = tuple(sd[f"swinViT.layers{i}.0.blocks.0.attn.relative_position_bias_table"].shape[1]
-                      for i in range(1, 5))
+        heads = tuple(
+            sd[f"swinViT.layers{i}.0.blocks.0.attn.relative_position_bias_table"].shape[1]
+            for i in range(1, 5)
+        )
         rows = sd["swinViT.layers1.0.blocks.0.attn.relative_position_bias_table"].shape[0]
         side = round(rows ** (1.0 / dims))
         if side**dims != rows or side % 2 == 0:
-            raise ConfigError(f"infer_monai_config: cannot infer an isotropic window from a bias table of {rows} "
-                              "rows; pass window_size=.")
+            raise ConfigError(
+                f"infer_monai_config: cannot infer an isotropic window from a bias table of {rows} "
+                "rows; pass window_size=."
+            )
         kwargs = dict(
-            dims=dims, in_channels=w.shape[1], num_classes=sd["out.conv.conv.weight"].shape[0],
-            feature_size=fs, patch_size=int(w.shape[2]), depths=depths, num_heads=heads,
+            dims=dims,
+            in_channels=w.shape[1],
+            num_classes=sd["out.conv.conv.weight"].shape[0],
+            feature_size=fs,
+            patch_size=int(w.shape[2]),
+            depths=depths,
+            num_heads=heads,
             window_size=(side + 1) // 2,
             qkv_bias="swinViT.layers1.0.blocks.0.attn.qkv.bias" in sd,
             mlp_ratio=sd["swinViT.layers1.0.blocks.0.mlp.linear1.weight"].shape[0] / fs,
             patch_norm="swinViT.patch_embed.norm.weight" in sd,
             use_v2="swinViT.layers1c.0.layer.conv1.conv.weight" in sd,
-            norm_name=_norm_from(sd, "encoder1.layer.norm1"))
+            norm_name=_norm_from(sd, "encoder1.layer.norm1"),
+        )
         kwargs.update(overrides)
         return "swinunetr", kwargs
     if any(k.startswith("vit.patch_embedding.") for k in sd):
@@ -285,29 +331,42 @@ def infer_monai_config(state_dict, **overrides) -> tuple[str, dict]:
         pos = sd["vit.patch_embedding.position_embeddings"]
         hidden = pos.shape[-1]
         kwargs: dict[str, Any] = dict(
-            dims=dims, in_channels=e1.shape[1], num_classes=sd["out.conv.conv.weight"].shape[0],
-            feature_size=e1.shape[0], hidden_size=hidden, mlp_dim=sd["vit.blocks.0.mlp.linear1.weight"].shape[0],
-            proj_type="perceptron" if "vit.patch_embedding.patch_embeddings.1.weight" in sd else "conv",
+            dims=dims,
+            in_channels=e1.shape[1],
+            num_classes=sd["out.conv.conv.weight"].shape[0],
+            feature_size=e1.shape[0],
+            hidden_size=hidden,
+            mlp_dim=sd["vit.blocks.0.mlp.linear1.weight"].shape[0],
+            proj_type="perceptron"
+            if "vit.patch_embedding.patch_embeddings.1.weight" in sd
+            else "conv",
             conv_block=any(k.startswith("encoder2.blocks.0.0.") for k in sd),
             res_block="decoder2.conv_block.conv3.conv.weight" in sd,
             qkv_bias="vit.blocks.0.attn.qkv.bias" in sd,
-            norm_name=_norm_from(sd, "encoder1.layer.norm1"))
+            norm_name=_norm_from(sd, "encoder1.layer.norm1"),
+        )
         kwargs.update(overrides)
         if "img_size" not in kwargs:
             n = pos.shape[1]
             side = round(n ** (1.0 / dims))
             if side**dims != n:
-                raise ConfigError(f"infer_monai_config: {n} position embeddings are not a cubic/square patch "
-                                  "grid; pass img_size=.")
+                raise ConfigError(
+                    f"infer_monai_config: {n} position embeddings are not a cubic/square patch "
+                    "grid; pass img_size=."
+                )
             kwargs["img_size"] = side * 16
         if "num_heads" not in kwargs:
             if hidden != 768:
-                raise ConfigError("infer_monai_config: UNETR's num_heads cannot be read from the weights; pass "
-                                  f"num_heads= (hidden_size is {hidden}).")
+                raise ConfigError(
+                    "infer_monai_config: UNETR's num_heads cannot be read from the weights; pass "
+                    f"num_heads= (hidden_size is {hidden})."
+                )
             kwargs["num_heads"] = 12
         return "unetr", kwargs
-    raise ConfigError("infer_monai_config: the weights are neither a MONAI SwinUNETR (swinViT.*) nor a UNETR "
-                      f"(vit.*); first keys: {_fmt(list(sd)[:10])}.")
+    raise ConfigError(
+        "infer_monai_config: the weights are neither a MONAI SwinUNETR (swinViT.*) nor a UNETR "
+        f"(vit.*); first keys: {_fmt(list(sd)[:10])}."
+    )
 
 
 def load_monai(state_dict, **overrides) -> tuple[nn.Module, dict]:

@@ -35,7 +35,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxseg.errors import ConfigError
-from jaxseg.models.layers import ConvNormAct, Norm, check_input, check_norm, crop_to, pad_to_multiple
+from jaxseg.models.layers import (
+    ConvNormAct,
+    Norm,
+    check_input,
+    check_norm,
+    crop_to,
+    pad_to_multiple,
+)
 from jaxseg.models.transunet import Bottleneck, resize_bilinear
 
 Dtype = Any
@@ -57,16 +64,29 @@ class ASPP(nn.Module):
     def __call__(self, x):
         d = x.ndim - 2
         bias = self.norm == "none"
-        branches = [ConvNormAct(self.features, 1, norm=self.norm, act="relu", dtype=self.dtype, name="conv1x1")(x)]
+        branches = [
+            ConvNormAct(
+                self.features, 1, norm=self.norm, act="relu", dtype=self.dtype, name="conv1x1"
+            )(x)
+        ]
         for r in self.rates:
-            y = nn.Conv(self.features, (3,) * d, kernel_dilation=(r,) * d, padding="SAME", use_bias=bias,
-                        dtype=self.dtype, name=f"rate{r}_conv")(x)
+            y = nn.Conv(
+                self.features,
+                (3,) * d,
+                kernel_dilation=(r,) * d,
+                padding="SAME",
+                use_bias=bias,
+                dtype=self.dtype,
+                name=f"rate{r}_conv",
+            )(x)
             branches.append(nn.relu(Norm(self.norm, self.dtype, name=f"rate{r}_norm")(y)))
         pooled = jnp.mean(x, axis=tuple(range(1, d + 1)), keepdims=True)
         pooled = nn.relu(nn.Dense(self.features, dtype=self.dtype, name="pool_conv")(pooled))
         branches.append(jnp.broadcast_to(pooled, (*x.shape[:-1], self.features)))
         y = jnp.concatenate(branches, axis=-1)
-        return ConvNormAct(self.features, 1, norm=self.norm, act="relu", dtype=self.dtype, name="project")(y)
+        return ConvNormAct(
+            self.features, 1, norm=self.norm, act="relu", dtype=self.dtype, name="project"
+        )(y)
 
 
 class DeepLabV3Plus(nn.Module):
@@ -86,12 +106,18 @@ class DeepLabV3Plus(nn.Module):
 
     def _validate(self):
         if self.dims != 2:
-            raise ConfigError(f"deeplabv3plus is defined in 2D only (Chen et al. 2018); got dims={self.dims}. "
-                              "Use dims=2, or a 3D model such as unet or resunet.")
+            raise ConfigError(
+                f"deeplabv3plus is defined in 2D only (Chen et al. 2018); got dims={self.dims}. "
+                "Use dims=2, or a 3D model such as unet or resunet."
+            )
         if len(self.depths) != 4 or min(self.depths) < 1:
-            raise ConfigError(f"deeplabv3plus: depths must be 4 positive numbers; got {self.depths}.")
+            raise ConfigError(
+                f"deeplabv3plus: depths must be 4 positive numbers; got {self.depths}."
+            )
         if self.output_stride not in (8, 16):
-            raise ConfigError(f"deeplabv3plus: output_stride must be 8 or 16; got {self.output_stride}.")
+            raise ConfigError(
+                f"deeplabv3plus: output_stride must be 8 or 16; got {self.output_stride}."
+            )
         if not self.aspp_rates or min(self.aspp_rates) < 1:
             raise ConfigError(f"deeplabv3plus: aspp_rates must be positive; got {self.aspp_rates}.")
         check_norm(self.norm, "deeplabv3plus")
@@ -105,18 +131,33 @@ class DeepLabV3Plus(nn.Module):
         x, shape = pad_to_multiple(x.astype(self.dtype), 16)
         padded = x.shape[1:-1]
         blk = dict(norm=self.norm, dtype=self.dtype)
-        x = nn.Conv(self.width, (7, 7), strides=(2, 2), padding="SAME", use_bias=self.norm == "none",
-                    dtype=self.dtype, name="root_conv")(x)
+        x = nn.Conv(
+            self.width,
+            (7, 7),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=self.norm == "none",
+            dtype=self.dtype,
+            name="root_conv",
+        )(x)
         x = nn.relu(Norm(self.norm, self.dtype, name="root_norm")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         # (stride, dilation) of stages 1..4: the stride stops at output_stride, then dilation grows.
-        plan = ([(1, 1), (2, 1), (2, 1), (1, 2)] if self.output_stride == 16
-                else [(1, 1), (2, 1), (1, 2), (1, 4)])
+        plan = (
+            [(1, 1), (2, 1), (2, 1), (1, 2)]
+            if self.output_stride == 16
+            else [(1, 1), (2, 1), (1, 2), (1, 4)]
+        )
         low = None
         for stage, (depth, (s, dil)) in enumerate(zip(self.depths, plan)):
             for i in range(depth):
-                x = Bottleneck(self.width * 2**stage, strides=s if i == 0 else 1, dilation=dil, **blk,
-                               name=f"stage{stage + 1}_{i}")(x)
+                x = Bottleneck(
+                    self.width * 2**stage,
+                    strides=s if i == 0 else 1,
+                    dilation=dil,
+                    **blk,
+                    name=f"stage{stage + 1}_{i}",
+                )(x)
             if stage == 0:
                 low = x
         x = ASPP(self.aspp_features, tuple(self.aspp_rates), **blk, name="aspp")(x)

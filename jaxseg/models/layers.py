@@ -30,7 +30,9 @@ MASK_VALUE = -1e9
 
 def check_norm(norm: str, where: str) -> None:
     if norm not in NORMS:
-        raise ConfigError(f"{where}: unknown norm={norm!r}; valid values are {', '.join(map(repr, NORMS))}.")
+        raise ConfigError(
+            f"{where}: unknown norm={norm!r}; valid values are {', '.join(map(repr, NORMS))}."
+        )
 
 
 class Norm(nn.Module):
@@ -74,8 +76,14 @@ class ConvNormAct(nn.Module):
         if self.kernel_size == 1 and self.strides == 1:
             x = nn.Dense(self.features, dtype=self.dtype, use_bias=self.norm == "none")(x)
         else:
-            x = nn.Conv(self.features, (self.kernel_size,) * d, strides=(self.strides,) * d,
-                        padding="SAME", dtype=self.dtype, use_bias=self.norm == "none")(x)
+            x = nn.Conv(
+                self.features,
+                (self.kernel_size,) * d,
+                strides=(self.strides,) * d,
+                padding="SAME",
+                dtype=self.dtype,
+                use_bias=self.norm == "none",
+            )(x)
         x = Norm(self.norm, self.dtype)(x)
         return activation(x, self.act)
 
@@ -103,9 +111,13 @@ class DepthwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         d, c = x.ndim - 2, x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                                                        in_axis=tuple(range(d + 1)), out_axis=-1),
-                            (*(self.kernel_size,) * d, 1, c))
+        kernel = self.param(
+            "kernel",
+            nn.initializers.variance_scaling(
+                1.0, "fan_in", "truncated_normal", in_axis=tuple(range(d + 1)), out_axis=-1
+            ),
+            (*(self.kernel_size,) * d, 1, c),
+        )
         y = ops.depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), impl=self.impl)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (c,)).astype(self.dtype)
@@ -124,8 +136,12 @@ class DepthwiseSeparable(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = DepthwiseConv(self.kernel_size, use_bias=self.norm == "none", impl=self.depthwise_impl,
-                          dtype=self.dtype)(x)
+        y = DepthwiseConv(
+            self.kernel_size,
+            use_bias=self.norm == "none",
+            impl=self.depthwise_impl,
+            dtype=self.dtype,
+        )(x)
         y = activation(Norm(self.norm, self.dtype)(y), self.act)
         y = nn.Dense(self.features, dtype=self.dtype, use_bias=self.norm == "none")(y)
         y = activation(Norm(self.norm, self.dtype)(y), self.act)
@@ -142,7 +158,9 @@ class DropPath(nn.Module):
         if not train or self.rate <= 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        mask = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+        )
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
@@ -212,7 +230,7 @@ def _grid_to_heads(x, groups: int, heads: int):
     """`[B, g_1, k_1, ..., g_d, k_d, G * H * D]` (a grid of blocks of k tokens per axis) ->
     `[G, B * prod(g), H, prod(k), D]`, as ONE transpose."""
     d = (x.ndim - 2) // 2
-    block = x.shape[2:2 * d + 1:2]
+    block = x.shape[2 : 2 * d + 1 : 2]
     hd = x.shape[-1] // (groups * heads)
     x = x.reshape(*x.shape[:-1], groups, heads, hd)
     # axes: 0=B, grid i at 1+2i, block i at 2+2i, G at 2d+1, H at 2d+2, D at 2d+3
@@ -227,7 +245,9 @@ def window_partition_heads(x, window: Sequence[int], groups: int, heads: int):
     `window_partition` followed by splitting channels into (G, H, D) and moving G and H out.
     """
     b, *s, c = x.shape
-    return _grid_to_heads(x.reshape(b, *[v for n, w in zip(s, window) for v in (n // w, w)], c), groups, heads)
+    return _grid_to_heads(
+        x.reshape(b, *[v for n, w in zip(s, window) for v in (n // w, w)], c), groups, heads
+    )
 
 
 def _halo_blocks_axis(x, axis: int, w: int, h: int):
@@ -238,13 +258,13 @@ def _halo_blocks_axis(x, axis: int, w: int, h: int):
     contiguous slices: no gather, and nothing larger than the blocks is formed."""
     g = x.shape[axis] // w
     if h == 0:
-        return x.reshape(*x.shape[:axis], g, w, *x.shape[axis + 1:])
+        return x.reshape(*x.shape[:axis], g, w, *x.shape[axis + 1 :])
     k = w + 2 * h
     a = -(-k // w)
     pad = [(0, 0)] * x.ndim
     pad[axis] = (h, a * w - h)  # total (g + a) * w
     x = jnp.pad(x, pad)
-    x = x.reshape(*x.shape[:axis], g + a, w, *x.shape[axis + 1:])
+    x = x.reshape(*x.shape[:axis], g + a, w, *x.shape[axis + 1 :])
     pieces = []
     for r in range(a):
         index = [slice(None)] * x.ndim
@@ -262,12 +282,18 @@ def halo_partition_heads(x, window: Sequence[int], halo: Sequence[int], groups: 
     `window_key_mask`). With halo 0 this is `window_partition_heads`.
     """
     for i, (w, h) in enumerate(zip(window, halo)):
-        x = _halo_blocks_axis(x, 1 + 2 * i, w, h)  # axes before 1 + 2i are already (grid, block) pairs
+        x = _halo_blocks_axis(
+            x, 1 + 2 * i, w, h
+        )  # axes before 1 + 2i are already (grid, block) pairs
     return _grid_to_heads(x, groups, heads)
 
 
-def window_key_mask(padded_shape: Sequence[int], valid_shape: Sequence[int], window: Sequence[int],
-                    halo: Sequence[int] | None = None) -> np.ndarray | None:
+def window_key_mask(
+    padded_shape: Sequence[int],
+    valid_shape: Sequence[int],
+    window: Sequence[int],
+    halo: Sequence[int] | None = None,
+) -> np.ndarray | None:
     """Additive key mask `[nW, M]` (0 / MASK_VALUE) for one image, or None if all-zero.
 
     Key m of window i is the m-th token of the window grown by `halo` (default 0) on each side
@@ -298,8 +324,11 @@ def window_reverse_heads(x, window: Sequence[int], shape: Sequence[int]):
     return x.transpose(perm).reshape(-1, *shape, h * hd)
 
 
-def relative_position_index(window: Sequence[int], table_window: Sequence[int] | None = None,
-                            halo: Sequence[int] | None = None) -> np.ndarray:
+def relative_position_index(
+    window: Sequence[int],
+    table_window: Sequence[int] | None = None,
+    halo: Sequence[int] | None = None,
+) -> np.ndarray:
     """Swin relative position index `[N, M]` (N = prod(window)) into a table of
     `prod(2 t - 1)` rows, t = `table_window`.
 
@@ -309,7 +338,9 @@ def relative_position_index(window: Sequence[int], table_window: Sequence[int] |
     size uses the matching sub-range of the same table, so the parameters do not depend on
     the input size."""
     halo = (0,) * len(window) if halo is None else tuple(halo)
-    table_window = tuple(w + h for w, h in zip(window, halo)) if table_window is None else tuple(table_window)
+    table_window = (
+        tuple(w + h for w, h in zip(window, halo)) if table_window is None else tuple(table_window)
+    )
     grid = lambda ranges: np.stack(np.meshgrid(*ranges, indexing="ij")).reshape(len(window), -1)
     queries = grid([np.arange(w) for w in window])
     keys = grid([np.arange(-h, w + h) for w, h in zip(window, halo)])
@@ -320,8 +351,12 @@ def relative_position_index(window: Sequence[int], table_window: Sequence[int] |
     return index.astype(np.int32)
 
 
-def window_attention_mask(padded_shape: Sequence[int], valid_shape: Sequence[int],
-                          window: Sequence[int], shift: Sequence[int]) -> np.ndarray | None:
+def window_attention_mask(
+    padded_shape: Sequence[int],
+    valid_shape: Sequence[int],
+    window: Sequence[int],
+    shift: Sequence[int],
+) -> np.ndarray | None:
     """Additive attention mask `[nW, N, N]` (0 / MASK_VALUE) for one image, or None if all-zero.
 
     The feature map of `valid_shape` is zero-padded at the end to `padded_shape` (a multiple
@@ -335,8 +370,8 @@ def window_attention_mask(padded_shape: Sequence[int], valid_shape: Sequence[int
         n, w, s = padded_shape[ax], window[ax], shift[ax]
         lab = np.zeros(n, np.int32)
         if s > 0:
-            lab[n - w:n - s] = 1
-            lab[n - s:] = 2
+            lab[n - w : n - s] = 1
+            lab[n - s :] = 2
         region = region * 3 + lab.reshape([-1 if a == ax else 1 for a in range(d)])
     valid = np.ones(padded_shape, bool)
     for ax in range(d):
@@ -388,12 +423,16 @@ class WindowAttentionBlock(nn.Module):
         q = q * jnp.asarray(head_dim**-0.5, q.dtype)
         n = math.prod(self.window)
         tw = self.window if self.table_window is None else self.table_window
-        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
-                           (math.prod(2 * t - 1 for t in tw), self.num_heads))
+        table = self.param(
+            "relative_position_bias_table",
+            nn.initializers.truncated_normal(0.02),
+            (math.prod(2 * t - 1 for t in tw), self.num_heads),
+        )
         index = relative_position_index(self.window, tw).reshape(-1)
         bias = jnp.take(table, index, axis=0).reshape(n, n, self.num_heads).transpose(2, 0, 1)
-        o = ops.window_attention(q, k, v, bias, None if mask is None else jnp.asarray(mask),
-                                 impl=self.attention_impl)
+        o = ops.window_attention(
+            q, k, v, bias, None if mask is None else jnp.asarray(mask), impl=self.attention_impl
+        )
         o = window_reverse_heads(o, self.window, shape)
         o = nn.Dense(self.dim, dtype=self.dtype, name="proj")(o)
         if any(self.shift):

@@ -135,7 +135,9 @@ def _drop_path(module: nn.Module, x, rate: float, train: bool):
     if not train or rate <= 0.0:
         return x
     keep = 1.0 - rate
-    mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = jax.random.bernoulli(
+        module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+    )
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
@@ -175,8 +177,14 @@ class LightBlock(nn.Module):
     topk_windows: int | None = None
 
     @nn.compact
-    def __call__(self, x, mask: np.ndarray | None, shift: tuple[int, ...], drop_rate: float = 0.0,
-                 train: bool = False):
+    def __call__(
+        self,
+        x,
+        mask: np.ndarray | None,
+        shift: tuple[int, ...],
+        drop_rate: float = 0.0,
+        train: bool = False,
+    ):
         d = x.ndim - 2
         shape = x.shape[1:-1]
         head_dim = self.dim // self.num_heads
@@ -189,8 +197,8 @@ class LightBlock(nn.Module):
             h = jnp.roll(h, [-s for s in shift], axis=axes)
         qkv = LowRankDense(3 * self.dim, name="qkv", **dense)(h)
         if any(halo):
-            q = window_partition_heads(qkv[..., :self.dim], self.window, 1, self.num_heads)[0]
-            k, v = halo_partition_heads(qkv[..., self.dim:], self.window, halo, 2, self.num_heads)
+            q = window_partition_heads(qkv[..., : self.dim], self.window, 1, self.num_heads)[0]
+            k, v = halo_partition_heads(qkv[..., self.dim :], self.window, halo, 2, self.num_heads)
         else:
             q, k, v = window_partition_heads(qkv, self.window, 3, self.num_heads)
         q = q * jnp.asarray(head_dim**-0.5, q.dtype)
@@ -198,22 +206,36 @@ class LightBlock(nn.Module):
         tw = self.window if self.table_window is None else self.table_window
         th = halo if self.table_halo is None else self.table_halo
         extent = tuple(t + e for t, e in zip(tw, th))
-        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
-                           (math.prod(2 * t - 1 for t in extent), self.num_heads))
+        table = self.param(
+            "relative_position_bias_table",
+            nn.initializers.truncated_normal(0.02),
+            (math.prod(2 * t - 1 for t in extent), self.num_heads),
+        )
         index = relative_position_index(self.window, extent, halo).reshape(-1)
         bias = jnp.take(table, index, axis=0).reshape(n, m_keys, self.num_heads).transpose(2, 0, 1)
         m = None if mask is None else jnp.asarray(mask)
         if self.topk_windows is not None:
             nw = math.prod(s // w for s, w in zip(shape, self.window))
-            o = ops.window_attention_routed(q, k, v, bias, m, windows_per_image=nw, topk_windows=self.topk_windows,
-                                            topk=self.topk, impl=self.attention_impl)
+            o = ops.window_attention_routed(
+                q,
+                k,
+                v,
+                bias,
+                m,
+                windows_per_image=nw,
+                topk_windows=self.topk_windows,
+                topk=self.topk,
+                impl=self.attention_impl,
+            )
         else:
             if m is not None and m.ndim == 2:  # a key mask: the same for every query of a window
                 m = jnp.broadcast_to(m[:, None, :], (m.shape[0], n, m.shape[1]))
             if self.topk is None:
                 o = ops.window_attention(q, k, v, bias, m, impl=self.attention_impl)
             else:
-                o = ops.window_attention_topk(q, k, v, bias, m, topk=self.topk, impl=self.attention_impl)
+                o = ops.window_attention_topk(
+                    q, k, v, bias, m, topk=self.topk, impl=self.attention_impl
+                )
         o = window_reverse_heads(o, self.window, shape)
         o = LowRankDense(self.dim, name="proj", **dense)(o)
         if any(shift):
@@ -271,7 +293,9 @@ class WindowExchange(nn.Module):
         g = self.global_tokens
         if g > 0:
             glob = self.param("global_tokens", nn.initializers.truncated_normal(0.02), (g, c))
-            tokens = jnp.concatenate([jnp.broadcast_to(glob.astype(tokens.dtype), (b, g, c)), tokens], axis=1)
+            tokens = jnp.concatenate(
+                [jnp.broadcast_to(glob.astype(tokens.dtype), (b, g, c)), tokens], axis=1
+            )
         hd = c // self.num_heads
         qkv = LowRankDense(3 * c, rank=self.rank, dtype=self.dtype, name="qkv")(tokens)
         q, k, v = qkv.reshape(b, g + nw, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
@@ -313,10 +337,18 @@ class FusionBlock(nn.Module):
         up = nn.Dense(self.features * 2**d, dtype=self.dtype, name="up")(deep)
         up = depth_to_space(up, 2)
         x = jnp.concatenate([up, skip.astype(up.dtype)], axis=-1)
-        x = ConvNormAct(self.features, 1, norm=self.norm, act="gelu", dtype=self.dtype, name="fuse")(x)
+        x = ConvNormAct(
+            self.features, 1, norm=self.norm, act="gelu", dtype=self.dtype, name="fuse"
+        )(x)
         if self.refine_kernel > 0:
-            x = ConvNormAct(self.features, self.refine_kernel, norm=self.norm, act="gelu", dtype=self.dtype,
-                            name="refine")(x)
+            x = ConvNormAct(
+                self.features,
+                self.refine_kernel,
+                norm=self.norm,
+                act="gelu",
+                dtype=self.dtype,
+                name="refine",
+            )(x)
         return x
 
 
@@ -372,8 +404,11 @@ class LightSeg(nn.Module):
     model_name: str = "lightseg"  # registry name, used in error messages
 
     def _windows(self) -> list[tuple[int, ...]]:
-        ws = self.window_sizes if self.window_sizes is not None else default_window_sizes(
-            self.dims, len(self.embed_dims))
+        ws = (
+            self.window_sizes
+            if self.window_sizes is not None
+            else default_window_sizes(self.dims, len(self.embed_dims))
+        )
         out = []
         for w in ws:
             w = (w,) * self.dims if isinstance(w, int) else tuple(w)
@@ -382,7 +417,13 @@ class LightSeg(nn.Module):
 
     def _halo(self) -> tuple[int, ...]:
         h = self.halo
-        return (h,) * self.dims if isinstance(h, int) else tuple(h) if isinstance(h, (tuple, list)) else (h,)
+        return (
+            (h,) * self.dims
+            if isinstance(h, int)
+            else tuple(h)
+            if isinstance(h, (tuple, list))
+            else (h,)
+        )
 
     def shifts_windows(self) -> bool:
         """`shift_windows` resolved: None -> shifted unless halo or topk_windows is set."""
@@ -408,53 +449,89 @@ class LightSeg(nn.Module):
         n = self.model_name
         levels = len(self.embed_dims) + 1
         if len(self.refine_kernels()) != levels or min(self.refine_kernels()) < 0:
-            raise ConfigError(f"{n}: decoder_refine_kernel must be None, an int >= 0 or {levels} ints (one per "
-                              f"decoder level); got {self.decoder_refine_kernel!r}.")
+            raise ConfigError(
+                f"{n}: decoder_refine_kernel must be None, an int >= 0 or {levels} ints (one per "
+                f"decoder level); got {self.decoder_refine_kernel!r}."
+            )
         if self.dims not in (2, 3):
             raise ConfigError(f"{n}: dims must be 2 or 3; got {self.dims}.")
         k = len(self.embed_dims)
-        ws = self.window_sizes if self.window_sizes is not None else default_window_sizes(self.dims, k)
-        lens = {"embed_dims": k, "depths": len(self.depths), "num_heads": len(self.num_heads),
-                "window_sizes": len(ws)}
+        ws = (
+            self.window_sizes
+            if self.window_sizes is not None
+            else default_window_sizes(self.dims, k)
+        )
+        lens = {
+            "embed_dims": k,
+            "depths": len(self.depths),
+            "num_heads": len(self.num_heads),
+            "window_sizes": len(ws),
+        }
         if k < 1 or len(set(lens.values())) != 1:
-            raise ConfigError(f"{n}: embed_dims, depths, num_heads and window_sizes need one entry per "
-                              f"stage; got lengths {lens}.")
+            raise ConfigError(
+                f"{n}: embed_dims, depths, num_heads and window_sizes need one entry per "
+                f"stage; got lengths {lens}."
+            )
         for c, h in zip(self.embed_dims, self.num_heads):
             if h < 1 or c % h:
                 raise ConfigError(f"{n}: embed dim {c} is not divisible by num_heads {h}.")
         for w in self._windows():
             if len(w) != self.dims or min(w) < 1:
-                raise ConfigError(f"{n}: window size {w} must be a positive int or {self.dims} ints.")
+                raise ConfigError(
+                    f"{n}: window size {w} must be a positive int or {self.dims} ints."
+                )
         if len(self.stem_dims) != 2:
-            raise ConfigError(f"{n}: stem_dims needs 2 entries (stride 1 and 2); got {self.stem_dims}.")
+            raise ConfigError(
+                f"{n}: stem_dims needs 2 entries (stride 1 and 2); got {self.stem_dims}."
+            )
         total = sum(self.depths)
         bad = [i for i in self.exchange_layers() if not 0 <= i < total]
         if bad:
-            raise ConfigError(f"{n}: cross_window_layers {bad} are not block indices 0..{total - 1} "
-                              f"(depths {tuple(self.depths)}).")
+            raise ConfigError(
+                f"{n}: cross_window_layers {bad} are not block indices 0..{total - 1} "
+                f"(depths {tuple(self.depths)})."
+            )
         if self.global_tokens < 0:
             raise ConfigError(f"{n}: global_tokens must be >= 0; got {self.global_tokens}.")
         if self.topk is not None and self.topk < 1:
             raise ConfigError(f"{n}: topk must be None (dense) or >= 1; got {self.topk}.")
         halo = self._halo()
-        if len(halo) != self.dims or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0
-                                             for h in halo):
-            raise ConfigError(f"{n}: halo must be an int >= 0 or {self.dims} ints >= 0 (one per axis); "
-                              f"got {self.halo!r}.")
+        if len(halo) != self.dims or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in halo
+        ):
+            raise ConfigError(
+                f"{n}: halo must be an int >= 0 or {self.dims} ints >= 0 (one per axis); "
+                f"got {self.halo!r}."
+            )
         tw = self.topk_windows
         if tw is not None and (not isinstance(tw, int) or isinstance(tw, bool) or tw < 1):
-            raise ConfigError(f"{n}: topk_windows must be None (no routing) or an int >= 1; "
-                              f"got {self.topk_windows!r}.")
+            raise ConfigError(
+                f"{n}: topk_windows must be None (no routing) or an int >= 1; "
+                f"got {self.topk_windows!r}."
+            )
         if any(halo) and self.topk_windows is not None:
-            raise ConfigError(f"{n}: halo={self.halo!r} and topk_windows={self.topk_windows} do not combine "
-                              "(halo keys are local, routed windows are not); set halo=0 or topk_windows=None.")
+            raise ConfigError(
+                f"{n}: halo={self.halo!r} and topk_windows={self.topk_windows} do not combine "
+                "(halo keys are local, routed windows are not); set halo=0 or topk_windows=None."
+            )
         if self.shift_windows and (any(halo) or self.topk_windows is not None):
-            other, why = (f"halo={self.halo!r}", "halo keys already overlap the windows, and under a cyclic "
-                          "shift the halo would take keys from across the wrap-around") if any(halo) else (
-                f"topk_windows={self.topk_windows}", "routed windows already connect the windows, and the "
-                "own window's bias has no shift-region mask")
-            raise ConfigError(f"{n}: shift_windows=True does not combine with {other}: {why}. "
-                              "Set shift_windows=False (or None).")
+            other, why = (
+                (
+                    f"halo={self.halo!r}",
+                    "halo keys already overlap the windows, and under a cyclic "
+                    "shift the halo would take keys from across the wrap-around",
+                )
+                if any(halo)
+                else (
+                    f"topk_windows={self.topk_windows}",
+                    "routed windows already connect the windows, and the "
+                    "own window's bias has no shift-region mask",
+                )
+            )
+            raise ConfigError(
+                f"{n}: shift_windows=True does not combine with {other}: {why}. "
+                "Set shift_windows=False (or None)."
+            )
         if self.rank is not None and self.rank < 1:
             raise ConfigError(f"{n}: rank must be None (full rank) or >= 1; got {self.rank}.")
         check_norm(self.norm, n)
@@ -473,7 +550,12 @@ class LightSeg(nn.Module):
 
         # ---- stem
         conv = dict(norm=self.norm, dtype=dt)
-        ds = dict(kernel_size=self.depthwise_kernel, norm=self.norm, depthwise_impl=self.depthwise_impl, dtype=dt)
+        ds = dict(
+            kernel_size=self.depthwise_kernel,
+            norm=self.norm,
+            depthwise_impl=self.depthwise_impl,
+            dtype=dt,
+        )
         x = ConvNormAct(self.stem_dims[0], 3, act="gelu", name="stem_conv", **conv)(x)
         skips = [x]
         x = Downsample(self.stem_dims[1], dt, name="stem_down1")(x)
@@ -486,8 +568,9 @@ class LightSeg(nn.Module):
         total_blocks = sum(self.depths)
         exchange_after = set(self.exchange_layers())
         block_id = 0
-        for i, (dim, depth, heads, win) in enumerate(zip(self.embed_dims, self.depths, self.num_heads,
-                                                         self._windows())):
+        for i, (dim, depth, heads, win) in enumerate(
+            zip(self.embed_dims, self.depths, self.num_heads, self._windows())
+        ):
             if i > 0:
                 skips.append(x)
                 x = Downsample(dim, dt, name=f"merge{i}")(x)
@@ -495,7 +578,11 @@ class LightSeg(nn.Module):
             table_win = win
             win = tuple(min(w, n) for w, n in zip(win, f))
             no_shift = (0,) * self.dims
-            shift = tuple(w // 2 if n > w else 0 for w, n in zip(win, f)) if self.shifts_windows() else no_shift
+            shift = (
+                tuple(w // 2 if n > w else 0 for w, n in zip(win, f))
+                if self.shifts_windows()
+                else no_shift
+            )
             # No halo on an axis the window already covers: it would hold padding only.
             halo = tuple(h if n > w else 0 for h, w, n in zip(self._halo(), win, f))
             x, _ = pad_to_multiple(x, win)
@@ -503,25 +590,54 @@ class LightSeg(nn.Module):
             if any(halo) or self.topk_windows is not None:  # key masks [nW, M] (no shift here)
                 masks = (window_key_mask(fp, f, win, halo),) * 2
             else:
-                masks = (window_attention_mask(fp, f, win, no_shift), window_attention_mask(fp, f, win, shift))
-            block_args = dict(dim=dim, num_heads=heads, window=win, mlp_ratio=self.mlp_ratio,
-                              attention_impl=self.attention_impl, dtype=dt, table_window=table_win,
-                              rank=self.rank, topk=self.topk, halo=halo, table_halo=self._halo(),
-                              topk_windows=self.topk_windows)
+                masks = (
+                    window_attention_mask(fp, f, win, no_shift),
+                    window_attention_mask(fp, f, win, shift),
+                )
+            block_args = dict(
+                dim=dim,
+                num_heads=heads,
+                window=win,
+                mlp_ratio=self.mlp_ratio,
+                attention_impl=self.attention_impl,
+                dtype=dt,
+                table_window=table_win,
+                rank=self.rank,
+                topk=self.topk,
+                halo=halo,
+                table_halo=self._halo(),
+                topk_windows=self.topk_windows,
+            )
             # Arguments 3.. of a block call (shift, drop rate, train) are Python values: static.
             block_cls = nn.remat(LightBlock, static_argnums=(3, 4, 5)) if self.remat else LightBlock
             shared = block_cls(**block_args, name=f"stage{i}_block") if self.share_params else None
             for j in range(depth):
                 shifted = j % 2 == 1 and any(shift)
                 rate = self.drop_path * block_id / max(total_blocks - 1, 1)
-                block = shared if shared is not None else block_cls(**block_args, name=f"stage{i}_block{j}")
+                block = (
+                    shared
+                    if shared is not None
+                    else block_cls(**block_args, name=f"stage{i}_block{j}")
+                )
                 mask = masks[1] if shifted else masks[0]
-                x = block(x, None if mask is None else jnp.asarray(mask),
-                          shift if shifted else no_shift, rate, train)
+                x = block(
+                    x,
+                    None if mask is None else jnp.asarray(mask),
+                    shift if shifted else no_shift,
+                    rate,
+                    train,
+                )
                 if block_id in exchange_after:
-                    x = WindowExchange(dim, heads, win, self.global_tokens, self.rank, self.attention_impl, dt,
-                                       name=f"stage{i}_exchange{j}")(
-                        x, window_pool_weights(fp, f, win), rate, train=train)
+                    x = WindowExchange(
+                        dim,
+                        heads,
+                        win,
+                        self.global_tokens,
+                        self.rank,
+                        self.attention_impl,
+                        dt,
+                        name=f"stage{i}_exchange{j}",
+                    )(x, window_pool_weights(fp, f, win), rate, train=train)
                 block_id += 1
             x = crop_to(x, f)
             x = nn.LayerNorm(epsilon=1e-5, dtype=dt, name=f"stage{i}_norm")(x)
@@ -530,6 +646,8 @@ class LightSeg(nn.Module):
         dec_dims = (self.stem_dims[0], self.stem_dims[1], *self.embed_dims[:-1])
         refine = self.refine_kernels()
         for level in reversed(range(len(skips))):
-            x = FusionBlock(dec_dims[level], refine[level], self.norm, dt, name=f"fuse{level}")(x, skips[level])
+            x = FusionBlock(dec_dims[level], refine[level], self.norm, dt, name=f"fuse{level}")(
+                x, skips[level]
+            )
         x = nn.Dense(self.num_classes, dtype=dt, name="head")(x)
         return crop_to(x, shape).astype(jnp.float32)

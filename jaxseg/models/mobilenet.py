@@ -41,7 +41,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxseg.errors import ConfigError
-from jaxseg.models.layers import ConvNormAct, DepthwiseConv, Norm, check_input, check_norm, crop_to, pad_to_multiple
+from jaxseg.models.layers import (
+    ConvNormAct,
+    DepthwiseConv,
+    Norm,
+    check_input,
+    check_norm,
+    crop_to,
+    pad_to_multiple,
+)
 
 Dtype = Any
 
@@ -77,7 +85,9 @@ def _act(x, act: str):
         return nn.relu(x)
     if act == "hswish":
         return hard_swish(x)
-    raise ConfigError(f"mobilenetv3_unet: unknown block activation {act!r}; use 'relu' or 'hswish'.")
+    raise ConfigError(
+        f"mobilenetv3_unet: unknown block activation {act!r}; use 'relu' or 'hswish'."
+    )
 
 
 def make_divisible(v: float, divisor: int = 8) -> int:
@@ -167,17 +177,23 @@ class UDecoder(nn.Module):
         d = x.ndim - 2
         feats = [s.shape[-1] for s in skips] if self.features is None else list(self.features)
         for k in reversed(range(len(skips))):
-            x = nn.ConvTranspose(feats[k], (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{k}")(x)
+            x = nn.ConvTranspose(
+                feats[k], (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{k}"
+            )(x)
             x = jnp.concatenate([x, skips[k].astype(x.dtype)], axis=-1)
-            x = ConvNormAct(feats[k], 3, norm=self.norm, act="relu", dtype=self.dtype, name=f"fuse{k}")(x)
+            x = ConvNormAct(
+                feats[k], 3, norm=self.norm, act="relu", dtype=self.dtype, name=f"fuse{k}"
+            )(x)
         return x
 
 
 def check_decoder_features(model: str, decoder_features, num_skips: int) -> None:
     if decoder_features is not None and len(decoder_features) != num_skips:
-        raise ConfigError(f"{model}: decoder_features needs {num_skips} entries (one per skip, full "
-                          f"resolution first); got {tuple(decoder_features)}. Or leave it None "
-                          "to use each skip's channel count.")
+        raise ConfigError(
+            f"{model}: decoder_features needs {num_skips} entries (one per skip, full "
+            f"resolution first); got {tuple(decoder_features)}. Or leave it None "
+            "to use each skip's channel count."
+        )
 
 
 class MobileNetV3UNet(nn.Module):
@@ -190,20 +206,36 @@ class MobileNetV3UNet(nn.Module):
     width_mult: float = 1.0  # scales every channel count (rounded to a multiple of 8)
     stem_features: int = 16  # stride-2 stem conv (before width_mult)
     full_res_features: int = 8  # the full-resolution skip conv
-    decoder_features: tuple[int, ...] | None = None  # per skip, full res first; None = skip channels
+    decoder_features: tuple[int, ...] | None = (
+        None  # per skip, full res first; None = skip channels
+    )
     norm: str = "instance"  # "instance" | "group" | "layer" | "none"
     dtype: Dtype = jnp.float32  # compute dtype; params stay float32
 
     def _table(self):
         rows = []
         for i, row in enumerate(self.blocks):
-            if len(row) != 6 or row[5] not in (1, 2) or row[4] not in ("relu", "hswish") or row[0] % 2 == 0:
+            if (
+                len(row) != 6
+                or row[5] not in (1, 2)
+                or row[4] not in ("relu", "hswish")
+                or row[0] % 2 == 0
+            ):
                 raise ConfigError(
                     f"mobilenetv3_unet: blocks[{i}]={tuple(row)} must be (odd kernel, expand, out, se 0/1, "
-                    "'relu'|'hswish', stride 1|2).")
+                    "'relu'|'hswish', stride 1|2)."
+                )
             k, e, o, se, act, s = row
-            rows.append((int(k), make_divisible(e * self.width_mult), make_divisible(o * self.width_mult),
-                         bool(se), act, int(s)))
+            rows.append(
+                (
+                    int(k),
+                    make_divisible(e * self.width_mult),
+                    make_divisible(o * self.width_mult),
+                    bool(se),
+                    act,
+                    int(s),
+                )
+            )
         return rows
 
     @nn.compact
@@ -222,16 +254,38 @@ class MobileNetV3UNet(nn.Module):
         x, shape = pad_to_multiple(x.astype(self.dtype), 2**num_down)
         bias = self.norm == "none"
         d = self.dims
-        skips = [hard_swish(Norm(self.norm, self.dtype, name="full_res_norm")(
-            nn.Conv(self.full_res_features, (3,) * d, padding="SAME", use_bias=bias, dtype=self.dtype,
-                    name="full_res_conv")(x)))]
-        x = nn.Conv(make_divisible(self.stem_features * self.width_mult), (3,) * d, strides=(2,) * d,
-                    padding="SAME", use_bias=bias, dtype=self.dtype, name="stem_conv")(x)
+        skips = [
+            hard_swish(
+                Norm(self.norm, self.dtype, name="full_res_norm")(
+                    nn.Conv(
+                        self.full_res_features,
+                        (3,) * d,
+                        padding="SAME",
+                        use_bias=bias,
+                        dtype=self.dtype,
+                        name="full_res_conv",
+                    )(x)
+                )
+            )
+        ]
+        x = nn.Conv(
+            make_divisible(self.stem_features * self.width_mult),
+            (3,) * d,
+            strides=(2,) * d,
+            padding="SAME",
+            use_bias=bias,
+            dtype=self.dtype,
+            name="stem_conv",
+        )(x)
         x = hard_swish(Norm(self.norm, self.dtype, name="stem_norm")(x))
         for i, (k, e, o, se, act, s) in enumerate(rows):
             if s == 2:
                 skips.append(x)
-            x = InvertedResidual(k, e, o, se, act, s, norm=self.norm, dtype=self.dtype, name=f"block{i}")(x)
-        x = UDecoder(self.decoder_features, norm=self.norm, dtype=self.dtype, name="decoder")(x, skips)
+            x = InvertedResidual(
+                k, e, o, se, act, s, norm=self.norm, dtype=self.dtype, name=f"block{i}"
+            )(x)
+        x = UDecoder(self.decoder_features, norm=self.norm, dtype=self.dtype, name="decoder")(
+            x, skips
+        )
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return crop_to(x, shape).astype(jnp.float32)

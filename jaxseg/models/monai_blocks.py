@@ -50,35 +50,52 @@ def parse_norm_name(norm_name, where: str) -> tuple[str, dict]:
     args: dict = {}
     if isinstance(norm_name, (tuple, list)):
         if len(norm_name) != 2 or not isinstance(norm_name[1], dict):
-            raise ConfigError(f"{where}: norm_name must be a name or (name, {{args}}); got {norm_name!r}.")
+            raise ConfigError(
+                f"{where}: norm_name must be a name or (name, {{args}}); got {norm_name!r}."
+            )
         norm_name, args = norm_name[0], dict(norm_name[1])
     if not isinstance(norm_name, str):
         raise ConfigError(f"{where}: norm_name must be a string; got {norm_name!r}.")
     kind = norm_name.lower()
     if kind == "instance_nvfuser":  # MONAI's fused alias: same maths
         kind = "instance"
-    allowed = {"instance": {"affine", "eps", "track_running_stats", "momentum"},
-               "group": {"num_groups", "affine", "eps"}}
+    allowed = {
+        "instance": {"affine", "eps", "track_running_stats", "momentum"},
+        "group": {"num_groups", "affine", "eps"},
+    }
     if kind not in allowed:
         raise ConfigError(
             f"{where}: norm_name={norm_name!r} is not supported; use 'instance', "
             "('instance', {'affine': True}) or ('group', {'num_groups': G}). Batch norm is "
-            "not available because jaxseg models hold no running statistics.")
+            "not available because jaxseg models hold no running statistics."
+        )
     unknown = set(args) - allowed[kind]
     if unknown:
-        raise ConfigError(f"{where}: unknown {kind} norm argument(s) {sorted(unknown)}; valid: {sorted(allowed[kind])}.")
+        raise ConfigError(
+            f"{where}: unknown {kind} norm argument(s) {sorted(unknown)}; valid: {sorted(allowed[kind])}."
+        )
     if args.get("track_running_stats"):
         raise ConfigError(f"{where}: track_running_stats=True needs mutable state; not supported.")
     if kind == "group" and "num_groups" not in args:
-        raise ConfigError(f"{where}: group norm needs num_groups, e.g. ('group', {{'num_groups': 8}}).")
+        raise ConfigError(
+            f"{where}: group norm needs num_groups, e.g. ('group', {{'num_groups': 8}})."
+        )
     return kind, args
 
 
 def freeze_norm_name(norm_name):
     """A hashable form of `norm_name` (Flax module fields must be hashable)."""
-    if isinstance(norm_name, (tuple, list)) and len(norm_name) == 2 and isinstance(norm_name[1], dict):
+    if (
+        isinstance(norm_name, (tuple, list))
+        and len(norm_name) == 2
+        and isinstance(norm_name[1], dict)
+    ):
         return (norm_name[0], tuple(sorted(norm_name[1].items())))
-    if isinstance(norm_name, (tuple, list)) and len(norm_name) == 2 and isinstance(norm_name[1], tuple):
+    if (
+        isinstance(norm_name, (tuple, list))
+        and len(norm_name) == 2
+        and isinstance(norm_name[1], tuple)
+    ):
         return (norm_name[0], tuple(norm_name[1]))
     return norm_name
 
@@ -96,17 +113,38 @@ def make_norm(norm_name, name: str, dtype: Dtype = jnp.float32):
     if kind == "instance":
         affine = bool(args.get("affine", False))
         # Instance norm = group norm with one channel per group (biased variance, as torch).
-        return nn.GroupNorm(num_groups=None, group_size=1, epsilon=eps, use_scale=affine, use_bias=affine,
-                            use_fast_variance=False, dtype=dtype, name=name)
+        return nn.GroupNorm(
+            num_groups=None,
+            group_size=1,
+            epsilon=eps,
+            use_scale=affine,
+            use_bias=affine,
+            use_fast_variance=False,
+            dtype=dtype,
+            name=name,
+        )
     affine = bool(args.get("affine", True))
-    return nn.GroupNorm(num_groups=int(args["num_groups"]), epsilon=eps, use_scale=affine, use_bias=affine,
-                        use_fast_variance=False, dtype=dtype, name=name)
+    return nn.GroupNorm(
+        num_groups=int(args["num_groups"]),
+        epsilon=eps,
+        use_scale=affine,
+        use_bias=affine,
+        use_fast_variance=False,
+        dtype=dtype,
+        name=name,
+    )
 
 
 def layer_norm(name: str, dtype: Dtype = jnp.float32, use_affine: bool = True):
     """torch.nn.LayerNorm(C) over the last axis (eps 1e-5, exact two-pass variance)."""
-    return nn.LayerNorm(epsilon=EPS, use_fast_variance=False, use_scale=use_affine, use_bias=use_affine,
-                        dtype=dtype, name=name)
+    return nn.LayerNorm(
+        epsilon=EPS,
+        use_fast_variance=False,
+        use_scale=use_affine,
+        use_bias=use_affine,
+        dtype=dtype,
+        name=name,
+    )
 
 
 def gelu(x):
@@ -180,9 +218,13 @@ class Conv(nn.Module):
         d, cin = x.ndim - 2, x.shape[-1]
         k, s = _tuple(self.kernel_size, d), _tuple(self.strides, d)
         fan_in = math.prod(k) * cin
-        kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
-                                                                        in_axis=tuple(range(d + 1)), out_axis=-1),
-                            (*k, cin, self.features))
+        kernel = self.param(
+            "kernel",
+            nn.initializers.variance_scaling(
+                1.0 / 3.0, "fan_in", "uniform", in_axis=tuple(range(d + 1)), out_axis=-1
+            ),
+            (*k, cin, self.features),
+        )
         kernel = kernel.astype(self.dtype)
         x = x.astype(self.dtype)
         if k == s and all(n % w == 0 for n, w in zip(x.shape[1:-1], k)):
@@ -217,10 +259,16 @@ class ConvTranspose(nn.Module):
         d, cin = x.ndim - 2, x.shape[-1]
         k, s = _tuple(self.kernel_size, d), _tuple(self.strides, d)
         if k != s:
-            raise ConfigError(f"ConvTranspose: only kernel_size == stride is supported; got {k} and {s}.")
-        kernel = self.param("kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform",
-                                                                        in_axis=tuple(range(d + 1)), out_axis=-1),
-                            (*k, cin, self.features))
+            raise ConfigError(
+                f"ConvTranspose: only kernel_size == stride is supported; got {k} and {s}."
+            )
+        kernel = self.param(
+            "kernel",
+            nn.initializers.variance_scaling(
+                1.0 / 3.0, "fan_in", "uniform", in_axis=tuple(range(d + 1)), out_axis=-1
+            ),
+            (*k, cin, self.features),
+        )
         # [*k, in, out] -> [in, *k, out] -> [in, prod(k) * out]: channel order (offsets, out).
         perm = (d, *range(d), d + 1)
         w = kernel.transpose(perm).reshape(cin, -1).astype(self.dtype)
@@ -241,8 +289,12 @@ class MonaiConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         if self.transposed:
-            return ConvTranspose(self.features, self.kernel_size, self.strides, self.dtype, name="conv")(x)
-        return Conv(self.features, self.kernel_size, self.strides, self.use_bias, self.dtype, name="conv")(x)
+            return ConvTranspose(
+                self.features, self.kernel_size, self.strides, self.dtype, name="conv"
+            )(x)
+        return Conv(
+            self.features, self.kernel_size, self.strides, self.use_bias, self.dtype, name="conv"
+        )(x)
 
 
 # --------------------------------------------------------------------------- UNet(R) blocks
@@ -265,7 +317,9 @@ class UnetResBlock(nn.Module):
     def __call__(self, x):
         d = x.ndim - 2
         down = x.shape[-1] != self.out_channels or any(s != 1 for s in _tuple(self.stride, d))
-        y = MonaiConv(self.out_channels, self.kernel_size, self.stride, dtype=self.dtype, name="conv1")(x)
+        y = MonaiConv(
+            self.out_channels, self.kernel_size, self.stride, dtype=self.dtype, name="conv1"
+        )(x)
         y = leaky_relu(make_norm(self.norm_name, "norm1", self.dtype)(y))
         y = MonaiConv(self.out_channels, self.kernel_size, 1, dtype=self.dtype, name="conv2")(y)
         y = make_norm(self.norm_name, "norm2", self.dtype)(y)
@@ -287,7 +341,9 @@ class UnetBasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = MonaiConv(self.out_channels, self.kernel_size, self.stride, dtype=self.dtype, name="conv1")(x)
+        y = MonaiConv(
+            self.out_channels, self.kernel_size, self.stride, dtype=self.dtype, name="conv1"
+        )(x)
         y = leaky_relu(make_norm(self.norm_name, "norm1", self.dtype)(y))
         y = MonaiConv(self.out_channels, self.kernel_size, 1, dtype=self.dtype, name="conv2")(y)
         return leaky_relu(make_norm(self.norm_name, "norm2", self.dtype)(y))
@@ -310,8 +366,15 @@ class UnetrBasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return _conv_block(self.res_block, self.out_channels, self.kernel_size, self.stride, self.norm_name,
-                           self.dtype, "layer")(x)
+        return _conv_block(
+            self.res_block,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.norm_name,
+            self.dtype,
+            "layer",
+        )(x)
 
 
 class UnetrUpBlock(nn.Module):
@@ -328,11 +391,24 @@ class UnetrUpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, inp, skip):
-        up = MonaiConv(self.out_channels, self.upsample_kernel_size, self.upsample_kernel_size, transposed=True,
-                       dtype=self.dtype, name="transp_conv")(inp)
+        up = MonaiConv(
+            self.out_channels,
+            self.upsample_kernel_size,
+            self.upsample_kernel_size,
+            transposed=True,
+            dtype=self.dtype,
+            name="transp_conv",
+        )(inp)
         x = jnp.concatenate([up, skip.astype(up.dtype)], axis=-1)
-        return _conv_block(self.res_block, self.out_channels, self.kernel_size, 1, self.norm_name, self.dtype,
-                           "conv_block")(x)
+        return _conv_block(
+            self.res_block,
+            self.out_channels,
+            self.kernel_size,
+            1,
+            self.norm_name,
+            self.dtype,
+            "conv_block",
+        )(x)
 
 
 class UnetrPrUpBlock(nn.Module):
@@ -351,15 +427,27 @@ class UnetrPrUpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        up = dict(features=self.out_channels, kernel_size=self.upsample_kernel_size,
-                  strides=self.upsample_kernel_size, transposed=True, dtype=self.dtype)
+        up = dict(
+            features=self.out_channels,
+            kernel_size=self.upsample_kernel_size,
+            strides=self.upsample_kernel_size,
+            transposed=True,
+            dtype=self.dtype,
+        )
         x = MonaiConv(**up, name="transp_conv_init")(x)
         for i in range(self.num_layer):
             if self.conv_block:
                 # MONAI: blocks[i] = Sequential(transposed conv, block) -> keys blocks.i.0 / blocks.i.1
                 x = MonaiConv(**up, name=f"blocks_{i}_0")(x)
-                x = _conv_block(self.res_block, self.out_channels, self.kernel_size, self.stride, self.norm_name,
-                                self.dtype, f"blocks_{i}_1")(x)
+                x = _conv_block(
+                    self.res_block,
+                    self.out_channels,
+                    self.kernel_size,
+                    self.stride,
+                    self.norm_name,
+                    self.dtype,
+                    f"blocks_{i}_1",
+                )(x)
             else:
                 x = MonaiConv(**up, name=f"blocks_{i}")(x)
         return x
@@ -402,8 +490,18 @@ class MLPBlock(nn.Module):
         return nn.Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
-def attention(module: nn.Module, q, k, v, bias=None, mask=None, *, dropout_rate: float = 0.0,
-              train: bool = False, impl: str = "auto"):
+def attention(
+    module: nn.Module,
+    q,
+    k,
+    v,
+    bias=None,
+    mask=None,
+    *,
+    dropout_rate: float = 0.0,
+    train: bool = False,
+    impl: str = "auto",
+):
     """Multi-head attention `[W, H, N, D] -> [W, H, N, D]`; q must already be scaled.
 
     Goes through `jaxseg.ops.window_attention`. The ops contract has no attention-weight
@@ -418,7 +516,10 @@ def attention(module: nn.Module, q, k, v, bias=None, mask=None, *, dropout_rate:
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)[None]
     if mask is not None:
-        logits = logits + jnp.take(mask.astype(jnp.float32), jnp.arange(w) % mask.shape[0], axis=0)[:, None]
+        logits = (
+            logits
+            + jnp.take(mask.astype(jnp.float32), jnp.arange(w) % mask.shape[0], axis=0)[:, None]
+        )
     probs = jax.nn.softmax(logits, axis=-1)
     keep = 1.0 - dropout_rate
     drop = jax.random.bernoulli(module.make_rng("dropout"), keep, probs.shape)

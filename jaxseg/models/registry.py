@@ -41,7 +41,11 @@ def available_models() -> list[str]:
 
 
 def _fields(module_cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(module_cls) if f.name not in ("parent", "name") and f.init]
+    return [
+        f.name
+        for f in dataclasses.fields(module_cls)
+        if f.name not in ("parent", "name") and f.init
+    ]
 
 
 def model_factory(module_cls, **defaults: Any) -> Callable[..., nn.Module]:
@@ -64,7 +68,9 @@ def model_factory(module_cls, **defaults: Any) -> Callable[..., nn.Module]:
     return build
 
 
-def build_model(name: str, *, dims: int, in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
+def build_model(
+    name: str, *, dims: int, in_channels: int, num_classes: int, **kwargs: Any
+) -> nn.Module:
     """Build the model registered as `name`; see `available_models()`."""
     if name not in _REGISTRY:
         raise ConfigError(
@@ -74,6 +80,8 @@ def build_model(name: str, *, dims: int, in_channels: int, num_classes: int, **k
     if dims not in (2, 3):
         raise ConfigError(f"model {name!r}: dims must be 2 or 3; got {dims!r}.")
     if in_channels < 1 or num_classes < 1:
-        raise ConfigError(f"model {name!r}: in_channels and num_classes must be >= 1; got "
-                          f"{in_channels} and {num_classes}.")
+        raise ConfigError(
+            f"model {name!r}: in_channels and num_classes must be >= 1; got "
+            f"{in_channels} and {num_classes}."
+        )
     return _REGISTRY[name](dims=dims, in_channels=in_channels, num_classes=num_classes, **kwargs)

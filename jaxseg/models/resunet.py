@@ -51,8 +51,16 @@ class ResBlock(nn.Module):
         bias = self.norm == "none"  # a norm right after the conv makes a bias redundant
 
         def conv(f, k, s, dil, name):
-            return nn.Conv(f, (k,) * d, strides=(s,) * d, kernel_dilation=(dil,) * d, padding="SAME",
-                           use_bias=bias, dtype=self.dtype, name=name)
+            return nn.Conv(
+                f,
+                (k,) * d,
+                strides=(s,) * d,
+                kernel_dilation=(dil,) * d,
+                padding="SAME",
+                use_bias=bias,
+                dtype=self.dtype,
+                name=name,
+            )
 
         y = conv(self.features, 3, self.strides, self.dilation, "conv1")(x)
         y = activation(Norm(self.norm, self.dtype, name="norm1")(y), self.act)
@@ -84,7 +92,9 @@ class ResUNet(nn.Module):
         if len(self.features) < 2:
             raise ConfigError(f"resunet: features needs at least 2 levels; got {self.features}.")
         if self.blocks_per_level < 1:
-            raise ConfigError(f"resunet: blocks_per_level must be >= 1; got {self.blocks_per_level}.")
+            raise ConfigError(
+                f"resunet: blocks_per_level must be >= 1; got {self.blocks_per_level}."
+            )
         check_norm(self.norm, "resunet")
 
     @nn.compact
@@ -106,7 +116,9 @@ class ResUNet(nn.Module):
             skips.append(x)
         for level in reversed(range(len(self.features) - 1)):
             f = self.features[level]
-            x = nn.ConvTranspose(f, (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{level}")(x)
+            x = nn.ConvTranspose(
+                f, (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{level}"
+            )(x)
             x = jnp.concatenate([x, skips[level]], axis=-1)
             x = res_block(f, **blk, name=f"dec{level}")(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)

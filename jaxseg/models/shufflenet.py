@@ -93,11 +93,17 @@ class ShuffleNetV2UNet(nn.Module):
     dims: int
     in_channels: int
     num_classes: int
-    stage_features: tuple[int, ...] = (48, 96, 192)  # out channels per stage (0.5x; 1.0x: 116, 232, 464)
+    stage_features: tuple[int, ...] = (
+        48,
+        96,
+        192,
+    )  # out channels per stage (0.5x; 1.0x: 116, 232, 464)
     stage_repeats: tuple[int, ...] = (4, 8, 4)  # units per stage (the first downsamples)
     stem_features: int = 24  # stride-2 stem conv
     full_res_features: int = 8  # the full-resolution skip conv
-    decoder_features: tuple[int, ...] | None = None  # per skip, full res first; None = skip channels
+    decoder_features: tuple[int, ...] | None = (
+        None  # per skip, full res first; None = skip channels
+    )
     norm: str = "instance"  # "instance" | "group" | "layer" | "none"
     dtype: Dtype = jnp.float32  # compute dtype; params stay float32
 
@@ -105,13 +111,19 @@ class ShuffleNetV2UNet(nn.Module):
         if self.dims not in (2, 3):
             raise ConfigError(f"shufflenetv2_unet: dims must be 2 or 3; got {self.dims}.")
         if not self.stage_features or len(self.stage_features) != len(self.stage_repeats):
-            raise ConfigError(f"shufflenetv2_unet: stage_features {self.stage_features} and stage_repeats "
-                              f"{self.stage_repeats} need the same, non-zero length.")
+            raise ConfigError(
+                f"shufflenetv2_unet: stage_features {self.stage_features} and stage_repeats "
+                f"{self.stage_repeats} need the same, non-zero length."
+            )
         if any(f % 2 for f in self.stage_features) or min(self.stage_repeats) < 1:
-            raise ConfigError(f"shufflenetv2_unet: stage_features must be even (the units split channels in "
-                              f"half) and stage_repeats >= 1; got {self.stage_features}, {self.stage_repeats}.")
+            raise ConfigError(
+                f"shufflenetv2_unet: stage_features must be even (the units split channels in "
+                f"half) and stage_repeats >= 1; got {self.stage_features}, {self.stage_repeats}."
+            )
         check_norm(self.norm, "shufflenetv2_unet")
-        check_decoder_features("shufflenetv2_unet", self.decoder_features, len(self.stage_features) + 2)
+        check_decoder_features(
+            "shufflenetv2_unet", self.decoder_features, len(self.stage_features) + 2
+        )
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
@@ -122,19 +134,44 @@ class ShuffleNetV2UNet(nn.Module):
         d = self.dims
         x, shape = pad_to_multiple(x.astype(self.dtype), 2 ** (len(self.stage_features) + 2))
         bias = self.norm == "none"
-        skips = [nn.relu(Norm(self.norm, self.dtype, name="full_res_norm")(
-            nn.Conv(self.full_res_features, (3,) * d, padding="SAME", use_bias=bias, dtype=self.dtype,
-                    name="full_res_conv")(x)))]
-        x = nn.Conv(self.stem_features, (3,) * d, strides=(2,) * d, padding="SAME", use_bias=bias,
-                    dtype=self.dtype, name="stem_conv")(x)
+        skips = [
+            nn.relu(
+                Norm(self.norm, self.dtype, name="full_res_norm")(
+                    nn.Conv(
+                        self.full_res_features,
+                        (3,) * d,
+                        padding="SAME",
+                        use_bias=bias,
+                        dtype=self.dtype,
+                        name="full_res_conv",
+                    )(x)
+                )
+            )
+        ]
+        x = nn.Conv(
+            self.stem_features,
+            (3,) * d,
+            strides=(2,) * d,
+            padding="SAME",
+            use_bias=bias,
+            dtype=self.dtype,
+            name="stem_conv",
+        )(x)
         x = nn.relu(Norm(self.norm, self.dtype, name="stem_norm")(x))
         skips.append(x)
         x = nn.max_pool(x, (3,) * d, strides=(2,) * d, padding="SAME")
         for stage, (f, reps) in enumerate(zip(self.stage_features, self.stage_repeats)):
             skips.append(x)
             for i in range(reps):
-                x = ShuffleUnit(f, strides=2 if i == 0 else 1, norm=self.norm, dtype=self.dtype,
-                                name=f"stage{stage + 2}_{i}")(x)
-        x = UDecoder(self.decoder_features, norm=self.norm, dtype=self.dtype, name="decoder")(x, skips)
+                x = ShuffleUnit(
+                    f,
+                    strides=2 if i == 0 else 1,
+                    norm=self.norm,
+                    dtype=self.dtype,
+                    name=f"stage{stage + 2}_{i}",
+                )(x)
+        x = UDecoder(self.decoder_features, norm=self.norm, dtype=self.dtype, name="decoder")(
+            x, skips
+        )
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return crop_to(x, shape).astype(jnp.float32)

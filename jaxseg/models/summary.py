@@ -34,8 +34,16 @@ import numpy as np
 from jaxseg.errors import ConfigError
 from jaxseg.models.registry import build_model
 
-__all__ = ["DEFAULT_SIZE", "DEFAULT_NUM_CLASSES", "parse_model_args", "input_shape",
-           "count_params", "compiled_cost", "compiled_flops", "summarize_model"]
+__all__ = [
+    "DEFAULT_SIZE",
+    "DEFAULT_NUM_CLASSES",
+    "parse_model_args",
+    "input_shape",
+    "count_params",
+    "compiled_cost",
+    "compiled_flops",
+    "summarize_model",
+]
 
 DEFAULT_SIZE = {2: 128, 3: 96}  # voxels per spatial axis when no size is given
 DEFAULT_NUM_CLASSES = 2  # background + one foreground class
@@ -51,8 +59,10 @@ def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--model-arg {item!r} has no '=': write --model-arg key=value, "
-                              "e.g. --model-arg feature_size=48")
+            raise ConfigError(
+                f"--model-arg {item!r} has no '=': write --model-arg key=value, "
+                "e.g. --model-arg feature_size=48"
+            )
         key, raw = item.split("=", 1)
         key = key.strip()
         if not key.isidentifier():
@@ -73,8 +83,9 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def input_shape(dims: int, size: int | Sequence[int] | None, in_channels: int,
-                batch: int = 1) -> tuple[int, ...]:
+def input_shape(
+    dims: int, size: int | Sequence[int] | None, in_channels: int, batch: int = 1
+) -> tuple[int, ...]:
     """`[batch, *spatial, in_channels]`; `size` is one int (a square/cube) or `dims` ints,
     None for `DEFAULT_SIZE[dims]`."""
     if dims not in (2, 3):
@@ -112,11 +123,15 @@ def compiled_cost(compiled) -> dict[str, float]:
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}
     if not isinstance(analysis, Mapping) or "flops" not in analysis:
-        raise RuntimeError(f"XLA returned no cost analysis for this executable ({analysis!r}); "
-                           f"the {jax.default_backend()} backend may not support it.")
-    return {"flops": float(analysis.get("flops", 0.0)),
-            "transcendentals": float(analysis.get("transcendentals", 0.0)),
-            "bytes_accessed": float(analysis.get("bytes accessed", 0.0))}
+        raise RuntimeError(
+            f"XLA returned no cost analysis for this executable ({analysis!r}); "
+            f"the {jax.default_backend()} backend may not support it."
+        )
+    return {
+        "flops": float(analysis.get("flops", 0.0)),
+        "transcendentals": float(analysis.get("transcendentals", 0.0)),
+        "bytes_accessed": float(analysis.get("bytes accessed", 0.0)),
+    }
 
 
 def compiled_flops(fn, *args) -> float:
@@ -127,9 +142,15 @@ def compiled_flops(fn, *args) -> float:
 _WHILE = re.compile(r"\swhile\(")  # an HLO while instruction: `%w = (...) while(%init)`
 
 
-def summarize_model(name: str, dims: int, size: int | Sequence[int] | None = None,
-                    in_channels: int = 1, num_classes: int = DEFAULT_NUM_CLASSES,
-                    model_args: Mapping[str, Any] | None = None, batch: int = 1) -> dict:
+def summarize_model(
+    name: str,
+    dims: int,
+    size: int | Sequence[int] | None = None,
+    in_channels: int = 1,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    model_args: Mapping[str, Any] | None = None,
+    batch: int = 1,
+) -> dict:
     """Parameter count and forward cost of the registered model `name`.
 
     Input `[batch, *S, in_channels]` with S = `size` per axis (default 128 in 2D, 96 in 3D).
@@ -138,8 +159,9 @@ def summarize_model(name: str, dims: int, size: int | Sequence[int] | None = Non
     Unknown names or arguments raise the registry's ConfigError.
     """
     shape = input_shape(dims, size, in_channels, batch)
-    model = build_model(name, dims=dims, in_channels=in_channels, num_classes=num_classes,
-                        **dict(model_args or {}))
+    model = build_model(
+        name, dims=dims, in_channels=in_channels, num_classes=num_classes, **dict(model_args or {})
+    )
     params_count, params = count_params(model, shape)
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))

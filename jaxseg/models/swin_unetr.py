@@ -51,6 +51,7 @@ from jaxseg.models.layers import (
     window_partition_heads,
     window_reverse_heads,
 )
+from jaxseg.models.monai_blocks import Conv as MonaiConvLayer
 from jaxseg.models.monai_blocks import (
     MLPBlock,
     UnetOutBlock,
@@ -62,9 +63,7 @@ from jaxseg.models.monai_blocks import (
     freeze_norm_name,
     layer_norm,
     parse_norm_name,
-    patchify,
 )
-from jaxseg.models.monai_blocks import Conv as MonaiConvLayer
 
 Dtype = Any
 DOWNSAMPLE_MODES = ("merging", "mergingv2")
@@ -91,8 +90,8 @@ def shift_mask(padded_shape, window, shift) -> np.ndarray:
         n, w, s = padded_shape[ax], window[ax], shift[ax]
         lab = np.zeros(n, np.int32)
         if s > 0:
-            lab[n - w:n - s] = 1
-            lab[n - s:] = 2
+            lab[n - w : n - s] = 1
+            lab[n - s :] = 2
         region = region * 3 + lab.reshape([-1 if a == ax else 1 for a in range(d)])
     reg = np.asarray(window_partition(region[None, ..., None], window))[..., 0]  # [nW, N]
     return np.where(reg[:, :, None] == reg[:, None, :], 0.0, SHIFT_MASK_VALUE).astype(np.float32)
@@ -119,19 +118,40 @@ class WindowAttention(nn.Module):
     def __call__(self, x, window, mask, *, train: bool = False):
         shape = x.shape[1:-1]
         hd = self.dim // self.num_heads
-        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
-                           (math.prod(2 * w - 1 for w in self.window_size), self.num_heads))
-        qkv = nn.Dense(3 * self.dim, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_dense_init,
-                       name="qkv")(x)
+        table = self.param(
+            "relative_position_bias_table",
+            nn.initializers.truncated_normal(0.02),
+            (math.prod(2 * w - 1 for w in self.window_size), self.num_heads),
+        )
+        qkv = nn.Dense(
+            3 * self.dim,
+            use_bias=self.qkv_bias,
+            dtype=self.dtype,
+            kernel_init=_dense_init,
+            name="qkv",
+        )(x)
         q, k, v = window_partition_heads(qkv, window, 3, self.num_heads)  # [B*nW, H, N, hd] each
         q = q * jnp.asarray(hd**-0.5, q.dtype)
         n = math.prod(window)
         # MONAI indexes the configured window's table with index[:n, :n], also when the window
         # was clamped to a smaller feature map (then this is not the clamped window's own index).
         index = relative_position_index(self.window_size)[:n, :n].reshape(-1)
-        bias = jnp.take(table, jnp.asarray(index), axis=0).reshape(n, n, self.num_heads).transpose(2, 0, 1)
-        o = attention(self, q, k, v, bias, None if mask is None else jnp.asarray(mask),
-                      dropout_rate=self.attn_drop, train=train, impl=self.attention_impl)
+        bias = (
+            jnp.take(table, jnp.asarray(index), axis=0)
+            .reshape(n, n, self.num_heads)
+            .transpose(2, 0, 1)
+        )
+        o = attention(
+            self,
+            q,
+            k,
+            v,
+            bias,
+            None if mask is None else jnp.asarray(mask),
+            dropout_rate=self.attn_drop,
+            train=train,
+            impl=self.attention_impl,
+        )
         o = window_reverse_heads(o, window, shape)
         o = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="proj")(o)
         return nn.Dropout(self.proj_drop, deterministic=not train)(o)
@@ -168,19 +188,38 @@ class SwinTransformerBlock(nn.Module):
         if shifted:
             h = jnp.roll(h, [-s for s in shift], axis=axes)
             mask = shift_mask(padded, window, shift)
-        h = WindowAttention(self.dim, self.num_heads, self.window_size, self.qkv_bias, self.attn_drop, self.drop,
-                            self.attention_impl, self.dtype, name="attn")(h, window, mask, train=train)
+        h = WindowAttention(
+            self.dim,
+            self.num_heads,
+            self.window_size,
+            self.qkv_bias,
+            self.attn_drop,
+            self.drop,
+            self.attention_impl,
+            self.dtype,
+            name="attn",
+        )(h, window, mask, train=train)
         if shifted:
             h = jnp.roll(h, list(shift), axis=axes)
         h = crop_to(h, shape)
         x = x + DropPath(self.drop_path)(h, train=train)
         y = MLPBlock(self.dim, int(self.dim * self.mlp_ratio), self.drop, self.dtype, name="mlp")(
-            layer_norm("norm2", self.dtype)(x), train=train)
+            layer_norm("norm2", self.dtype)(x), train=train
+        )
         return x + DropPath(self.drop_path)(y, train=train)
 
 
 # MONAI's PatchMerging (v0.9) 3D concatenation order of the 2x2x2 neighbours.
-_MERGING_V1_3D = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1))
+_MERGING_V1_3D = (
+    (0, 0, 0),
+    (1, 0, 0),
+    (0, 1, 0),
+    (0, 0, 1),
+    (1, 1, 0),
+    (1, 0, 1),
+    (0, 1, 1),
+    (1, 1, 1),
+)
 # MONAI's 2D order (both versions): x[:, j::2, i::2] for i, j in product(range(2), range(2)).
 _MERGING_2D = ((0, 0), (1, 0), (0, 1), (1, 1))
 
@@ -209,12 +248,19 @@ class PatchMerging(nn.Module):
         shape = x.shape[1:-1]
         if any(n % 2 for n in shape):
             x = jnp.pad(x, [(0, 0), *((0, n % 2) for n in shape), (0, 0)])
-        parts = [x[(slice(None), *(slice(o, None, 2) for o in off), slice(None))]
-                 for off in merging_offsets(d, self.mode)]
+        parts = [
+            x[(slice(None), *(slice(o, None, 2) for o in off), slice(None))]
+            for off in merging_offsets(d, self.mode)
+        ]
         x = jnp.concatenate(parts, axis=-1)
         x = layer_norm("norm", self.dtype)(x)
-        return nn.Dense(2 * self.dim, use_bias=False, dtype=self.dtype, kernel_init=_dense_init,
-                        name="reduction")(x)
+        return nn.Dense(
+            2 * self.dim,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=_dense_init,
+            name="reduction",
+        )(x)
 
 
 class BasicLayer(nn.Module):
@@ -240,11 +286,26 @@ class BasicLayer(nn.Module):
     def __call__(self, x, train: bool = False):
         shift = tuple(w // 2 for w in self.window_size)
         no_shift = (0,) * len(self.window_size)
-        block_cls = nn.remat(SwinTransformerBlock, static_argnums=(2,)) if self.use_checkpoint else SwinTransformerBlock
+        block_cls = (
+            nn.remat(SwinTransformerBlock, static_argnums=(2,))
+            if self.use_checkpoint
+            else SwinTransformerBlock
+        )
         for i in range(self.depth):
-            x = block_cls(self.dim, self.num_heads, self.window_size, no_shift if i % 2 == 0 else shift,
-                          self.mlp_ratio, self.qkv_bias, self.drop, self.attn_drop, self.drop_path[i],
-                          self.attention_impl, self.dtype, name=f"blocks_{i}")(x, train)
+            x = block_cls(
+                self.dim,
+                self.num_heads,
+                self.window_size,
+                no_shift if i % 2 == 0 else shift,
+                self.mlp_ratio,
+                self.qkv_bias,
+                self.drop,
+                self.attn_drop,
+                self.drop_path[i],
+                self.attention_impl,
+                self.dtype,
+                name=f"blocks_{i}",
+            )(x, train)
         return PatchMerging(self.dim, self.downsample, self.dtype, name="downsample")(x)
 
 
@@ -264,8 +325,14 @@ class PatchEmbed(nn.Module):
         padded = tuple(-(-n // p) * p for n, p in zip(shape, self.patch_size))
         if padded != shape:
             x = jnp.pad(x, [(0, 0), *((0, q - n) for q, n in zip(padded, shape)), (0, 0)])
-        x = MonaiConvLayer(self.embed_dim, self.patch_size, self.patch_size, use_bias=True, dtype=self.dtype,
-                           name="proj")(x)
+        x = MonaiConvLayer(
+            self.embed_dim,
+            self.patch_size,
+            self.patch_size,
+            use_bias=True,
+            dtype=self.dtype,
+            name="proj",
+        )(x)
         if self.patch_norm:
             x = layer_norm("norm", self.dtype)(x)
         return x
@@ -305,21 +372,39 @@ class SwinTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, normalize: bool = True, train: bool = False):
-        x0 = PatchEmbed(self.patch_size, self.embed_dim, self.patch_norm, self.dtype, name="patch_embed")(x)
+        x0 = PatchEmbed(
+            self.patch_size, self.embed_dim, self.patch_norm, self.dtype, name="patch_embed"
+        )(x)
         x0 = nn.Dropout(self.drop_rate, deterministic=not train)(x0)
         outs = [_proj_out(x0, normalize)]
-        dpr = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()  # torch.linspace, as MONAI
+        dpr = np.linspace(
+            0.0, self.drop_path_rate, sum(self.depths)
+        ).tolist()  # torch.linspace, as MONAI
         h = x0
         for i in range(len(self.depths)):
             dim = self.embed_dim * 2**i
             if self.use_v2:
                 # v2 always uses instance norm here, whatever norm_name says (as MONAI).
-                h = UnetrBasicBlock(dim, 3, 1, "instance", True, self.dtype, name=f"layers{i + 1}c_0")(h)
+                h = UnetrBasicBlock(
+                    dim, 3, 1, "instance", True, self.dtype, name=f"layers{i + 1}c_0"
+                )(h)
             start = sum(self.depths[:i])
-            h = BasicLayer(dim, self.depths[i], self.num_heads[i], self.window_size,
-                           tuple(dpr[start:start + self.depths[i]]), self.mlp_ratio, self.qkv_bias, self.drop_rate,
-                           self.attn_drop_rate, self.downsample, self.use_checkpoint, self.attention_impl,
-                           self.dtype, name=f"layers{i + 1}_0")(h, train)
+            h = BasicLayer(
+                dim,
+                self.depths[i],
+                self.num_heads[i],
+                self.window_size,
+                tuple(dpr[start : start + self.depths[i]]),
+                self.mlp_ratio,
+                self.qkv_bias,
+                self.drop_rate,
+                self.attn_drop_rate,
+                self.downsample,
+                self.use_checkpoint,
+                self.attention_impl,
+                self.dtype,
+                name=f"layers{i + 1}_0",
+            )(h, train)
             outs.append(_proj_out(h, normalize))
         return outs
 
@@ -342,7 +427,9 @@ class SwinUNETR(nn.Module):
     qkv_bias: bool = True
     mlp_ratio: float = 4.0
     feature_size: int = 24
-    norm_name: Any = "instance"  # "instance", ("instance", {"affine": True}), ("group", {"num_groups": G})
+    norm_name: Any = (
+        "instance"  # "instance", ("instance", {"affine": True}), ("group", {"num_groups": G})
+    )
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     dropout_path_rate: float = 0.0
@@ -360,33 +447,49 @@ class SwinUNETR(nn.Module):
         if self.dims not in (2, 3):
             raise ConfigError(f"{where}: dims must be 2 or 3; got {self.dims}.")
         if self.spatial_dims is not None and self.spatial_dims != self.dims:
-            raise ConfigError(f"{where}: spatial_dims={self.spatial_dims} disagrees with dims={self.dims}; "
-                              "drop spatial_dims or make them equal.")
+            raise ConfigError(
+                f"{where}: spatial_dims={self.spatial_dims} disagrees with dims={self.dims}; "
+                "drop spatial_dims or make them equal."
+            )
         for key in ("drop_rate", "attn_drop_rate", "dropout_path_rate"):
             v = getattr(self, key)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"{where}: {key} must be in [0, 1]; got {v}.")
         if self.feature_size % 12:
-            raise ConfigError(f"{where}: feature_size must be divisible by 12 (as in MONAI); got {self.feature_size}.")
+            raise ConfigError(
+                f"{where}: feature_size must be divisible by 12 (as in MONAI); got {self.feature_size}."
+            )
         if len(self.depths) != 4 or len(self.num_heads) != 4:
-            raise ConfigError(f"{where}: depths and num_heads need 4 entries (MONAI's 4 stages); got "
-                              f"{tuple(self.depths)} and {tuple(self.num_heads)}.")
+            raise ConfigError(
+                f"{where}: depths and num_heads need 4 entries (MONAI's 4 stages); got "
+                f"{tuple(self.depths)} and {tuple(self.num_heads)}."
+            )
         for i, h in enumerate(self.num_heads):
             if h < 1 or (self.feature_size * 2**i) % h:
-                raise ConfigError(f"{where}: stage {i} dim {self.feature_size * 2**i} is not divisible by "
-                                  f"num_heads {h}.")
+                raise ConfigError(
+                    f"{where}: stage {i} dim {self.feature_size * 2**i} is not divisible by "
+                    f"num_heads {h}."
+                )
         if self.downsample not in DOWNSAMPLE_MODES:
-            raise ConfigError(f"{where}: downsample={self.downsample!r}; valid values are {DOWNSAMPLE_MODES}.")
+            raise ConfigError(
+                f"{where}: downsample={self.downsample!r}; valid values are {DOWNSAMPLE_MODES}."
+            )
         if self.patch_size < 1:
             raise ConfigError(f"{where}: patch_size must be >= 1; got {self.patch_size}.")
         w = self._window()
         if len(w) != self.dims or min(w) < 1:
-            raise ConfigError(f"{where}: window_size {self.window_size} must be a positive int or {self.dims} ints.")
+            raise ConfigError(
+                f"{where}: window_size {self.window_size} must be a positive int or {self.dims} ints."
+            )
         parse_norm_name(_thaw_norm_name(freeze_norm_name(self.norm_name)), where + ".norm_name")
 
     def _window(self) -> tuple[int, ...]:
         ws = self.window_size
-        return (int(ws),) * self.dims if isinstance(ws, (int, np.integer)) else tuple(int(w) for w in ws)
+        return (
+            (int(ws),) * self.dims
+            if isinstance(ws, (int, np.integer))
+            else tuple(int(w) for w in ws)
+        )
 
     @property
     def total_stride(self) -> int:
@@ -406,10 +509,25 @@ class SwinUNETR(nn.Module):
         x = x.astype(self.dtype)
         fs, norm = self.feature_size, freeze_norm_name(self.norm_name)
         hs = SwinTransformer(
-            self.in_channels, fs, self._window(), (self.patch_size,) * self.dims, tuple(self.depths),
-            tuple(self.num_heads), self.mlp_ratio, self.qkv_bias, self.drop_rate, self.attn_drop_rate,
-            self.dropout_path_rate, self.patch_norm, self.use_checkpoint, self.downsample, self.use_v2,
-            self.attention_impl, self.dtype, name="swinViT")(x, self.normalize, train)
+            self.in_channels,
+            fs,
+            self._window(),
+            (self.patch_size,) * self.dims,
+            tuple(self.depths),
+            tuple(self.num_heads),
+            self.mlp_ratio,
+            self.qkv_bias,
+            self.drop_rate,
+            self.attn_drop_rate,
+            self.dropout_path_rate,
+            self.patch_norm,
+            self.use_checkpoint,
+            self.downsample,
+            self.use_v2,
+            self.attention_impl,
+            self.dtype,
+            name="swinViT",
+        )(x, self.normalize, train)
 
         def enc(c, name):
             return UnetrBasicBlock(c, 3, 1, norm, True, self.dtype, name=name)

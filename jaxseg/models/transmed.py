@@ -40,7 +40,15 @@ from jax import lax
 
 from jaxseg import ops
 from jaxseg.errors import ConfigError
-from jaxseg.models.layers import ConvNormAct, Norm, activation, check_input, check_norm, crop_to, pad_to_multiple
+from jaxseg.models.layers import (
+    ConvNormAct,
+    Norm,
+    activation,
+    check_input,
+    check_norm,
+    crop_to,
+    pad_to_multiple,
+)
 
 Dtype = Any
 VARIANTS = ("unet", "axial", "dynamic", "full")
@@ -52,9 +60,13 @@ DYNAMIC_IMPLS = ("map", "grouped")
 
 def _conv(x, kernel, dn=None, groups=1):
     d = x.ndim - 2
-    spatial = "DHW"[3 - d:]
-    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-    return lax.conv_general_dilated(x, kernel, (1,) * d, "SAME", dimension_numbers=dn, feature_group_count=groups)
+    spatial = "DHW"[3 - d :]
+    dn = lax.conv_dimension_numbers(
+        x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    )
+    return lax.conv_general_dilated(
+        x, kernel, (1,) * d, "SAME", dimension_numbers=dn, feature_group_count=groups
+    )
 
 
 def dynamic_conv(x, kernels, *, impl: str = "auto"):
@@ -73,12 +85,16 @@ def dynamic_conv(x, kernels, *, impl: str = "auto"):
     b, *s, cin = x.shape
     d = len(s)
     if kernels.ndim != d + 3 or kernels.shape[0] != b or kernels.shape[-2] != cin:
-        raise ValueError(f"dynamic_conv: kernels must be [B={b}, *k, Cin={cin}, Cout] with {d} spatial axes; "
-                         f"got {kernels.shape}.")
+        raise ValueError(
+            f"dynamic_conv: kernels must be [B={b}, *k, Cin={cin}, Cout] with {d} spatial axes; "
+            f"got {kernels.shape}."
+        )
     if impl == "auto":
         impl = "map" if jax.default_backend() == "cpu" else "grouped"
     if impl not in DYNAMIC_IMPLS:
-        raise ValueError(f"dynamic_conv: unknown impl={impl!r}; valid values are 'auto', 'map', 'grouped'.")
+        raise ValueError(
+            f"dynamic_conv: unknown impl={impl!r}; valid values are 'auto', 'map', 'grouped'."
+        )
     kernels = kernels.astype(x.dtype)
     if impl == "map":
         return lax.map(lambda xk: _conv(xk[0][None], xk[1])[0], (x, kernels))
@@ -116,16 +132,26 @@ class DynamicConv(nn.Module):
         d, cin = x.ndim - 2, x.shape[-1]
         pooled = jnp.mean(x.astype(jnp.float32), axis=tuple(range(1, d + 1)))
         h = nn.gelu(nn.Dense(max(cin // self.reduction, 4), name="route1")(pooled))
-        attn = jax.nn.softmax(nn.Dense(self.num_experts, name="route2")(h) / self.temperature, axis=-1)  # [B, K]
+        attn = jax.nn.softmax(
+            nn.Dense(self.num_experts, name="route2")(h) / self.temperature, axis=-1
+        )  # [B, K]
         kshape = (*(self.kernel_size,) * d, cin, self.features)
         # Each expert initialised like an ordinary conv kernel (fan-in scaling).
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=tuple(range(1, d + 2)),
-                                                out_axis=-1, batch_axis=(0,))
+        init = nn.initializers.variance_scaling(
+            1.0,
+            "fan_in",
+            "truncated_normal",
+            in_axis=tuple(range(1, d + 2)),
+            out_axis=-1,
+            batch_axis=(0,),
+        )
         experts = self.param("experts", init, (self.num_experts, *kshape))
         mixed = jnp.einsum("bk,k...->b...", attn, experts)  # [B, *k, Cin, Cout]
         y = dynamic_conv(x.astype(self.dtype), mixed.astype(self.dtype), impl=self.impl)
         if self.use_bias:
-            bias = attn @ self.param("bias", nn.initializers.zeros, (self.num_experts, self.features))
+            bias = attn @ self.param(
+                "bias", nn.initializers.zeros, (self.num_experts, self.features)
+            )
             y = y + bias.reshape(-1, *(1,) * d, self.features).astype(y.dtype)
         return y
 
@@ -136,7 +162,9 @@ class DynamicConv(nn.Module):
 def relative_offsets(length: int, max_len: int) -> np.ndarray:
     """`[L, L]` rows of a `2 max_len - 1` table: i - j + max_len - 1, clipped to the table."""
     pos = np.arange(length)
-    return (np.clip(pos[:, None] - pos[None, :], -(max_len - 1), max_len - 1) + max_len - 1).astype(np.int32)
+    return (np.clip(pos[:, None] - pos[None, :], -(max_len - 1), max_len - 1) + max_len - 1).astype(
+        np.int32
+    )
 
 
 class AxialAttention(nn.Module):
@@ -157,10 +185,17 @@ class AxialAttention(nn.Module):
         hd = self.dim // self.num_heads
         qkv = nn.Dense(3 * self.dim, dtype=self.dtype, name="qkv")(x)
         q, k, v = ops.fold_axis_heads(qkv, self.axis, 3, self.num_heads)  # [R, H, L, hd] each
-        table = self.param("relative_position_bias_table", nn.initializers.truncated_normal(0.02),
-                           (2 * self.max_len - 1, self.num_heads))
-        bias = jnp.take(table, relative_offsets(length, self.max_len), axis=0).transpose(2, 0, 1)  # [H, L, L]
-        o = ops.axial_attention(q * jnp.asarray(hd**-0.5, q.dtype), k, v, bias, impl=self.attention_impl)
+        table = self.param(
+            "relative_position_bias_table",
+            nn.initializers.truncated_normal(0.02),
+            (2 * self.max_len - 1, self.num_heads),
+        )
+        bias = jnp.take(table, relative_offsets(length, self.max_len), axis=0).transpose(
+            2, 0, 1
+        )  # [H, L, L]
+        o = ops.axial_attention(
+            q * jnp.asarray(hd**-0.5, q.dtype), k, v, bias, impl=self.attention_impl
+        )
         o = ops.unfold_axis_heads(o, self.axis, shape)
         return nn.Dense(self.dim, dtype=self.dtype, name="proj")(o)
 
@@ -180,8 +215,15 @@ class AxialBlock(nn.Module):
     def __call__(self, x):
         for axis in range(1, x.ndim - 1):
             h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"norm_axis{axis}")(x)
-            x = x + AxialAttention(self.dim, self.num_heads, axis, self.max_len, self.attention_impl, self.dtype,
-                                   name=f"attn_axis{axis}")(h)
+            x = x + AxialAttention(
+                self.dim,
+                self.num_heads,
+                axis,
+                self.max_len,
+                self.attention_impl,
+                self.dtype,
+                name=f"attn_axis{axis}",
+            )(h)
         y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm_mlp")(x)
         y = nn.Dense(int(self.dim * self.mlp_ratio), dtype=self.dtype, name="fc1")(y)
         return x + nn.Dense(self.dim, dtype=self.dtype, name="fc2")(nn.gelu(y))
@@ -236,31 +278,50 @@ class TransMed(nn.Module):
         if self.dims not in (2, 3):
             raise ConfigError(f"transmed: dims must be 2 or 3; got {self.dims}.")
         if self.variant not in VARIANTS:
-            raise ConfigError(f"transmed: unknown variant={self.variant!r}; valid values are "
-                              f"{', '.join(map(repr, VARIANTS))}.")
+            raise ConfigError(
+                f"transmed: unknown variant={self.variant!r}; valid values are "
+                f"{', '.join(map(repr, VARIANTS))}."
+            )
         n = len(self.features)
         if n < 2:
             raise ConfigError(f"transmed: features needs at least 2 levels; got {self.features}.")
-        for key, levels in (("axial_levels", self.axial_at()), ("dynamic_levels", self.dynamic_at())):
+        for key, levels in (
+            ("axial_levels", self.axial_at()),
+            ("dynamic_levels", self.dynamic_at()),
+        ):
             bad = [lv for lv in levels if not 0 <= lv < n]
             if bad:
                 raise ConfigError(f"transmed: {key} {bad} are not encoder levels 0..{n - 1}.")
         if self.num_experts < 1 or self.max_len < 1 or self.head_dim < 1:
-            raise ConfigError("transmed: num_experts, max_len and head_dim must be >= 1; got "
-                              f"{self.num_experts}, {self.max_len}, {self.head_dim}.")
+            raise ConfigError(
+                "transmed: num_experts, max_len and head_dim must be >= 1; got "
+                f"{self.num_experts}, {self.max_len}, {self.head_dim}."
+            )
         if self.dynamic_impl not in ("auto", *DYNAMIC_IMPLS):
-            raise ConfigError(f"transmed: unknown dynamic_impl={self.dynamic_impl!r}; use 'auto', 'map' or 'grouped'.")
+            raise ConfigError(
+                f"transmed: unknown dynamic_impl={self.dynamic_impl!r}; use 'auto', 'map' or 'grouped'."
+            )
         check_norm(self.norm, "transmed")
 
     def _conv_block(self, x, features, dynamic, name):
         for i in range(2):
             if dynamic:
-                x = DynamicConv(features, 3, self.num_experts, self.routing_reduction, self.routing_temperature,
-                                use_bias=self.norm == "none", impl=self.dynamic_impl, dtype=self.dtype,
-                                name=f"{name}_dynconv{i}")(x)
+                x = DynamicConv(
+                    features,
+                    3,
+                    self.num_experts,
+                    self.routing_reduction,
+                    self.routing_temperature,
+                    use_bias=self.norm == "none",
+                    impl=self.dynamic_impl,
+                    dtype=self.dtype,
+                    name=f"{name}_dynconv{i}",
+                )(x)
                 x = activation(Norm(self.norm, self.dtype, name=f"{name}_norm{i}")(x), "leaky_relu")
             else:
-                x = ConvNormAct(features, 3, norm=self.norm, dtype=self.dtype, name=f"{name}_conv{i}")(x)
+                x = ConvNormAct(
+                    features, 3, norm=self.norm, dtype=self.dtype, name=f"{name}_conv{i}"
+                )(x)
         return x
 
     @nn.compact
@@ -277,20 +338,34 @@ class TransMed(nn.Module):
         # (features, dynamic, name) are Python values: static.
         conv_block, axial_block = type(self)._conv_block, AxialBlock
         if self.remat:
-            conv_block, axial_block = nn.remat(conv_block, static_argnums=(2, 3, 4)), nn.remat(AxialBlock)
+            conv_block, axial_block = (
+                nn.remat(conv_block, static_argnums=(2, 3, 4)),
+                nn.remat(AxialBlock),
+            )
         skips = []
         for level, f in enumerate(self.features):
             if level > 0:
-                x = ConvNormAct(f, 3, strides=2, norm=self.norm, dtype=self.dtype, name=f"down{level}")(x)
+                x = ConvNormAct(
+                    f, 3, strides=2, norm=self.norm, dtype=self.dtype, name=f"down{level}"
+                )(x)
             x = conv_block(self, x, f, level in dynamic, f"enc{level}")
             if level in axial:
                 for j in range(self.axial_depth):
-                    x = axial_block(f, max(1, f // self.head_dim), self.mlp_ratio, self.max_len, self.attention_impl,
-                                   self.dtype, name=f"enc{level}_axial{j}")(x)
+                    x = axial_block(
+                        f,
+                        max(1, f // self.head_dim),
+                        self.mlp_ratio,
+                        self.max_len,
+                        self.attention_impl,
+                        self.dtype,
+                        name=f"enc{level}_axial{j}",
+                    )(x)
             skips.append(x)
         for level in reversed(range(len(self.features) - 1)):
             f = self.features[level]
-            x = nn.ConvTranspose(f, (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{level}")(x)
+            x = nn.ConvTranspose(
+                f, (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up{level}"
+            )(x)
             x = jnp.concatenate([x, skips[level]], axis=-1)
             x = conv_block(self, x, f, False, f"dec{level}")
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)

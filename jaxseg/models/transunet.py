@@ -37,7 +37,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.errors import ConfigError
-from jaxseg.models.layers import ConvNormAct, Norm, check_input, check_norm, crop_to, pad_to_multiple
+from jaxseg.models.layers import (
+    ConvNormAct,
+    Norm,
+    check_input,
+    check_norm,
+    crop_to,
+    pad_to_multiple,
+)
 
 Dtype = Any
 
@@ -62,14 +69,29 @@ class Bottleneck(nn.Module):
         bias = self.norm == "none"
         y = nn.Dense(self.width, use_bias=bias, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(Norm(self.norm, self.dtype, name="norm1")(y))
-        y = nn.Conv(self.width, (3,) * d, strides=(self.strides,) * d, kernel_dilation=(self.dilation,) * d,
-                    padding="SAME", use_bias=bias, dtype=self.dtype, name="conv2")(y)
+        y = nn.Conv(
+            self.width,
+            (3,) * d,
+            strides=(self.strides,) * d,
+            kernel_dilation=(self.dilation,) * d,
+            padding="SAME",
+            use_bias=bias,
+            dtype=self.dtype,
+            name="conv2",
+        )(y)
         y = nn.relu(Norm(self.norm, self.dtype, name="norm2")(y))
         y = nn.Dense(out, use_bias=bias, dtype=self.dtype, name="conv3")(y)
         y = Norm(self.norm, self.dtype, name="norm3")(y)
         if self.strides != 1 or x.shape[-1] != out:
-            x = nn.Conv(out, (1,) * d, strides=(self.strides,) * d, padding="SAME", use_bias=bias,
-                        dtype=self.dtype, name="shortcut")(x)
+            x = nn.Conv(
+                out,
+                (1,) * d,
+                strides=(self.strides,) * d,
+                padding="SAME",
+                use_bias=bias,
+                dtype=self.dtype,
+                name="shortcut",
+            )(x)
             x = Norm(self.norm, self.dtype, name="shortcut_norm")(x)
         return nn.relu(x + y)
 
@@ -93,8 +115,12 @@ class ViTBlock(nn.Module):
         h = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
         qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(h).reshape(b, n, 3, self.num_heads, hd)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, D]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(hd**-0.5, q.dtype), k,
-                            preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "bqhd,bkhd->bhqk",
+            q * jnp.asarray(hd**-0.5, q.dtype),
+            k,
+            preferred_element_type=jnp.float32,
+        )
         p = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         o = jnp.einsum("bhqk,bkhd->bqhd", p, v).reshape(b, n, c)
         x = x + nn.Dense(c, dtype=self.dtype, name="proj")(o)
@@ -123,7 +149,10 @@ class TransUNet(nn.Module):
     num_layers: int = 4  # ViT blocks
     num_heads: int = 6  # attention heads; must divide hidden_size
     mlp_dim: int = 768  # ViT MLP width
-    pos_grid: tuple[int, int] = (8, 8)  # learned position-embedding grid (token grid of a 128^2 patch)
+    pos_grid: tuple[int, int] = (
+        8,
+        8,
+    )  # learned position-embedding grid (token grid of a 128^2 patch)
     head_channels: int = 256  # decoder's first conv after the ViT (the paper: 512)
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16)  # cascaded upsampler, 1/8 -> full res
     norm: str = "group"  # "instance" | "group" | "layer" | "none"
@@ -131,18 +160,28 @@ class TransUNet(nn.Module):
 
     def _validate(self):
         if self.dims != 2:
-            raise ConfigError(f"transunet is defined in 2D only (Chen et al. 2021); got dims={self.dims}. "
-                              "Use dims=2, or a 3D model such as unet, unetr or swinunetr.")
+            raise ConfigError(
+                f"transunet is defined in 2D only (Chen et al. 2021); got dims={self.dims}. "
+                "Use dims=2, or a 3D model such as unet, unetr or swinunetr."
+            )
         if len(self.resnet_depths) != 3 or min(self.resnet_depths) < 1:
-            raise ConfigError(f"transunet: resnet_depths must be 3 positive numbers; got {self.resnet_depths}.")
+            raise ConfigError(
+                f"transunet: resnet_depths must be 3 positive numbers; got {self.resnet_depths}."
+            )
         if len(self.decoder_channels) != 4:
-            raise ConfigError(f"transunet: decoder_channels needs 4 entries (1/8, 1/4, 1/2, 1/1); "
-                              f"got {self.decoder_channels}.")
+            raise ConfigError(
+                f"transunet: decoder_channels needs 4 entries (1/8, 1/4, 1/2, 1/1); "
+                f"got {self.decoder_channels}."
+            )
         if self.hidden_size % self.num_heads:
-            raise ConfigError(f"transunet: hidden_size={self.hidden_size} is not divisible by "
-                              f"num_heads={self.num_heads}.")
+            raise ConfigError(
+                f"transunet: hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}."
+            )
         if len(self.pos_grid) != 2 or min(self.pos_grid) < 1:
-            raise ConfigError(f"transunet: pos_grid must be 2 positive numbers; got {self.pos_grid}.")
+            raise ConfigError(
+                f"transunet: pos_grid must be 2 positive numbers; got {self.pos_grid}."
+            )
         check_norm(self.norm, "transunet")
 
     @nn.compact
@@ -154,21 +193,34 @@ class TransUNet(nn.Module):
         x, shape = pad_to_multiple(x.astype(self.dtype), 16)
         w, blk = self.resnet_width, dict(norm=self.norm, dtype=self.dtype)
         # ---- CNN encoder
-        x = nn.Conv(w, (7, 7), strides=(2, 2), padding="SAME", use_bias=self.norm == "none",
-                    dtype=self.dtype, name="root_conv")(x)
+        x = nn.Conv(
+            w,
+            (7, 7),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=self.norm == "none",
+            dtype=self.dtype,
+            name="root_conv",
+        )(x)
         x = nn.relu(Norm(self.norm, self.dtype, name="root_norm")(x))
         skips = [x]  # 1/2
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         for stage, depth in enumerate(self.resnet_depths):
             for i in range(depth):
-                x = Bottleneck(w * 2**stage, strides=2 if (stage > 0 and i == 0) else 1, **blk,
-                               name=f"stage{stage + 1}_{i}")(x)
+                x = Bottleneck(
+                    w * 2**stage,
+                    strides=2 if (stage > 0 and i == 0) else 1,
+                    **blk,
+                    name=f"stage{stage + 1}_{i}",
+                )(x)
             if stage < 2:
                 skips.append(x)  # 1/4, 1/8
         # ---- ViT on the 1/16 map (hybrid: 1x1 patches)
         b, gx, gy, _ = x.shape
         t = nn.Dense(self.hidden_size, dtype=self.dtype, name="patch_embed")(x)
-        pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, *self.pos_grid, self.hidden_size))
+        pos = self.param(
+            "pos_embedding", nn.initializers.normal(0.02), (1, *self.pos_grid, self.hidden_size)
+        )
         t = t + resize_bilinear(pos, (gx, gy)).astype(self.dtype)
         t = t.reshape(b, gx * gy, self.hidden_size)
         for i in range(self.num_layers):

@@ -23,7 +23,10 @@ def encode_decode(module: nn.Module, x, levels: int, *, remat: bool):
     """
     encode, decode = type(module)._encoder_level, type(module)._decoder_level
     if remat:  # `level` is a Python int: static
-        encode, decode = nn.remat(encode, static_argnums=(2,)), nn.remat(decode, static_argnums=(3,))
+        encode, decode = (
+            nn.remat(encode, static_argnums=(2,)),
+            nn.remat(decode, static_argnums=(3,)),
+        )
     skips = []
     for level in range(levels):
         x = encode(module, x, level)
@@ -58,7 +61,9 @@ class UNet(nn.Module):
         if len(self.features) < 2:
             raise ConfigError(f"unet: features needs at least 2 levels; got {self.features}.")
         if self.downsample not in ("conv", "maxpool"):
-            raise ConfigError(f"unet: downsample must be 'conv' or 'maxpool'; got {self.downsample!r}.")
+            raise ConfigError(
+                f"unet: downsample must be 'conv' or 'maxpool'; got {self.downsample!r}."
+            )
         check_norm(self.norm, "unet")
 
     def _encoder_level(self, x, level: int):

@@ -88,13 +88,18 @@ class UNetPlusPlus(nn.Module):
         for j in range(1, levels):
             for i in range(levels - j):
                 f = self.features[i]
-                up = nn.ConvTranspose(f, (2,) * d, strides=(2,) * d, dtype=self.dtype,
-                                      name=f"up_{i}_{j}")(nodes[i + 1, j - 1])
+                up = nn.ConvTranspose(
+                    f, (2,) * d, strides=(2,) * d, dtype=self.dtype, name=f"up_{i}_{j}"
+                )(nodes[i + 1, j - 1])
                 inputs = [nodes[i, k] for k in range(j)] + [up]
-                nodes[i, j] = conv_block(f, **blk, name=f"node_{i}_{j}")(jnp.concatenate(inputs, axis=-1))
+                nodes[i, j] = conv_block(f, **blk, name=f"node_{i}_{j}")(
+                    jnp.concatenate(inputs, axis=-1)
+                )
         if self.deep_supervision:
-            heads = [nn.Dense(self.num_classes, dtype=self.dtype, name=f"head_{j}")(nodes[0, j])
-                     for j in range(1, levels)]
+            heads = [
+                nn.Dense(self.num_classes, dtype=self.dtype, name=f"head_{j}")(nodes[0, j])
+                for j in range(1, levels)
+            ]
             out = sum(h.astype(jnp.float32) for h in heads) / len(heads)
         else:
             out = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(nodes[0, levels - 1])

@@ -75,11 +75,15 @@ class SABlock(nn.Module):
     def __call__(self, x, *, train: bool = False):
         b, n, c = x.shape
         hd = c // self.num_heads
-        qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_dense_init, name="qkv")(x)
+        qkv = nn.Dense(
+            3 * c, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=_dense_init, name="qkv"
+        )(x)
         # Channel order (qkv, head, dim), as MONAI's "b h (qkv l d) -> qkv b l h d".
         qkv = qkv.reshape(b, n, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * jnp.asarray(hd**-0.5, qkv.dtype), qkv[1], qkv[2]
-        o = attention(self, q, k, v, dropout_rate=self.dropout_rate, train=train, impl=self.attention_impl)
+        o = attention(
+            self, q, k, v, dropout_rate=self.dropout_rate, train=train, impl=self.attention_impl
+        )
         o = o.transpose(0, 2, 1, 3).reshape(b, n, c)
         o = nn.Dense(c, dtype=self.dtype, kernel_init=_dense_init, name="out_proj")(o)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(o)
@@ -109,11 +113,19 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = x + SABlock(self.hidden_size, self.num_heads, self.dropout_rate, self.qkv_bias, self.attention_impl,
-                        self.dtype, name="attn")(layer_norm("norm1", self.dtype)(x), train=train)
+        x = x + SABlock(
+            self.hidden_size,
+            self.num_heads,
+            self.dropout_rate,
+            self.qkv_bias,
+            self.attention_impl,
+            self.dtype,
+            name="attn",
+        )(layer_norm("norm1", self.dtype)(x), train=train)
         _UnusedLayerNorm(self.hidden_size, name="norm_cross_attn")()
-        return x + MLPBlock(self.hidden_size, self.mlp_dim, self.dropout_rate, self.dtype, name="mlp")(
-            layer_norm("norm2", self.dtype)(x), train=train)
+        return x + MLPBlock(
+            self.hidden_size, self.mlp_dim, self.dropout_rate, self.dtype, name="mlp"
+        )(layer_norm("norm2", self.dtype)(x), train=train)
 
 
 class PatchEmbeddingBlock(nn.Module):
@@ -136,19 +148,32 @@ class PatchEmbeddingBlock(nn.Module):
         d = x.ndim - 2
         k = (PATCH,) * d
         if self.proj_type == "conv":
-            t = Conv(self.hidden_size, k, k, use_bias=True, dtype=self.dtype, name="patch_embeddings")(x)
+            t = Conv(
+                self.hidden_size, k, k, use_bias=True, dtype=self.dtype, name="patch_embeddings"
+            )(x)
         else:
             # "perceptron": MONAI rearranges to (p1 p2 p3 c) per patch = patchify's order.
-            t = nn.Dense(self.hidden_size, dtype=self.dtype, kernel_init=_dense_init,
-                         name="patch_embeddings_1")(patchify(x.astype(self.dtype), k))
+            t = nn.Dense(
+                self.hidden_size,
+                dtype=self.dtype,
+                kernel_init=_dense_init,
+                name="patch_embeddings_1",
+            )(patchify(x.astype(self.dtype), k))
         grid = t.shape[1:-1]
         t = t.reshape(t.shape[0], -1, self.hidden_size)
-        pos = self.param("position_embeddings", nn.initializers.truncated_normal(0.02),
-                         (1, math.prod(self.img_grid), self.hidden_size))
+        pos = self.param(
+            "position_embeddings",
+            nn.initializers.truncated_normal(0.02),
+            (1, math.prod(self.img_grid), self.hidden_size),
+        )
         if tuple(grid) != tuple(self.img_grid):
             # Another input size: interpolate the embeddings over the patch grid (see module doc).
-            pos = jax.image.resize(pos.reshape(*self.img_grid, self.hidden_size), (*grid, self.hidden_size),
-                                   method="linear", antialias=False).reshape(1, -1, self.hidden_size)
+            pos = jax.image.resize(
+                pos.reshape(*self.img_grid, self.hidden_size),
+                (*grid, self.hidden_size),
+                method="linear",
+                antialias=False,
+            ).reshape(1, -1, self.hidden_size)
         t = t + pos.astype(t.dtype)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(t)
 
@@ -171,13 +196,29 @@ class ViT(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         # `train` (argument 2 of a block call) is a Python value: static.
-        block_cls = nn.remat(TransformerBlock, static_argnums=(2,)) if self.remat else TransformerBlock
-        x = PatchEmbeddingBlock(self.img_grid, self.hidden_size, self.proj_type, self.dropout_rate, self.dtype,
-                                name="patch_embedding")(x, train=train)
+        block_cls = (
+            nn.remat(TransformerBlock, static_argnums=(2,)) if self.remat else TransformerBlock
+        )
+        x = PatchEmbeddingBlock(
+            self.img_grid,
+            self.hidden_size,
+            self.proj_type,
+            self.dropout_rate,
+            self.dtype,
+            name="patch_embedding",
+        )(x, train=train)
         hidden = []
         for i in range(self.num_layers):
-            x = block_cls(self.hidden_size, self.mlp_dim, self.num_heads, self.dropout_rate, self.qkv_bias,
-                          self.attention_impl, self.dtype, name=f"blocks_{i}")(x, train)
+            x = block_cls(
+                self.hidden_size,
+                self.mlp_dim,
+                self.num_heads,
+                self.dropout_rate,
+                self.qkv_bias,
+                self.attention_impl,
+                self.dtype,
+                name=f"blocks_{i}",
+            )(x, train)
             hidden.append(x)
         return layer_norm("norm", self.dtype)(x), hidden
 
@@ -214,26 +255,36 @@ class UNETR(nn.Module):
 
     def img_shape(self) -> tuple[int, ...]:
         s = self.img_size
-        return (int(s),) * self.dims if isinstance(s, (int, np.integer)) else tuple(int(v) for v in s)
+        return (
+            (int(s),) * self.dims if isinstance(s, (int, np.integer)) else tuple(int(v) for v in s)
+        )
 
     def _validate(self):
         where = "unetr"
         if self.dims not in (2, 3):
             raise ConfigError(f"{where}: dims must be 2 or 3; got {self.dims}.")
         if self.spatial_dims is not None and self.spatial_dims != self.dims:
-            raise ConfigError(f"{where}: spatial_dims={self.spatial_dims} disagrees with dims={self.dims}; "
-                              "drop spatial_dims or make them equal.")
+            raise ConfigError(
+                f"{where}: spatial_dims={self.spatial_dims} disagrees with dims={self.dims}; "
+                "drop spatial_dims or make them equal."
+            )
         img = self.img_shape()
         if len(img) != self.dims or any(v < PATCH or v % PATCH for v in img):
-            raise ConfigError(f"{where}: img_size={self.img_size} must be {self.dims} positive multiples of "
-                              f"{PATCH} (the ViT patch size); e.g. img_size=96.")
+            raise ConfigError(
+                f"{where}: img_size={self.img_size} must be {self.dims} positive multiples of "
+                f"{PATCH} (the ViT patch size); e.g. img_size=96."
+            )
         if not 0.0 <= self.dropout_rate <= 1.0:
             raise ConfigError(f"{where}: dropout_rate must be in [0, 1]; got {self.dropout_rate}.")
         if self.num_heads < 1 or self.hidden_size % self.num_heads:
-            raise ConfigError(f"{where}: hidden_size {self.hidden_size} must be divisible by num_heads "
-                              f"{self.num_heads}.")
+            raise ConfigError(
+                f"{where}: hidden_size {self.hidden_size} must be divisible by num_heads "
+                f"{self.num_heads}."
+            )
         if self.proj_type not in PROJ_TYPES:
-            raise ConfigError(f"{where}: proj_type={self.proj_type!r}; valid values are {PROJ_TYPES}.")
+            raise ConfigError(
+                f"{where}: proj_type={self.proj_type!r}; valid values are {PROJ_TYPES}."
+            )
         parse_norm_name(_thaw_norm_name(freeze_norm_name(self.norm_name)), where + ".norm_name")
 
     @nn.compact
@@ -248,18 +299,39 @@ class UNETR(nn.Module):
         x = x.astype(self.dtype)
         img_grid = tuple(v // PATCH for v in self.img_shape())
         grid = tuple(p // PATCH for p in padded)
-        z, hidden = ViT(img_grid, self.hidden_size, self.mlp_dim, 12, self.num_heads, self.proj_type,
-                        self.dropout_rate, self.qkv_bias, self.attention_impl, self.dtype, self.remat,
-                        name="vit")(x, train=train)
+        z, hidden = ViT(
+            img_grid,
+            self.hidden_size,
+            self.mlp_dim,
+            12,
+            self.num_heads,
+            self.proj_type,
+            self.dropout_rate,
+            self.qkv_bias,
+            self.attention_impl,
+            self.dtype,
+            self.remat,
+            name="vit",
+        )(x, train=train)
 
         def feat(t):  # tokens [B, N, hs] -> map [B, *grid, hs] (MONAI's proj_feat, channels-last)
             return t.reshape(t.shape[0], *grid, self.hidden_size)
 
         fs, norm = self.feature_size, freeze_norm_name(self.norm_name)
-        pr = dict(kernel_size=3, stride=1, upsample_kernel_size=2, norm_name=norm, conv_block=self.conv_block,
-                  res_block=self.res_block, dtype=self.dtype)
-        basic, pr_up, up = ((nn.remat(c) for c in (UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock)) if self.remat
-                            else (UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock))
+        pr = dict(
+            kernel_size=3,
+            stride=1,
+            upsample_kernel_size=2,
+            norm_name=norm,
+            conv_block=self.conv_block,
+            res_block=self.res_block,
+            dtype=self.dtype,
+        )
+        basic, pr_up, up = (
+            (nn.remat(c) for c in (UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock))
+            if self.remat
+            else (UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock)
+        )
         enc1 = basic(fs, 3, 1, norm, self.res_block, self.dtype, name="encoder1")(x)
         enc2 = pr_up(fs * 2, 2, **pr, name="encoder2")(feat(hidden[3]))
         enc3 = pr_up(fs * 4, 1, **pr, name="encoder3")(feat(hidden[6]))

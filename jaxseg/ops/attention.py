@@ -24,7 +24,12 @@ def _resolve_impl(impl: str) -> str:
 
 
 def _check_shapes(q, k, v, bias, mask):
-    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]:
+    if (
+        q.ndim != 4
+        or k.ndim != 4
+        or v.shape != k.shape
+        or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]
+    ):
         raise ValueError(
             "window_attention: q must be [W, H, N, D] and k, v [W, H, M, D] (same W, H, D); got "
             f"q{q.shape} k{k.shape} v{v.shape}."
@@ -32,9 +37,13 @@ def _check_shapes(q, k, v, bias, mask):
     _, h, n, _ = q.shape
     m = k.shape[2]
     if bias is not None and bias.shape != (h, n, m):
-        raise ValueError(f"window_attention: bias must be [H, N, M] = {(h, n, m)}; got {bias.shape}.")
+        raise ValueError(
+            f"window_attention: bias must be [H, N, M] = {(h, n, m)}; got {bias.shape}."
+        )
     if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, m) or mask.shape[0] < 1):
-        raise ValueError(f"window_attention: mask must be [Wi, {n}, {m}] ([Wi, N, M]); got {mask.shape}.")
+        raise ValueError(
+            f"window_attention: mask must be [Wi, {n}, {m}] ([Wi, N, M]); got {mask.shape}."
+        )
 
 
 def _add_mask(logits, mask):
@@ -58,7 +67,9 @@ def _logits(q, k, bias, mask):
 
 def _softmax_values(logits, v, dtype):
     probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("whnm,whmd->whnd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+        "whnm,whmd->whnd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
     return out.astype(dtype)
 
 
@@ -89,6 +100,7 @@ def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto"):
     if impl == "xla":
         return _window_attention_xla(q, k, v, bias, mask)
     from pallas_kernels import window_attention as kernel
+
     return kernel.window_attention(q, k, v, bias, mask, interpret=impl == "pallas_interpret")
 
 
@@ -107,7 +119,7 @@ def _window_attention_topk_xla(q, k, v, bias, mask, topk):
     if topk < k.shape[2]:
         # The k-th largest logit of each query row is the threshold; keys below it are dropped.
         # Selection is piecewise constant, so no gradient flows through the threshold.
-        kth = jax.lax.top_k(jax.lax.stop_gradient(logits), topk)[0][..., topk - 1:topk]
+        kth = jax.lax.top_k(jax.lax.stop_gradient(logits), topk)[0][..., topk - 1 : topk]
         logits = jnp.where(logits >= kth, logits, jnp.float32(-1e30))
     return _softmax_values(logits, v, q.dtype)
 
@@ -131,7 +143,8 @@ def window_attention_topk(q, k, v, bias=None, mask=None, *, topk: int, impl: str
         return _window_attention_topk_xla(q, k, v, bias, mask, topk)
     raise NotImplementedError(
         "window_attention_topk(impl='pallas') is not implemented: there is no sparse Pallas kernel. "
-        "Use impl='xla' or impl='auto'.")
+        "Use impl='xla' or impl='auto'."
+    )
 
 
 # --------------------------------------------------------------------------- routed window attention
@@ -152,7 +165,9 @@ def _route(q, k, key_mask, nw, kw):
 
     def pool(x):  # mean over each window's valid tokens, heads concatenated: [B, nW, H * D]
         x = jax.lax.stop_gradient(x).reshape(b, nw, h, n, d)
-        return jnp.einsum("bwhnd,wn->bwhd", x, weights, preferred_element_type=jnp.float32).reshape(b, nw, h * d)
+        return jnp.einsum("bwhnd,wn->bwhd", x, weights, preferred_element_type=jnp.float32).reshape(
+            b, nw, h * d
+        )
 
     affinity = jnp.einsum("bic,bjc->bij", pool(q), pool(k))
     # The own window is always kept (slot 0), so it is excluded from the ranking.
@@ -162,8 +177,18 @@ def _route(q, k, key_mask, nw, kw):
     return jnp.concatenate([own, others], axis=-1)
 
 
-def window_attention_routed(q, k, v, bias=None, key_mask=None, *, windows_per_image: int,
-                            topk_windows: int, topk: int | None = None, impl: str = "auto"):
+def window_attention_routed(
+    q,
+    k,
+    v,
+    bias=None,
+    key_mask=None,
+    *,
+    windows_per_image: int,
+    topk_windows: int,
+    topk: int | None = None,
+    impl: str = "auto",
+):
     """Window attention with bi-level routing (BiFormer, Zhu et al. CVPR 2023).
 
     Args:
@@ -192,15 +217,23 @@ def window_attention_routed(q, k, v, bias=None, key_mask=None, *, windows_per_im
     nw = windows_per_image
     for name, val in (("windows_per_image", nw), ("topk_windows", topk_windows)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise ValueError(f"window_attention_routed: {name} must be a positive int; got {val!r}.")
+            raise ValueError(
+                f"window_attention_routed: {name} must be a positive int; got {val!r}."
+            )
     _check_shapes(q, k, v, None, None)
     if k.shape != q.shape or w % nw:
-        raise ValueError(f"window_attention_routed: q, k, v must be [B * nW, H, N, D] with nW = "
-                         f"windows_per_image = {nw}; got q{q.shape} k{k.shape} v{v.shape}.")
+        raise ValueError(
+            f"window_attention_routed: q, k, v must be [B * nW, H, N, D] with nW = "
+            f"windows_per_image = {nw}; got q{q.shape} k{k.shape} v{v.shape}."
+        )
     if bias is not None and bias.shape != (h, n, n):
-        raise ValueError(f"window_attention_routed: bias must be [H, N, N] = {(h, n, n)}; got {bias.shape}.")
+        raise ValueError(
+            f"window_attention_routed: bias must be [H, N, N] = {(h, n, n)}; got {bias.shape}."
+        )
     if key_mask is not None and key_mask.shape != (nw, n):
-        raise ValueError(f"window_attention_routed: key_mask must be [nW, N] = {(nw, n)}; got {key_mask.shape}.")
+        raise ValueError(
+            f"window_attention_routed: key_mask must be [nW, N] = {(nw, n)}; got {key_mask.shape}."
+        )
     kw = min(topk_windows, nw)
     b = w // nw
     idx = _route(q, k, key_mask, nw, kw)  # [B, nW, kw]
@@ -230,10 +263,13 @@ def _check_axial_shapes(q, k, v, bias):
     if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             "axial_attention: q, k, v must all be [R, H, L, D] with the same shape; got "
-            f"q{q.shape} k{k.shape} v{v.shape}.")
+            f"q{q.shape} k{k.shape} v{v.shape}."
+        )
     _, h, length, _ = q.shape
     if bias is not None and bias.shape != (h, length, length):
-        raise ValueError(f"axial_attention: bias must be [H, L, L] = {(h, length, length)}; got {bias.shape}.")
+        raise ValueError(
+            f"axial_attention: bias must be [H, L, L] = {(h, length, length)}; got {bias.shape}."
+        )
 
 
 def _axial_attention_xla(q, k, v, bias):
@@ -261,6 +297,7 @@ def axial_attention(q, k, v, bias=None, *, impl: str = "auto"):
     if impl == "xla":
         return _axial_attention_xla(q, k, v, bias)
     from pallas_kernels import axial_attention as kernel
+
     return kernel.axial_attention(q, k, v, bias, interpret=impl == "pallas_interpret")
 
 
@@ -275,7 +312,9 @@ def fold_axis_heads(x, axis: int, groups: int, heads: int):
     axis = _spatial_axis(x, axis)
     c = x.shape[-1]
     if c % (groups * heads):
-        raise ValueError(f"fold_axis_heads: channels {c} are not divisible by groups*heads = {groups * heads}.")
+        raise ValueError(
+            f"fold_axis_heads: channels {c} are not divisible by groups*heads = {groups * heads}."
+        )
     hd = c // (groups * heads)
     nd = x.ndim
     x = x.reshape(*x.shape[:-1], groups, heads, hd)
@@ -296,7 +335,9 @@ def unfold_axis_heads(rows, axis: int, shape):
     axis = _spatial_axis(nd, axis)
     _, h, length, hd = rows.shape
     if shape[axis - 1] != length:
-        raise ValueError(f"unfold_axis_heads: axis {axis} has length {shape[axis - 1]} but rows have L={length}.")
+        raise ValueError(
+            f"unfold_axis_heads: axis {axis} has length {shape[axis - 1]} but rows have L={length}."
+        )
     rest = [a for a in range(nd - 1) if a != axis]
     rest_sizes = [shape[a - 1] for a in rest[1:]]
     x = rows.reshape(-1, *rest_sizes, h, length, hd)  # axes: rest..., H, L, D

@@ -28,11 +28,17 @@ def _same_pads(ksize):
 
 def _depthwise_xla(x, kernel):
     d = x.ndim - 2
-    spatial = "".join("DHW"[3 - d:])
-    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    spatial = "".join("DHW"[3 - d :])
+    dn = lax.conv_dimension_numbers(
+        x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    )
     return lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(1,) * d, padding=_same_pads(kernel.shape[:d]),
-        dimension_numbers=dn, feature_group_count=x.shape[-1],
+        x,
+        kernel.astype(x.dtype),
+        window_strides=(1,) * d,
+        padding=_same_pads(kernel.shape[:d]),
+        dimension_numbers=dn,
+        feature_group_count=x.shape[-1],
     )
 
 
@@ -50,7 +56,9 @@ def _depthwise_shifted(x, kernel):
             offs.append(rem % k)
             rem //= k
         offs = tuple(reversed(offs))
-        sl = lax.slice(xp, (0, *offs, 0), (x.shape[0], *(o + s for o, s in zip(offs, spatial)), x.shape[-1]))
+        sl = lax.slice(
+            xp, (0, *offs, 0), (x.shape[0], *(o + s for o, s in zip(offs, spatial)), x.shape[-1])
+        )
         term = sl * w[offs]
         out = term if out is None else out + term
     return out

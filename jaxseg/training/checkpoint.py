@@ -27,26 +27,36 @@ class Checkpoints:
 
     def __init__(self, workdir: str | Path, keep: int = 3, *, read_only: bool = False):
         workdir = Path(workdir).absolute()
-        common = dict(create=not read_only, read_only=read_only,
-                      cleanup_tmp_directories=not read_only)
+        common = dict(
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only
+        )
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, **common),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler()})
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
+        )
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["val_dice"], best_mode="max",
-                keep_checkpoints_without_metrics=False, **common),
-            item_handlers={"state": ocp.StandardCheckpointHandler()})
+                max_to_keep=1,
+                best_fn=lambda m: m["val_dice"],
+                best_mode="max",
+                keep_checkpoints_without_metrics=False,
+                **common,
+            ),
+            item_handlers={"state": ocp.StandardCheckpointHandler()},
+        )
         self.workdir = workdir
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def save(self, state: Any, data_iterator=None, *, val_dice: float | None = None,
-             best: bool = False) -> None:
+    def save(
+        self, state: Any, data_iterator=None, *, val_dice: float | None = None, best: bool = False
+    ) -> None:
         """Saves `state` (and the input iterator's position) as the latest; with `best`,
         also offers the state to the best-Dice slot."""
         step = int(jax.device_get(state.step))
@@ -61,8 +71,12 @@ class Checkpoints:
             self.latest.save(step, args=ocp.args.Composite(**items), force=True)
         if best:
             self.latest.wait_until_finished()
-            self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                           metrics={"val_dice": float(val_dice)}, force=True)
+            self.best.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                metrics={"val_dice": float(val_dice)},
+                force=True,
+            )
 
     def restore(self, abstract_state: Any, data_iterator=None, *, which: str = LATEST) -> Any:
         """Restores into the shapes, dtypes and shardings of `abstract_state`, and (from the
@@ -74,8 +88,10 @@ class Checkpoints:
         manager = self._manager(which)
         step = manager.best_step() if which == BEST else manager.latest_step()
         if step is None:
-            raise JaxsegError(f"no {which} checkpoint in {self.workdir}; train first with "
-                              f"python -m jaxseg.train --workdir {self.workdir}")
+            raise JaxsegError(
+                f"no {which} checkpoint in {self.workdir}; train first with "
+                f"python -m jaxseg.train --workdir {self.workdir}"
+            )
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)

@@ -29,8 +29,9 @@ def _tpu_pod() -> bool:
     return "," in hosts
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Calls `jax.distributed.initialize` when this is one of several processes.
 
     Returns True when it did. Must run before anything touches a JAX device.
@@ -50,12 +51,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
             "a multi-process run needs all of --coordinator (or $JAXSEG_COORDINATOR), "
             "--num-processes ($JAXSEG_NUM_PROCESSES) and --process-id ($JAXSEG_PROCESS_ID); "
             f"got coordinator={coordinator}, num_processes={num_processes}, "
-            f"process_id={process_id}")
+            f"process_id={process_id}"
+        )
     if not 0 <= process_id < num_processes:
         raise ConfigError(f"--process-id {process_id} is not in [0, {num_processes})")
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS") == "cpu":
         # CPU processes need a collectives backend to all-reduce across processes.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
     return True

@@ -17,10 +17,13 @@ import numpy as np
 import tqdm
 
 from jaxseg import evaluation
-from jaxseg.data import dataset as dataset_lib, pipeline
+from jaxseg.data import dataset as dataset_lib
+from jaxseg.data import pipeline
 from jaxseg.errors import ConfigError, JaxsegError
 from jaxseg.run import RunInfo, abstract_state, build_model, save_run
-from jaxseg.training import checkpoint, mesh as mesh_lib, optimizer as optimizer_lib
+from jaxseg.training import checkpoint
+from jaxseg.training import mesh as mesh_lib
+from jaxseg.training import optimizer as optimizer_lib
 from jaxseg.training.state import init_train_state
 from jaxseg.training.steps import make_train_step
 
@@ -29,8 +32,9 @@ class NonFiniteLossError(JaxsegError):
     """The loss or the gradients became NaN or Inf."""
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
-          stop_at: int | None = None) -> dict:
+def train(
+    config: ml_collections.ConfigDict, workdir: str | Path, *, stop_at: int | None = None
+) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
 
     stop_at: leave after this step with a checkpoint, as a preemptible job would; the
@@ -39,13 +43,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     workdir = Path(workdir)
     spec = dataset_lib.load_dataset(config.data.root)
     if len(config.data.patch_size) != spec.dims:
-        raise ConfigError(f"data.patch_size={tuple(config.data.patch_size)} has "
-                          f"{len(config.data.patch_size)} axes but {spec.root} is "
-                          f"{spec.dims}D")
+        raise ConfigError(
+            f"data.patch_size={tuple(config.data.patch_size)} has "
+            f"{len(config.data.patch_size)} axes but {spec.root} is "
+            f"{spec.dims}D"
+        )
     splits = dataset_lib.split_cases(spec.training, seed=config.data.split_seed)
     info = RunInfo.from_spec(spec)
-    save_run(workdir, config, info,
-             {name: [c.case_id for c in cases] for name, cases in splits.items()})
+    save_run(
+        workdir, config, info, {name: [c.case_id for c in cases] for name, cases in splits.items()}
+    )
 
     model = build_model(config, info)
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -58,17 +65,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     state_sharding = jax.tree_util.tree_map(lambda s: s.sharding, abstract)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
     batches = pipeline.train_batches(
-        spec, splits["train"], patch_size=tuple(config.data.patch_size),
-        batch_size=config.data.batch_size, seed=config.seed,
+        spec,
+        splits["train"],
+        patch_size=tuple(config.data.patch_size),
+        batch_size=config.data.batch_size,
+        seed=config.seed,
         foreground_fraction=config.data.foreground_fraction,
-        num_threads=config.data.num_threads, prefetch=config.data.prefetch,
+        num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch,
         num_workers=config.data.num_workers,
-        ct_window=tuple(config.data.ct_window))
+        ct_window=tuple(config.data.ct_window),
+    )
     start = ckpts.latest_step()
     if start is None:
         sample = np.zeros((1, *config.data.patch_size, info.in_channels), np.float32)
-        state = jax.jit(lambda: init_train_state(model, optimizer, init_key, sample),
-                        out_shardings=state_sharding)()
+        state = jax.jit(
+            lambda: init_train_state(model, optimizer, init_key, sample),
+            out_shardings=state_sharding,
+        )()
         start = 0
     else:
         state = ckpts.restore(abstract, batches)  # also moves `batches` to step `start`
@@ -77,8 +91,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
     total = config.train.steps
     if start >= total:
         if jax.process_index() == 0:
-            print(f"{workdir} is already trained to step {start} (train.steps={total}); "
-                  "raise --config.train.steps to train further.")
+            print(
+                f"{workdir} is already trained to step {start} (train.steps={total}); "
+                "raise --config.train.steps to train further."
+            )
         ckpts.close()
         batches.close()
         return {"step": start}
@@ -88,14 +104,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path, *,
         make_train_step(model, optimizer, config),
         in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
         out_shardings=(state_sharding, replicated),
-        donate_argnums=0)
+        donate_argnums=0,
+    )
     validation = _Validation(config, spec, splits["val"], model, info)
     writer = _summary_writer(workdir)
     train_cfg = config.train
     last, metrics = {}, None
     try:
-        progress = tqdm.tqdm(range(start, total), initial=start, total=total,
-                             desc="train", disable=jax.process_index() != 0, mininterval=2)
+        progress = tqdm.tqdm(
+            range(start, total),
+            initial=start,
+            total=total,
+            desc="train",
+            disable=jax.process_index() != 0,
+            mininterval=2,
+        )
         for step in progress:
             if stop_at is not None and step >= stop_at:
                 if metrics is not None:
@@ -138,7 +161,8 @@ def _finite(metrics, step: int, workdir: Path) -> dict:
         raise NonFiniteLossError(
             f"non-finite loss or gradient at step {step}: {values}. The last good checkpoint "
             f"in {workdir / 'checkpoints'} is kept; lower train.learning_rate, raise "
-            "train.warmup_steps or check the data, then rerun to resume from it.")
+            "train.warmup_steps or check the data, then rerun to resume from it."
+        )
     return values
 
 
@@ -146,16 +170,23 @@ class _Validation:
     """Mean foreground Dice over (up to `eval.max_val_cases`) validation cases."""
 
     def __init__(self, config, spec, cases, model, info: RunInfo):
-        self.cases = list(pipeline.eval_cases(spec, cases[:config.eval.max_val_cases],
-                                              ct_window=tuple(config.data.ct_window)))
+        self.cases = list(
+            pipeline.eval_cases(
+                spec, cases[: config.eval.max_val_cases], ct_window=tuple(config.data.ct_window)
+            )
+        )
         self.model, self.config, self.info = model, config, info
 
     def __call__(self, params) -> float:
         predictor = evaluation.window_predictor(self.model, params)
         rows, _ = evaluation.evaluate_cases(
-            self.cases, predictor, patch_size=self.config.data.patch_size,
-            num_classes=self.info.num_classes, labels=self.info.labels,
-            eval_config=self.config.eval)
+            self.cases,
+            predictor,
+            patch_size=self.config.data.patch_size,
+            num_classes=self.info.num_classes,
+            labels=self.info.labels,
+            eval_config=self.config.eval,
+        )
         return float(np.mean([r["dice"] for r in rows]))
 
 
@@ -163,6 +194,7 @@ def _summary_writer(workdir: Path):
     if jax.process_index() != 0:
         return None
     import tensorboardX  # Only the writing process needs it.
+
     return tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
 

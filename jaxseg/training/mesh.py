@@ -22,7 +22,8 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxseg.errors import ConfigError
 
@@ -41,17 +42,22 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
     sizes = [int(mesh_config.get(axis, 1)) for axis in AXES]
     free = [i for i, s in enumerate(sizes) if s == -1]
     if len(free) > 1 or any(s == 0 or s < -1 for s in sizes):
-        raise ConfigError(f"mesh sizes {dict(zip(AXES, sizes))}: give positive sizes, at "
-                          "most one of them -1")
+        raise ConfigError(
+            f"mesh sizes {dict(zip(AXES, sizes))}: give positive sizes, at most one of them -1"
+        )
     fixed = int(np.prod([s for s in sizes if s != -1]))
     if free:
         if len(devices) % fixed:
-            raise ConfigError(f"mesh {dict(zip(AXES, sizes))}: {len(devices)} devices are "
-                              f"not divisible by {fixed}")
+            raise ConfigError(
+                f"mesh {dict(zip(AXES, sizes))}: {len(devices)} devices are "
+                f"not divisible by {fixed}"
+            )
         sizes[free[0]] = len(devices) // fixed
     if int(np.prod(sizes)) != len(devices):
-        raise ConfigError(f"mesh {dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} "
-                          f"devices; there are {len(devices)}. Use -1 for one axis.")
+        raise ConfigError(
+            f"mesh {dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} "
+            f"devices; there are {len(devices)}. Use -1 for one axis."
+        )
     # Order devices so each process's devices are contiguous along the batch axes: then each
     # host's local batch slice lives on its own devices.
     ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
@@ -78,7 +84,8 @@ def check_batch_size(global_batch: int, mesh: Mesh, micro_batches: int = 1) -> N
         raise ConfigError(
             f"data.batch_size={global_batch} must be divisible by train.grad_accum_steps="
             f"{micro_batches} x the {devices} devices of the data and fsdp axes, and by "
-            f"the {jax.process_count()} processes")
+            f"the {jax.process_count()} processes"
+        )
 
 
 def _strategy(path: str, rules) -> str:
@@ -110,8 +117,7 @@ def path_name(path) -> str:
     return "/".join(parts)
 
 
-def state_shardings(abstract_tree: Any, mesh: Mesh,
-                    mesh_config: ml_collections.ConfigDict) -> Any:
+def state_shardings(abstract_tree: Any, mesh: Mesh, mesh_config: ml_collections.ConfigDict) -> Any:
     """NamedShardings for every leaf of a (train state) pytree of ShapeDtypeStructs.
 
     Rules match the path from the parameter tree's root, so optimiser moments (whose paths
@@ -120,8 +126,9 @@ def state_shardings(abstract_tree: Any, mesh: Mesh,
     rules = tuple(tuple(r) for r in mesh_config.get("param_rules", ()))
     for pattern, strategy in rules:
         if strategy not in STRATEGIES:
-            raise ConfigError(f"mesh.param_rules: {strategy!r} for {pattern!r} is not one of "
-                              f"{STRATEGIES}")
+            raise ConfigError(
+                f"mesh.param_rules: {strategy!r} for {pattern!r} is not one of {STRATEGIES}"
+            )
     fsdp = mesh.shape[FSDP_AXIS]
     min_size = int(mesh_config.get("fsdp_min_size", 2**14))
 
@@ -132,8 +139,7 @@ def state_shardings(abstract_tree: Any, mesh: Mesh,
             if marker in name:
                 name = name.split(marker, 1)[1]
                 break
-        return NamedSharding(mesh, _spec(tuple(leaf.shape), _strategy(name, rules), fsdp,
-                                         min_size))
+        return NamedSharding(mesh, _spec(tuple(leaf.shape), _strategy(name, rules), fsdp, min_size))
 
     return jax.tree_util.tree_map_with_path(one, abstract_tree)
 
@@ -141,5 +147,7 @@ def state_shardings(abstract_tree: Any, mesh: Mesh,
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Builds global arrays from this process's slice of the batch (multi-host safe)."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+    }

@@ -31,6 +31,7 @@ def decay_mask(params):
 def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(train.grad_clip_norm),
-        optax.adamw(learning_rate_schedule(train), weight_decay=train.weight_decay,
-                    mask=decay_mask),
+        optax.adamw(
+            learning_rate_schedule(train), weight_decay=train.weight_decay, mask=decay_mask
+        ),
     )

@@ -18,9 +18,11 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
 
 
-def init_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Array,
-                     sample_image: jax.Array) -> TrainState:
+def init_train_state(
+    model, optimizer: optax.GradientTransformation, rng: jax.Array, sample_image: jax.Array
+) -> TrainState:
     """Initialises parameters from `sample_image` [B, *patch, C] (only its shape matters)."""
     params = model.init({"params": rng}, sample_image, train=False)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params)
+    )

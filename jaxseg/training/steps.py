@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +13,9 @@ from jaxseg import augment, losses
 from jaxseg.training.state import TrainState
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict) -> Callable:
+def make_train_step(
+    model, optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict
+) -> Callable:
     """Returns `step(state, batch, key) -> (state, metrics)`.
 
     batch: {"image": [B, *patch, C] f32, "label": [B, *patch] int32}. The key is folded
@@ -26,10 +27,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     accum = int(config.train.get("grad_accum_steps", 1))
 
     def loss_fn(params, image, label, dropout_key):
-        logits = model.apply({"params": params}, image, train=True,
-                             rngs={"dropout": dropout_key})
-        return losses.dice_ce_loss(logits, label, dice_weight=config.loss.dice_weight,
-                                   ce_weight=config.loss.ce_weight)
+        logits = model.apply({"params": params}, image, train=True, rngs={"dropout": dropout_key})
+        return losses.dice_ce_loss(
+            logits, label, dice_weight=config.loss.dice_weight, ce_weight=config.loss.ce_weight
+        )
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -43,18 +44,24 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
 
         micro = (split(image), split(label), jax.random.split(dropout_key, accum))
         zero = jnp.zeros((), jnp.float32)
-        init = (zero, {"dice_loss": zero, "ce": zero},
-                jax.tree_util.tree_map(jnp.zeros_like, params))
+        init = (
+            zero,
+            {"dice_loss": zero, "ce": zero},
+            jax.tree_util.tree_map(jnp.zeros_like, params),
+        )
         (loss, parts, grads), _ = jax.lax.scan(body, init, micro)
         scale = 1.0 / accum
-        return (loss * scale, jax.tree_util.tree_map(lambda v: v * scale, parts)), \
-            jax.tree_util.tree_map(lambda g: g * scale, grads)
+        return (
+            loss * scale,
+            jax.tree_util.tree_map(lambda v: v * scale, parts),
+        ), jax.tree_util.tree_map(lambda g: g * scale, grads)
 
     def step(state: TrainState, batch: dict, key: jax.Array):
         key = jax.random.fold_in(key, state.step)
         aug_key, dropout_key = jax.random.split(key)
-        image, label = augment.augment_batch(aug_key, batch["image"], batch["label"],
-                                             config.augment)
+        image, label = augment.augment_batch(
+            aug_key, batch["image"], batch["label"], config.augment
+        )
         if accum == 1:
             (loss, parts), grads = grad_fn(state.params, image, label, dropout_key)
         else:

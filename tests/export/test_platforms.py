@@ -2,7 +2,6 @@
 
 import jax
 import numpy as np
-import pytest
 
 from jaxseg.export.from_workdir import platform_predict_fns
 from jaxseg.export.saved_model import export_saved_model, load_saved_model
@@ -11,14 +10,29 @@ from jaxseg.training.steps import make_predict_fn
 
 
 def test_cpu_and_tpu_signatures_over_shared_variables(tmp_path):
-    model = build_model("lightseg_tiny", dims=2, in_channels=1, num_classes=3,
-                        embed_dims=(16, 32), depths=(2, 2), num_heads=(1, 2), stem_dims=(8, 8))
+    model = build_model(
+        "lightseg_tiny",
+        dims=2,
+        in_channels=1,
+        num_classes=3,
+        embed_dims=(16, 32),
+        depths=(2, 2),
+        num_heads=(1, 2),
+        stem_dims=(8, 8),
+    )
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 1)).astype(np.float32)
     params = model.init(jax.random.key(0), x[:1])["params"]
     fns = platform_predict_fns(model, ("cpu", "tpu"))
     # Exporting for TPU runs the Mosaic lowering of the window-attention kernel here.
-    path = export_saved_model(fns, params, tmp_path / "sm", patch_size=(32, 32),
-                              in_channels=1, num_classes=3, platforms=("cpu", "tpu"))
+    path = export_saved_model(
+        fns,
+        params,
+        tmp_path / "sm",
+        patch_size=(32, 32),
+        in_channels=1,
+        num_classes=3,
+        platforms=("cpu", "tpu"),
+    )
     loaded, info = load_saved_model(path)
     assert {"serving_default", "serving_cpu", "serving_tpu"} <= set(loaded.signatures)
     served = loaded.signatures["serving_cpu"](image=x)["probabilities"].numpy()

@@ -68,7 +68,9 @@ def export2d(model2d, tmp_path_factory):
     apply_fn, params, _ = model2d
     out = tmp_path_factory.mktemp("exp2d") / "model"
     meta = {"model": "tiny2d", "class_names": ["bg", "a", "b"], "mean": np.float32(0.5)}
-    path = export_saved_model(apply_fn, params, out, patch_size=(16, 16), in_channels=2, metadata=meta)
+    path = export_saved_model(
+        apply_fn, params, out, patch_size=(16, 16), in_channels=2, metadata=meta
+    )
     return path
 
 
@@ -134,7 +136,9 @@ def test_failed_export_keeps_previous_and_leaves_no_temp(model2d, tmp_path, monk
     monkeypatch.setattr(tf.saved_model, "save", boom)
     params2 = jax.tree_util.tree_map(lambda a: a + 1.0, params)
     with pytest.raises(RuntimeError, match="disk full"):
-        export_saved_model(apply_fn, params2, out, patch_size=(16, 16), in_channels=2, metadata={"v": 2})
+        export_saved_model(
+            apply_fn, params2, out, patch_size=(16, 16), in_channels=2, metadata={"v": 2}
+        )
     monkeypatch.undo()
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -147,7 +151,9 @@ def test_failed_export_keeps_previous_and_leaves_no_temp(model2d, tmp_path, monk
     )
 
     # A successful export replaces the old one completely and leaves nothing behind.
-    export_saved_model(apply_fn, params2, out, patch_size=(16, 16), in_channels=2, metadata={"v": 2})
+    export_saved_model(
+        apply_fn, params2, out, patch_size=(16, 16), in_channels=2, metadata={"v": 2}
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     loaded, info = load_saved_model(out)
     assert info["metadata"] == {"v": 2}
@@ -159,11 +165,20 @@ def test_failed_export_keeps_previous_and_leaves_no_temp(model2d, tmp_path, monk
 def test_multi_platform_signatures_share_variables(model2d, tmp_path):
     apply_fn, params, x = model2d
     path = export_saved_model(
-        apply_fn, params, tmp_path / "m", patch_size=(16, 16), in_channels=2, platforms=("cpu", "tpu")
+        apply_fn,
+        params,
+        tmp_path / "m",
+        patch_size=(16, 16),
+        in_channels=2,
+        platforms=("cpu", "tpu"),
     )
     loaded, info = load_saved_model(path)
     assert set(loaded.signatures) == {"serving_default", "serving_cpu", "serving_tpu"}
-    assert info["signatures"] == {"serving_default": "cpu", "serving_cpu": "cpu", "serving_tpu": "tpu"}
+    assert info["signatures"] == {
+        "serving_default": "cpu",
+        "serving_cpu": "cpu",
+        "serving_tpu": "tpu",
+    }
     assert info["platforms"] == ["cpu", "tpu"]
     want = np.asarray(apply_fn(params, x))
     np.testing.assert_allclose(_serve(loaded, "serving_cpu", x), want, atol=1e-4)
@@ -183,15 +198,27 @@ def test_per_platform_apply_fns(model2d, tmp_path):
         return apply_fn(p, img)
 
     path = export_saved_model(
-        {"tpu": tpu_fn, "cpu": apply_fn}, params, tmp_path / "m", patch_size=(16, 16),
-        in_channels=2, platforms=("tpu", "cpu"),
+        {"tpu": tpu_fn, "cpu": apply_fn},
+        params,
+        tmp_path / "m",
+        patch_size=(16, 16),
+        in_channels=2,
+        platforms=("tpu", "cpu"),
     )
     loaded, info = load_saved_model(path)
     assert info["signatures"]["serving_default"] == "tpu"
-    np.testing.assert_allclose(_serve(loaded, "serving_cpu", x[:2]), np.asarray(apply_fn(params, x[:2])), atol=1e-4)
+    np.testing.assert_allclose(
+        _serve(loaded, "serving_cpu", x[:2]), np.asarray(apply_fn(params, x[:2])), atol=1e-4
+    )
     with pytest.raises(JaxsegError, match="one function per exported platform"):
-        export_saved_model({"cpu": apply_fn}, params, tmp_path / "n", patch_size=(16, 16),
-                           in_channels=2, platforms=("cpu", "tpu"))
+        export_saved_model(
+            {"cpu": apply_fn},
+            params,
+            tmp_path / "n",
+            patch_size=(16, 16),
+            in_channels=2,
+            platforms=("cpu", "tpu"),
+        )
 
 
 def test_bad_inputs_raise_before_writing(model2d, tmp_path):

@@ -35,8 +35,15 @@ from jaxseg.models.transunet import ViTBlock
 
 SHAPES = {2: (2, 40, 56, 1), 3: (1, 24, 20, 16, 1)}
 K = 3
-NAMES = ["resunet", "attention_unet", "unetpp", "transunet", "mobilenetv3_unet", "shufflenetv2_unet",
-         "deeplabv3plus"]
+NAMES = [
+    "resunet",
+    "attention_unet",
+    "unetpp",
+    "transunet",
+    "mobilenetv3_unet",
+    "shufflenetv2_unet",
+    "deeplabv3plus",
+]
 ONLY_2D = ("transunet", "deeplabv3plus")
 
 # Small constructor arguments: the tests check mechanics, not capacity.
@@ -44,15 +51,30 @@ SMALL = {
     "resunet": dict(features=(8, 16, 32), blocks_per_level=2),
     "attention_unet": dict(features=(8, 16, 32)),
     "unetpp": dict(features=(8, 16, 32)),
-    "transunet": dict(resnet_width=8, resnet_depths=(1, 1, 1), hidden_size=32, num_layers=2, num_heads=2,
-                      mlp_dim=64, head_channels=32, decoder_channels=(32, 16, 16, 8)),
+    "transunet": dict(
+        resnet_width=8,
+        resnet_depths=(1, 1, 1),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=64,
+        head_channels=32,
+        decoder_channels=(32, 16, 16, 8),
+    ),
     # 4 downsamplings (stride 16), so the 3D test volume's bottom is 2x2x1, not one voxel.
-    "mobilenetv3_unet": dict(blocks=((3, 16, 16, 1, "relu", 2), (3, 32, 24, 0, "relu", 2),
-                                     (5, 48, 24, 1, "hswish", 1), (3, 64, 32, 1, "hswish", 2)),
-                             stem_features=16),
+    "mobilenetv3_unet": dict(
+        blocks=(
+            (3, 16, 16, 1, "relu", 2),
+            (3, 32, 24, 0, "relu", 2),
+            (5, 48, 24, 1, "hswish", 1),
+            (3, 64, 32, 1, "hswish", 2),
+        ),
+        stem_features=16,
+    ),
     "shufflenetv2_unet": dict(stage_features=(16, 32), stage_repeats=(2, 2), stem_features=8),
-    "deeplabv3plus": dict(width=8, depths=(1, 1, 1, 1), aspp_features=16, low_level_channels=8,
-                          aspp_rates=(2, 3)),
+    "deeplabv3plus": dict(
+        width=8, depths=(1, 1, 1, 1), aspp_features=16, low_level_channels=8, aspp_rates=(2, 3)
+    ),
 }
 # Compiling `init` with the default threefry key costs ~8x more than the init itself
 # (measured: 67 s vs 8 s wall for a small UNet++ on a loaded 2-core machine).
@@ -81,7 +103,9 @@ def _perturb(params, seed=0, scale=0.2):
     """Random offsets on every leaf, so norm scales/biases (init 1/0) are not trivially checked."""
     leaves, tree = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
-    return jax.tree.unflatten(tree, [p + scale * rng.normal(size=p.shape).astype(np.float32) for p in leaves])
+    return jax.tree.unflatten(
+        tree, [p + scale * rng.normal(size=p.shape).astype(np.float32) for p in leaves]
+    )
 
 
 def test_registered():
@@ -99,8 +123,10 @@ def test_output_shape_and_dtype(name, dims):
         assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
 
 
-@pytest.mark.parametrize("name,dims", [pytest.param(n, d, marks=[] if (n, d) in FAST_GRAD else [pytest.mark.slow])
-                                       for n, d in CASES])
+@pytest.mark.parametrize(
+    "name,dims",
+    [pytest.param(n, d, marks=[] if (n, d) in FAST_GRAD else [pytest.mark.slow]) for n, d in CASES],
+)
 def test_loss_finite_and_every_parameter_gets_gradient(name, dims):
     model = _model(name, dims)
     x, labels = _batch(dims)
@@ -113,30 +139,47 @@ def test_loss_finite_and_every_parameter_gets_gradient(name, dims):
     (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
     assert logits.shape == x.shape[:-1] + (K,) and logits.dtype == jnp.float32
     assert np.isfinite(float(loss))
-    bad = [jax.tree_util.keystr(path) for path, g in jax.tree_util.tree_leaves_with_path(grads)
-           if not np.isfinite(np.asarray(g)).all() or not np.any(np.asarray(g) != 0)]
+    bad = [
+        jax.tree_util.keystr(path)
+        for path, g in jax.tree_util.tree_leaves_with_path(grads)
+        if not np.isfinite(np.asarray(g)).all() or not np.any(np.asarray(g) != 0)
+    ]
     assert not bad, f"parameters without a finite non-zero gradient: {bad}"
 
 
 @pytest.mark.parametrize("name", ["transunet", "deeplabv3plus"])
 def test_2d_only_models_reject_3d(name):
     with pytest.raises(ConfigError, match=f"{name} is defined in 2D only"):
-        jax.eval_shape(build_model(name, dims=3, in_channels=1, num_classes=2).init, jax.random.key(0),
-                       jnp.ones((1, 16, 16, 16, 1)))
+        jax.eval_shape(
+            build_model(name, dims=3, in_channels=1, num_classes=2).init,
+            jax.random.key(0),
+            jnp.ones((1, 16, 16, 16, 1)),
+        )
 
 
 def test_wrong_channels_and_bad_arguments_raise():
     with pytest.raises(ConfigError, match="in_channels=2"):
-        jax.eval_shape(_model("resunet", 2).clone(in_channels=2).init, jax.random.key(0), _batch(2)[0])
+        jax.eval_shape(
+            _model("resunet", 2).clone(in_channels=2).init, jax.random.key(0), _batch(2)[0]
+        )
     with pytest.raises(ConfigError, match=r"blocks\[0\]"):
-        jax.eval_shape(_model("mobilenetv3_unet", 2, blocks=((4, 16, 16, 1, "relu", 2),)).init,
-                       jax.random.key(0), _batch(2)[0])
+        jax.eval_shape(
+            _model("mobilenetv3_unet", 2, blocks=((4, 16, 16, 1, "relu", 2),)).init,
+            jax.random.key(0),
+            _batch(2)[0],
+        )
     with pytest.raises(ConfigError, match="must be even"):
-        jax.eval_shape(_model("shufflenetv2_unet", 2, stage_features=(15, 32)).init, jax.random.key(0),
-                       _batch(2)[0])
+        jax.eval_shape(
+            _model("shufflenetv2_unet", 2, stage_features=(15, 32)).init,
+            jax.random.key(0),
+            _batch(2)[0],
+        )
     with pytest.raises(ConfigError, match="decoder_features needs 4 entries"):
-        jax.eval_shape(_model("shufflenetv2_unet", 2, decoder_features=(8, 8)).init, jax.random.key(0),
-                       _batch(2)[0])
+        jax.eval_shape(
+            _model("shufflenetv2_unet", 2, decoder_features=(8, 8)).init,
+            jax.random.key(0),
+            _batch(2)[0],
+        )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -157,7 +200,8 @@ def test_config_file_builds_its_model(name):
 def test_one_train_step_through_jaxseg(name):
     """The registered name trains through `make_train_step` (augment, dice_ce_loss, AdamW),
     built the way `jaxseg.train` builds it: from a config's model.name and model.args."""
-    from jaxseg.run import RunInfo, build_model as build_from_config
+    from jaxseg.run import RunInfo
+    from jaxseg.run import build_model as build_from_config
     from jaxseg.training.optimizer import make_optimizer
     from jaxseg.training.state import init_train_state
     from jaxseg.training.steps import make_train_step
@@ -166,14 +210,22 @@ def test_one_train_step_through_jaxseg(name):
     config.model.name = name
     config.model.args = ml_collections.ConfigDict(SMALL[name])
     config.data.patch_size = (32, 48)
-    info = RunInfo(dims=2, in_channels=1, num_classes=K, labels={0: "bg", 1: "a", 2: "b"},
-                   modalities=("MRI",), dataset_root="")
+    info = RunInfo(
+        dims=2,
+        in_channels=1,
+        num_classes=K,
+        labels={0: "bg", 1: "a", 2: "b"},
+        modalities=("MRI",),
+        dataset_root="",
+    )
     model = build_from_config(config, info)
     optimizer = make_optimizer(config.train)
     x, labels = _batch(2)
     batch = {"image": x[:, :32, :48], "label": labels[:, :32, :48]}
     state = init_train_state(model, optimizer, _KEY, batch["image"])
-    state, metrics = jax.jit(make_train_step(model, optimizer, config))(state, batch, jax.random.key(1))
+    state, metrics = jax.jit(make_train_step(model, optimizer, config))(
+        state, batch, jax.random.key(1)
+    )
     assert int(state.step) == 1
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
 
@@ -192,8 +244,14 @@ def _blobs():
     return jnp.asarray(x), jnp.asarray(labels)
 
 
-@pytest.mark.parametrize("name", ["resunet", pytest.param("shufflenetv2_unet", marks=pytest.mark.slow),
-                                  pytest.param("transunet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resunet",
+        pytest.param("shufflenetv2_unet", marks=pytest.mark.slow),
+        pytest.param("transunet", marks=pytest.mark.slow),
+    ],
+)
 def test_overfits_one_batch(name):
     """40 Adam steps on one batch of two 32x32 blob images: dice+CE falls below 40% of its
     start. shufflenetv2_unet (depthwise, narrow) learns slowly at 3e-3 (58% after 40 steps)
@@ -206,7 +264,9 @@ def test_overfits_one_batch(name):
 
     @jax.jit
     def step(params, state):
-        loss, grads = jax.value_and_grad(lambda p: dice_ce_loss(model.apply({"params": p}, x), labels)[0])(params)
+        loss, grads = jax.value_and_grad(
+            lambda p: dice_ce_loss(model.apply({"params": p}, x), labels)[0]
+        )(params)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
@@ -233,7 +293,10 @@ def np_conv(x, w, stride=1, dilation=1, bias=None):
     xp = np.pad(x, [(0, 0), *pads, (0, 0)])
     y = np.zeros((x.shape[0], *out, w.shape[-1]))
     for tap in np.ndindex(*ks):
-        sl = tuple(slice(t * dilation, t * dilation + (o - 1) * stride + 1, stride) for t, o in zip(tap, out))
+        sl = tuple(
+            slice(t * dilation, t * dilation + (o - 1) * stride + 1, stride)
+            for t, o in zip(tap, out)
+        )
         y += xp[(slice(None), *sl, slice(None))] @ w[tap]
     return y if bias is None else y + np.asarray(bias, np.float64)
 
@@ -262,8 +325,13 @@ def test_resblock_matches_numpy(strides, features):
     y = np_conv(x, p["conv1"]["kernel"], strides)
     y = np_leaky(np_instance_norm(y, p["norm1"]["GroupNorm_0"]))
     y = np_instance_norm(np_conv(y, p["conv2"]["kernel"]), p["norm2"]["GroupNorm_0"])
-    sc = x if "shortcut" not in p else np_instance_norm(np_conv(x, p["shortcut"]["kernel"], strides),
-                                                        p["shortcut_norm"]["GroupNorm_0"])
+    sc = (
+        x
+        if "shortcut" not in p
+        else np_instance_norm(
+            np_conv(x, p["shortcut"]["kernel"], strides), p["shortcut_norm"]["GroupNorm_0"]
+        )
+    )
     assert ("shortcut" in p) == (strides != 1 or features != 6)
     np.testing.assert_allclose(got, np_leaky(y + sc), rtol=1e-4, atol=1e-4)
 
@@ -277,8 +345,12 @@ def test_attention_gate_is_x_times_sigmoid(shape):
     gate = AttentionGate(3)
     p = _perturb(jax.jit(gate.init)(_KEY, x, g)["params"])
     got = np.asarray(jax.jit(gate.apply)({"params": p}, x, g))
-    h = np.maximum(x @ np.asarray(p["theta_x"]["kernel"]) + g @ np.asarray(p["phi_g"]["kernel"])
-                   + np.asarray(p["phi_g"]["bias"]), 0)
+    h = np.maximum(
+        x @ np.asarray(p["theta_x"]["kernel"])
+        + g @ np.asarray(p["phi_g"]["kernel"])
+        + np.asarray(p["phi_g"]["bias"]),
+        0,
+    )
     alpha = np_sigmoid(h @ np.asarray(p["psi"]["kernel"]) + np.asarray(p["psi"]["bias"]))
     assert "bias" not in p["theta_x"]
     np.testing.assert_allclose(got, x * alpha, rtol=1e-5, atol=1e-5)
@@ -288,7 +360,9 @@ def test_unetpp_nested_skips_and_deep_supervision():
     """Node (i, j) convolves j same-depth maps plus one upsampled map, each features[i] wide;
     with deep supervision the output is the mean of 1x1 heads on X[0][1..L-1]."""
     feats = (4, 8, 16)
-    model = build_model("unetpp", dims=2, in_channels=1, num_classes=K, features=feats, deep_supervision=True)
+    model = build_model(
+        "unetpp", dims=2, in_channels=1, num_classes=K, features=feats, deep_supervision=True
+    )
     x = jnp.asarray(np.random.default_rng(3).normal(size=(1, 12, 20, 1)), jnp.float32)
     params = jax.jit(model.init)(_KEY, x)["params"]
     levels = len(feats)
@@ -298,12 +372,18 @@ def test_unetpp_nested_skips_and_deep_supervision():
         for i in range(levels - j):
             kernel = params[f"node_{i}_{j}"]["ConvNormAct_0"]["Conv_0"]["kernel"]
             assert kernel.shape == (3, 3, (j + 1) * feats[i], feats[i]), (i, j)
-    out, inter = jax.jit(lambda p, v: model.apply({"params": p}, v, capture_intermediates=True,
-                                                 mutable=["intermediates"]))(params, x)
+    out, inter = jax.jit(
+        lambda p, v: model.apply(
+            {"params": p}, v, capture_intermediates=True, mutable=["intermediates"]
+        )
+    )(params, x)
     heads = []
     for j in range(1, levels):
         node = np.asarray(inter["intermediates"][f"node_0_{j}"]["__call__"][0], np.float64)
-        heads.append(node @ np.asarray(params[f"head_{j}"]["kernel"]) + np.asarray(params[f"head_{j}"]["bias"]))
+        heads.append(
+            node @ np.asarray(params[f"head_{j}"]["kernel"])
+            + np.asarray(params[f"head_{j}"]["bias"])
+        )
     np.testing.assert_allclose(np.asarray(out), np.mean(heads, axis=0), rtol=1e-4, atol=1e-5)
 
 
@@ -365,18 +445,25 @@ def test_strided_depthwise_matches_lax_grouped_conv(shape, k):
     p = jax.jit(mod.init)(_KEY, x)["params"]
     got = jax.jit(mod.apply)({"params": p}, x)
     d = x.ndim - 2
-    spatial = "DHW"[3 - d:]
+    spatial = "DHW"[3 - d :]
     kernel = p["dw"]["kernel"]
-    ref = lax.conv_general_dilated(x, kernel, (2,) * d, [(k // 2, k // 2)] * d,
-                                   dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
-                                   feature_group_count=x.shape[-1])
+    ref = lax.conv_general_dilated(
+        x,
+        kernel,
+        (2,) * d,
+        [(k // 2, k // 2)] * d,
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+        feature_group_count=x.shape[-1],
+    )
     assert got.shape == ref.shape == (shape[0], *(n // 2 for n in shape[1:-1]), shape[-1])
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
 def test_squeeze_excite_and_hard_swish_match_numpy():
     xs = np.linspace(-5, 5, 41).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(hard_swish(jnp.asarray(xs))), xs * np.clip(xs + 3, 0, 6) / 6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(hard_swish(jnp.asarray(xs))), xs * np.clip(xs + 3, 0, 6) / 6, atol=1e-6
+    )
     x = np.random.default_rng(8).normal(size=(2, 5, 6, 8)).astype(np.float32)
     se = SqueezeExcite(4)
     p = _perturb(jax.jit(se.init)(_KEY, x)["params"], scale=1.0)
@@ -395,8 +482,11 @@ def test_aspp_dilated_branch_receptive_field(rate):
     x[0, 7, 8, 1] = 1.0
     aspp = ASPP(features=4, rates=(2, 3), norm="none")
     p = _perturb(jax.jit(aspp.init)(_KEY, x)["params"])
-    _, inter = jax.jit(lambda q, v: aspp.apply({"params": q}, v, capture_intermediates=True,
-                                               mutable=["intermediates"]))(p, x)
+    _, inter = jax.jit(
+        lambda q, v: aspp.apply(
+            {"params": q}, v, capture_intermediates=True, mutable=["intermediates"]
+        )
+    )(p, x)
     branch = np.asarray(inter["intermediates"][f"rate{rate}_conv"]["__call__"][0])
     conv = p[f"rate{rate}_conv"]
     ref = np_conv(x, conv["kernel"], dilation=rate, bias=conv["bias"])

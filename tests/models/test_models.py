@@ -9,8 +9,7 @@ import optax
 import pytest
 
 from jaxseg.errors import ConfigError
-from jaxseg.models import available_models, build_model, register_model
-from jaxseg.models import layers
+from jaxseg.models import available_models, build_model, layers, register_model
 
 SHAPES = {2: (2, 40, 56, 1), 3: (1, 24, 20, 16, 1)}
 NUM_CLASSES = 4
@@ -69,16 +68,23 @@ def test_register_model_twice_fails():
 _SLOW = pytest.mark.slow  # the larger models take ~20-40 s each to compile on 2 cores
 
 
-@pytest.mark.parametrize("name,dims", [
-    pytest.param(n, d, marks=[_SLOW] if n in ("lightseg_small", "lightseg_base") else [])
-    for n, d in itertools.product(["unet", "lightseg_tiny", "lightseg_small", "lightseg_base"], [2, 3])])
+@pytest.mark.parametrize(
+    "name,dims",
+    [
+        pytest.param(n, d, marks=[_SLOW] if n in ("lightseg_small", "lightseg_base") else [])
+        for n, d in itertools.product(
+            ["unet", "lightseg_tiny", "lightseg_small", "lightseg_base"], [2, 3]
+        )
+    ],
+)
 def test_forward_and_every_parameter_gets_gradient(name, dims):
     model = build_model(name, dims=dims, in_channels=1, num_classes=NUM_CLASSES)
     x, labels = _batch(dims)
 
     params = _params(name, dims)
-    (loss, logits), grads = jax.jit(jax.value_and_grad(
-        lambda p: _loss(model, p, x, labels), has_aux=True))(params)
+    (loss, logits), grads = jax.jit(
+        jax.value_and_grad(lambda p: _loss(model, p, x, labels), has_aux=True)
+    )(params)
     assert logits.shape == x.shape[:-1] + (NUM_CLASSES,)
     assert logits.dtype == jnp.float32
     assert np.isfinite(float(loss))
@@ -152,8 +158,17 @@ def test_bf16_compute_dtype(name, dims):
 
 
 def test_lightseg_custom_config_and_validation():
-    model = build_model("lightseg_tiny", dims=2, in_channels=2, num_classes=2, embed_dims=[16, 32],
-                        depths=[1, 2], num_heads=[2, 4], window_sizes=[(4, 2), 4], mlp_ratio=2.0)
+    model = build_model(
+        "lightseg_tiny",
+        dims=2,
+        in_channels=2,
+        num_classes=2,
+        embed_dims=[16, 32],
+        depths=[1, 2],
+        num_heads=[2, 4],
+        window_sizes=[(4, 2), 4],
+        mlp_ratio=2.0,
+    )
     x = jnp.ones((1, 20, 12, 2))
     assert jax.eval_shape(model.init_with_output, jax.random.key(0), x)[0].shape == (1, 20, 12, 2)
     bad = build_model("lightseg_tiny", dims=2, in_channels=1, num_classes=2, num_heads=(3, 4, 8))
@@ -185,7 +200,9 @@ def test_window_partition_round_trip(shape, window):
     w = layers.window_partition(x, window)
     n_windows = np.prod([s // k for s, k in zip(shape[1:-1], window)])
     assert w.shape == (shape[0] * n_windows, np.prod(window), shape[-1])
-    np.testing.assert_array_equal(np.asarray(layers.window_reverse(w, window, shape[1:-1])), np.asarray(x))
+    np.testing.assert_array_equal(
+        np.asarray(layers.window_reverse(w, window, shape[1:-1])), np.asarray(x)
+    )
     # first window = the top-left block, row-major
     block = np.asarray(x)[(0, *(slice(0, k) for k in window))].reshape(-1, shape[-1])
     np.testing.assert_array_equal(np.asarray(w[0]), block)
@@ -200,7 +217,7 @@ def test_window_partition_heads_matches_partition(shape, window):
     expect = plain.reshape(*plain.shape[:2], g, h, d).transpose(2, 0, 3, 1, 4)
     np.testing.assert_array_equal(np.asarray(fused), np.asarray(expect))
     back = layers.window_reverse_heads(fused[1], window, shape[1:])
-    np.testing.assert_array_equal(np.asarray(back), np.asarray(x[..., h * d:2 * h * d]))
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(x[..., h * d : 2 * h * d]))
 
 
 def test_params_do_not_depend_on_input_size():
@@ -233,12 +250,15 @@ def test_shift_mask_hand_built():
     assert layers.window_attention_mask((2, 4), (2, 4), (2, 2), (0, 0)) is None
 
 
-@pytest.mark.parametrize("padded,valid,window,shift", [
-    ((8, 12), (8, 12), (4, 4), (2, 2)),
-    ((8, 12), (7, 10), (4, 4), (2, 2)),
-    ((8, 8), (6, 8), (4, 4), (0, 0)),
-    ((4, 6, 4), (3, 6, 4), (2, 3, 2), (1, 1, 0)),
-])
+@pytest.mark.parametrize(
+    "padded,valid,window,shift",
+    [
+        ((8, 12), (8, 12), (4, 4), (2, 2)),
+        ((8, 12), (7, 10), (4, 4), (2, 2)),
+        ((8, 8), (6, 8), (4, 4), (0, 0)),
+        ((4, 6, 4), (3, 6, 4), (2, 3, 2), (1, 1, 0)),
+    ],
+)
 def test_shift_and_pad_mask_against_geometry(padded, valid, window, shift):
     """Independent reference: after the roll, two tokens of a window may interact iff their
     true displacement equals their displacement in the rolled map (no wrap-around), and the
@@ -248,7 +268,9 @@ def test_shift_and_pad_mask_against_geometry(padded, valid, window, shift):
     orig = (rolled + np.array(shift)) % np.array(padded)
     rw = np.asarray(layers.window_partition(jnp.asarray(rolled[None]), window))
     ow = np.asarray(layers.window_partition(jnp.asarray(orig[None]), window))
-    same = ((ow[:, None, :, :] - ow[:, :, None, :]) == (rw[:, None, :, :] - rw[:, :, None, :])).all(-1)
+    same = ((ow[:, None, :, :] - ow[:, :, None, :]) == (rw[:, None, :, :] - rw[:, :, None, :])).all(
+        -1
+    )
     key_valid = (ow < np.array(valid)).all(-1)  # [nW, N]
     allowed = same.transpose(0, 2, 1) & key_valid[:, None, :]
     m = layers.window_attention_mask(padded, valid, window, shift)

@@ -50,9 +50,17 @@ def _input(shape, seed=0) -> np.ndarray:
 @pytest.mark.parametrize("feature_size", [24, 48])
 @pytest.mark.parametrize("use_v2", [False, True])
 def test_swinunetr_param_count_equals_monai(dims, feature_size, use_v2):
-    ref = TorchSwinUNETR(in_channels=1, out_channels=14, feature_size=feature_size, spatial_dims=dims, use_v2=use_v2)
-    ours = build_model("swinunetr", dims=dims, in_channels=1, num_classes=14, feature_size=feature_size,
-                       use_v2=use_v2)
+    ref = TorchSwinUNETR(
+        in_channels=1, out_channels=14, feature_size=feature_size, spatial_dims=dims, use_v2=use_v2
+    )
+    ours = build_model(
+        "swinunetr",
+        dims=dims,
+        in_channels=1,
+        num_classes=14,
+        feature_size=feature_size,
+        use_v2=use_v2,
+    )
     assert param_count(ours) == _torch_count(ref)
 
 
@@ -67,10 +75,23 @@ def test_unetr_param_count_equals_monai():
 
 def _swin_pair(dims, use_v2, downsample, feature_size=12, in_channels=2, num_classes=3, seed=0):
     torch.manual_seed(seed)
-    ref = TorchSwinUNETR(in_channels=in_channels, out_channels=num_classes, feature_size=feature_size,
-                         spatial_dims=dims, use_v2=use_v2, downsample=downsample)
-    ours = build_model("swinunetr", dims=dims, in_channels=in_channels, num_classes=num_classes,
-                       feature_size=feature_size, use_v2=use_v2, downsample=downsample)
+    ref = TorchSwinUNETR(
+        in_channels=in_channels,
+        out_channels=num_classes,
+        feature_size=feature_size,
+        spatial_dims=dims,
+        use_v2=use_v2,
+        downsample=downsample,
+    )
+    ours = build_model(
+        "swinunetr",
+        dims=dims,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        feature_size=feature_size,
+        use_v2=use_v2,
+        downsample=downsample,
+    )
     return ref, ours
 
 
@@ -85,15 +106,21 @@ def swin2d():
 def test_swinunetr_2d_matches_monai(swin2d):
     ref, ours, params = swin2d
     x = _input((2, 64, 128, 2))
-    np.testing.assert_allclose(_jax_forward(ours, params, x), _torch_forward(ref, x), atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        _jax_forward(ours, params, x), _torch_forward(ref, x), atol=TOL, rtol=0
+    )
 
 
 @pytest.mark.slow
 def test_swinunetr_2d_v2_matches_monai():
     ref, ours = _swin_pair(2, True, "mergingv2", seed=1)
     x = _input((1, 96, 64, 2), seed=1)
-    np.testing.assert_allclose(_jax_forward(ours, from_monai(ref.state_dict(), ours), x), _torch_forward(ref, x),
-                               atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        _jax_forward(ours, from_monai(ref.state_dict(), ours), x),
+        _torch_forward(ref, x),
+        atol=TOL,
+        rtol=0,
+    )
 
 
 @pytest.mark.slow
@@ -102,8 +129,12 @@ def test_swinunetr_3d_matches_monai(use_v2, downsample):
     # 64^3, feature_size 12: stages at 32, 16, 8 (padded to window multiples) and 4 (clamped).
     ref, ours = _swin_pair(3, use_v2, downsample, seed=2)
     x = _input((1, 64, 64, 64, 2), seed=2)
-    np.testing.assert_allclose(_jax_forward(ours, from_monai(ref.state_dict(), ours), x), _torch_forward(ref, x),
-                               atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        _jax_forward(ours, from_monai(ref.state_dict(), ours), x),
+        _torch_forward(ref, x),
+        atol=TOL,
+        rtol=0,
+    )
 
 
 @pytest.mark.slow
@@ -122,7 +153,9 @@ def test_swinunetr_odd_shape_equals_monai_on_padded_input(swin2d):
 
 
 def _unetr_kwargs(**kw):
-    base = dict(img_size=32, feature_size=8, hidden_size=96, mlp_dim=192, num_heads=4, qkv_bias=True)
+    base = dict(
+        img_size=32, feature_size=8, hidden_size=96, mlp_dim=192, num_heads=4, qkv_bias=True
+    )
     base.update(kw)
     return base
 
@@ -133,8 +166,12 @@ def test_unetr_3d_matches_monai():
     ref = TorchUNETR(in_channels=2, out_channels=3, spatial_dims=3, **kw)
     ours = build_model("unetr", dims=3, in_channels=2, num_classes=3, **kw)
     x = _input((2, 32, 32, 32, 2), seed=4)
-    np.testing.assert_allclose(_jax_forward(ours, from_monai(ref.state_dict(), ours), x), _torch_forward(ref, x),
-                               atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        _jax_forward(ours, from_monai(ref.state_dict(), ours), x),
+        _torch_forward(ref, x),
+        atol=TOL,
+        rtol=0,
+    )
 
 
 def test_unetr_2d_perceptron_basic_blocks_inferred_and_matches_monai():
@@ -144,9 +181,16 @@ def test_unetr_2d_perceptron_basic_blocks_inferred_and_matches_monai():
     kw = _unetr_kwargs(proj_type="perceptron", conv_block=False, res_block=False, qkv_bias=False)
     ref = TorchUNETR(in_channels=1, out_channels=2, spatial_dims=2, **kw)
     ours, params = load_monai({"state_dict": ref.state_dict()}, num_heads=4)
-    assert (ours.proj_type, ours.conv_block, ours.res_block, ours.img_size) == ("perceptron", False, False, 32)
+    assert (ours.proj_type, ours.conv_block, ours.res_block, ours.img_size) == (
+        "perceptron",
+        False,
+        False,
+        32,
+    )
     x = _input((2, 32, 32, 1), seed=5)
-    np.testing.assert_allclose(_jax_forward(ours, params, x), _torch_forward(ref, x), atol=TOL, rtol=0)
+    np.testing.assert_allclose(
+        _jax_forward(ours, params, x), _torch_forward(ref, x), atol=TOL, rtol=0
+    )
 
 
 def test_unetr_other_size_interpolates_position_embeddings_like_torch():
@@ -178,7 +222,11 @@ def _legacy(sd: dict) -> dict:
     "swin_vit." for "swinViT." and timm's mlp.fc1/fc2 names."""
     out = {}
     for k, v in sd.items():
-        k = k.replace("swinViT.", "swin_vit.").replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
+        k = (
+            k.replace("swinViT.", "swin_vit.")
+            .replace(".mlp.linear1.", ".mlp.fc1.")
+            .replace(".mlp.linear2.", ".mlp.fc2.")
+        )
         out["module." + k] = v
     return {"epoch": 10, "best_acc": 0.8, "state_dict": out}
 
@@ -198,18 +246,44 @@ def test_legacy_checkpoint_layout_loads_the_same_params(swin2d):
     # numpy arrays instead of tensors, and architecture inference from the legacy layout
     name, kwargs = infer_monai_config({k: v.numpy() for k, v in legacy["state_dict"].items()})
     assert name == "swinunetr"
-    assert {k: kwargs[k] for k in ("dims", "in_channels", "num_classes", "feature_size", "depths", "num_heads",
-                                   "window_size", "use_v2", "patch_size")} == dict(
-        dims=2, in_channels=2, num_classes=3, feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24),
-        window_size=7, use_v2=False, patch_size=2)
+    assert {
+        k: kwargs[k]
+        for k in (
+            "dims",
+            "in_channels",
+            "num_classes",
+            "feature_size",
+            "depths",
+            "num_heads",
+            "window_size",
+            "use_v2",
+            "patch_size",
+        )
+    } == dict(
+        dims=2,
+        in_channels=2,
+        num_classes=3,
+        feature_size=12,
+        depths=(2, 2, 2, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size=7,
+        use_v2=False,
+        patch_size=2,
+    )
 
 
 def test_encoder_only_checkpoint_needs_strict_false(swin2d):
     """A self-supervised SwinViT checkpoint (model_swinvit.pt style: module.patch_embed...,
     module.layers1.0..., mlp.fc1) fills the encoder; the rest comes from params=."""
     ref, ours, params = swin2d
-    enc = {"module." + k[len("swinViT."):].replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2."): v
-           for k, v in ref.state_dict().items() if k.startswith("swinViT.")}
+    enc = {
+        "module."
+        + k[len("swinViT.") :]
+        .replace(".mlp.linear1.", ".mlp.fc1.")
+        .replace(".mlp.linear2.", ".mlp.fc2."): v
+        for k, v in ref.state_dict().items()
+        if k.startswith("swinViT.")
+    }
     with pytest.raises(ConfigError, match=r"missing \(\d+\): decoder1"):
         from_monai({"state_dict": enc}, ours)
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -237,8 +311,12 @@ def test_mismatched_checkpoint_errors_name_the_keys(swin2d):
 
 def test_bad_constructor_arguments_are_config_errors():
     x = jnp.zeros((1, 32, 32, 1))
-    for kwargs, match in [(dict(feature_size=20), "divisible by 12"), (dict(downsample="pool"), "downsample"),
-                          (dict(norm_name="batch"), "norm_name"), (dict(spatial_dims=3), "spatial_dims")]:
+    for kwargs, match in [
+        (dict(feature_size=20), "divisible by 12"),
+        (dict(downsample="pool"), "downsample"),
+        (dict(norm_name="batch"), "norm_name"),
+        (dict(spatial_dims=3), "spatial_dims"),
+    ]:
         m = build_model("swinunetr", dims=2, in_channels=1, num_classes=2, **kwargs)
         with pytest.raises(ConfigError, match=match):
             jax.eval_shape(m.init, jax.random.key(0), x)
@@ -257,10 +335,22 @@ def test_train_mode_with_dropouts_gives_gradients(name):
     a non-zero gradient for every parameter except UNETR's unused norm_cross_attn (MONAI
     allocates it; see jaxseg/models/unetr.py)."""
     if name == "swinunetr":
-        model = build_model(name, dims=2, in_channels=1, num_classes=3, feature_size=12, drop_rate=0.1,
-                            attn_drop_rate=0.1, dropout_path_rate=0.1, use_checkpoint=True, use_v2=True)
+        model = build_model(
+            name,
+            dims=2,
+            in_channels=1,
+            num_classes=3,
+            feature_size=12,
+            drop_rate=0.1,
+            attn_drop_rate=0.1,
+            dropout_path_rate=0.1,
+            use_checkpoint=True,
+            use_v2=True,
+        )
     else:
-        model = build_model(name, dims=2, in_channels=1, num_classes=3, **_unetr_kwargs(dropout_rate=0.1))
+        model = build_model(
+            name, dims=2, in_channels=1, num_classes=3, **_unetr_kwargs(dropout_rate=0.1)
+        )
     x = jnp.asarray(_input((2, 40, 48, 1)))
     labels = jnp.asarray(np.random.default_rng(0).integers(0, 3, (2, 40, 48)), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), x)["params"]
@@ -271,6 +361,9 @@ def test_train_mode_with_dropouts_gives_gradients(name):
 
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
     assert np.isfinite(float(value))
-    zero = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]
-            if not float(jnp.abs(g).max()) > 0 and "norm_cross_attn" not in jax.tree_util.keystr(p)]
+    zero = [
+        jax.tree_util.keystr(p)
+        for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]
+        if not float(jnp.abs(g).max()) > 0 and "norm_cross_attn" not in jax.tree_util.keystr(p)
+    ]
     assert not zero, zero

@@ -14,8 +14,13 @@ from jaxseg import cli
 from jaxseg.errors import ConfigError
 from jaxseg.models import build_model, registry
 from jaxseg.models.__main__ import main as models_main
-from jaxseg.models.summary import (compiled_flops, count_params, input_shape, parse_model_args,
-                                   summarize_model)
+from jaxseg.models.summary import (
+    compiled_flops,
+    count_params,
+    input_shape,
+    parse_model_args,
+    summarize_model,
+)
 
 DIMENSION_NUMBERS = {2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
@@ -27,7 +32,7 @@ def unet_params(dims, in_channels, num_classes, features, norm):
     """Hand count for jaxseg's UNet: 3^d convs without bias followed by a norm with scale and
     bias per channel (or with a bias and no norm when norm="none"), 2^d transposed convs
     with bias, a 1x1 head with bias."""
-    k = 3 ** dims
+    k = 3**dims
 
     def conv(cin, cout):
         return k * cin * cout + (cout if norm == "none" else 2 * cout)
@@ -37,14 +42,15 @@ def unet_params(dims, in_channels, num_classes, features, norm):
         total += conv(c, f) + conv(f, f)
         c = f
     for f in reversed(features[:-1]):  # decoder: up-conv, concat skip, two convs
-        total += 2 ** dims * c * f + f
+        total += 2**dims * c * f + f
         total += conv(2 * f, f) + conv(f, f)
         c = f
     return total + c * num_classes + num_classes
 
 
-@pytest.mark.parametrize("dims,norm,features", [
-    (2, "instance", (4, 8, 16)), (3, "none", (4, 8)), (2, "group", (8, 16))])
+@pytest.mark.parametrize(
+    "dims,norm,features", [(2, "instance", (4, 8, 16)), (3, "none", (4, 8)), (2, "group", (8, 16))]
+)
 def test_unet_params_match_hand_formula(dims, norm, features):
     model_args = {"features": features, "norm": norm}
     result = summarize_model("unet", dims, 16, in_channels=2, num_classes=3, model_args=model_args)
@@ -58,8 +64,9 @@ def test_count_params_agrees_with_a_real_init():
     key = jax.random.key(0, impl="unsafe_rbg")  # compiles much faster than threefry
     real = jax.jit(model.init)(key, jnp.zeros((1, 24, 24, 1)))["params"]
     assert count == sum(p.size for p in jax.tree_util.tree_leaves(real))
-    assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), abstract) == \
-        jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), real)
+    assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), abstract) == jax.tree_util.tree_map(
+        lambda a: (a.shape, a.dtype), real
+    )
 
 
 class _Inline(nn.Module):
@@ -89,9 +96,10 @@ def test_valid_conv_flops_match_textbook_formula(dims, size, cin, cout):
     k = 3
     x = jax.ShapeDtypeStruct((1, *(size,) * dims, cin), jnp.float32)
     w = jax.ShapeDtypeStruct((*(k,) * dims, cin, cout), jnp.float32)
-    f = lambda x, w: lax.conv_general_dilated(x, w, (1,) * dims, "VALID",
-                                              dimension_numbers=DIMENSION_NUMBERS[dims])
-    assert compiled_flops(f, x, w) == 2 * k ** dims * cin * cout * (size - k + 1) ** dims
+    f = lambda x, w: lax.conv_general_dilated(
+        x, w, (1,) * dims, "VALID", dimension_numbers=DIMENSION_NUMBERS[dims]
+    )
+    assert compiled_flops(f, x, w) == 2 * k**dims * cin * cout * (size - k + 1) ** dims
 
 
 @pytest.mark.parametrize("dims,size", [(2, 64), (3, 16)])
@@ -100,11 +108,12 @@ def test_same_conv_flops_skip_padding_taps(dims, size):
     cin, cout = 4, 8
     x = jax.ShapeDtypeStruct((1, *(size,) * dims, cin), jnp.float32)
     w = jax.ShapeDtypeStruct((*(3,) * dims, cin, cout), jnp.float32)
-    f = lambda x, w: lax.conv_general_dilated(x, w, (1,) * dims, "SAME",
-                                              dimension_numbers=DIMENSION_NUMBERS[dims])
+    f = lambda x, w: lax.conv_general_dilated(
+        x, w, (1,) * dims, "SAME", dimension_numbers=DIMENSION_NUMBERS[dims]
+    )
     flops = compiled_flops(f, x, w)
     assert flops == 2 * cin * cout * (3 * size - 2) ** dims
-    textbook = 2 * 3 ** dims * cin * cout * size ** dims
+    textbook = 2 * 3**dims * cin * cout * size**dims
     assert flops == pytest.approx(textbook, rel=3 * 2 / (3 * size))  # within (2/3S) per axis
 
 
@@ -140,8 +149,8 @@ def test_models(monkeypatch):
 def test_summary_of_a_single_conv_model(test_models, dims):
     size, cin, cout = 12, 3, 5
     result = summarize_model("_one_conv", dims, size, in_channels=cin, num_classes=cout)
-    assert result["params"] == 3 ** dims * cin * cout
-    expected = 2 * 3 ** dims * cin * cout * (size - 2) ** dims
+    assert result["params"] == 3**dims * cin * cout
+    expected = 2 * 3**dims * cin * cout * (size - 2) ** dims
     assert result["gflops"] * 1e9 == pytest.approx(expected, rel=1e-9)
     assert result["has_loops"] is False
 
@@ -162,10 +171,24 @@ def test_default_sizes():
 
 
 def test_parse_model_args():
-    parsed = parse_model_args(["feature_size=48", "embed_dims=(32,64)", "norm=group",
-                               "depths=[2, 2]", "drop_path=0.1", "use_v2=True"])
-    assert parsed == {"feature_size": 48, "embed_dims": (32, 64), "norm": "group",
-                      "depths": (2, 2), "drop_path": 0.1, "use_v2": True}
+    parsed = parse_model_args(
+        [
+            "feature_size=48",
+            "embed_dims=(32,64)",
+            "norm=group",
+            "depths=[2, 2]",
+            "drop_path=0.1",
+            "use_v2=True",
+        ]
+    )
+    assert parsed == {
+        "feature_size": 48,
+        "embed_dims": (32, 64),
+        "norm": "group",
+        "depths": (2, 2),
+        "drop_path": 0.1,
+        "use_v2": True,
+    }
     with pytest.raises(ConfigError, match="no '='"):
         parse_model_args(["feature_size"])
     with pytest.raises(ConfigError, match="twice"):
@@ -195,18 +218,34 @@ def test_cli_list(capsys):
 
 
 def test_cli_summary(capsys):
-    code, out, _ = _run(["--summary", "unet", "--dims", "2", "--size", "16", "--num-classes", "3",
-                         "--model-arg", "features=(4,8,16)"], capsys)
+    code, out, _ = _run(
+        [
+            "--summary",
+            "unet",
+            "--dims",
+            "2",
+            "--size",
+            "16",
+            "--num-classes",
+            "3",
+            "--model-arg",
+            "features=(4,8,16)",
+        ],
+        capsys,
+    )
     assert code == 0
     assert f"{unet_params(2, 1, 3, (4, 8, 16), 'instance'):,}" in out
     assert "GFLOPs" in out and "[1x16x16x1]" in out
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--summary", "unetz", "--dims", "2"], "registered models are"),
-    (["--summary", "unet", "--dims", "2", "--model-arg", "featurez=(4,8)"], "featurez"),
-    (["--summary", "unet", "--dims", "2", "--model-arg", "features"], "no '='"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--summary", "unetz", "--dims", "2"], "registered models are"),
+        (["--summary", "unet", "--dims", "2", "--model-arg", "featurez=(4,8)"], "featurez"),
+        (["--summary", "unet", "--dims", "2", "--model-arg", "features"], "no '='"),
+    ],
+)
 def test_cli_bad_input_exits_2(capsys, argv, needle):
     code, _, err = _run(argv, capsys)
     assert code == 2 and needle in err and "Traceback" not in err

@@ -30,10 +30,20 @@ def _x(shape, seed=0):
 def _ref_conv(x, w):
     """Per-sample reference: an ordinary lax convolution of one sample with its own kernel."""
     d = x.ndim - 1
-    spatial = "DHW"[3 - d:]
-    dn = lax.conv_dimension_numbers((1, *x.shape), w.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-    return np.asarray(lax.conv_general_dilated(jnp.asarray(x[None]), jnp.asarray(w), (1,) * d, "SAME",
-                                               dimension_numbers=dn, precision="highest"))[0]
+    spatial = "DHW"[3 - d :]
+    dn = lax.conv_dimension_numbers(
+        (1, *x.shape), w.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    )
+    return np.asarray(
+        lax.conv_general_dilated(
+            jnp.asarray(x[None]),
+            jnp.asarray(w),
+            (1,) * d,
+            "SAME",
+            dimension_numbers=dn,
+            precision="highest",
+        )
+    )[0]
 
 
 @pytest.mark.parametrize("dims,impl", itertools.product([2, 3], ["map", "grouped"]))
@@ -47,7 +57,9 @@ def test_dynamic_conv_layer_matches_per_sample_conv_with_numpy_mixed_kernel(dims
     # Routing recomputed in numpy, kernels mixed in numpy, then one lax conv per sample.
     xn = np.asarray(x, np.float64)
     pooled = xn.mean(axis=tuple(range(1, dims + 1)))
-    h = np.asarray(jax.nn.gelu(jnp.asarray(pooled @ p["route1"]["kernel"] + p["route1"]["bias"])), np.float64)
+    h = np.asarray(
+        jax.nn.gelu(jnp.asarray(pooled @ p["route1"]["kernel"] + p["route1"]["bias"])), np.float64
+    )
     logits = h @ p["route2"]["kernel"] + p["route2"]["bias"]
     a = np.exp(logits - logits.max(-1, keepdims=True))
     a = a / a.sum(-1, keepdims=True)
@@ -61,8 +73,12 @@ def test_dynamic_conv_layer_matches_per_sample_conv_with_numpy_mixed_kernel(dims
 def test_dynamic_conv_impls_agree_and_check_shapes():
     x = _x((2, 6, 5, 3))
     k = _x((2, 3, 3, 3, 4), seed=1)
-    np.testing.assert_allclose(np.asarray(dynamic_conv(x, k, impl="map")),
-                               np.asarray(dynamic_conv(x, k, impl="grouped")), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(dynamic_conv(x, k, impl="map")),
+        np.asarray(dynamic_conv(x, k, impl="grouped")),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     with pytest.raises(ValueError, match="kernels must be"):
         dynamic_conv(x, k[:1])
     with pytest.raises(ValueError, match="unknown impl"):
@@ -87,7 +103,9 @@ def test_axial_block_matches_numpy(shape):
 
     def ln(t, q):
         mu = t.mean(-1, keepdims=True)
-        return (t - mu) / np.sqrt(((t - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * q["scale"] + q["bias"]
+        return (t - mu) / np.sqrt(((t - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * q["scale"] + q[
+            "bias"
+        ]
 
     y = np.asarray(x, np.float64)[0]
     s = y.shape[:-1]
@@ -100,15 +118,18 @@ def test_axial_block_matches_numpy(shape):
         out = np.zeros(s + (c,))
         for pos in itertools.product(*[range(n) for n in s]):
             for hh in range(heads):
-                q = qkv[pos][hh * hd:(hh + 1) * hd] * hd**-0.5
-                line = [tuple(j if a == axis - 1 else pos[a] for a in range(len(s))) for j in range(s[axis - 1])]
-                ks = np.stack([qkv[t][c + hh * hd:c + (hh + 1) * hd] for t in line])
-                vs = np.stack([qkv[t][2 * c + hh * hd:2 * c + (hh + 1) * hd] for t in line])
+                q = qkv[pos][hh * hd : (hh + 1) * hd] * hd**-0.5
+                line = [
+                    tuple(j if a == axis - 1 else pos[a] for a in range(len(s)))
+                    for j in range(s[axis - 1])
+                ]
+                ks = np.stack([qkv[t][c + hh * hd : c + (hh + 1) * hd] for t in line])
+                vs = np.stack([qkv[t][2 * c + hh * hd : 2 * c + (hh + 1) * hd] for t in line])
                 i = pos[axis - 1]
                 bias = np.array([table[np.clip(i - j, -2, 2) + 2, hh] for j in range(len(line))])
                 lg = ks @ q + bias
                 e = np.exp(lg - lg.max())
-                out[pos][hh * hd:(hh + 1) * hd] = (e / e.sum()) @ vs
+                out[pos][hh * hd : (hh + 1) * hd] = (e / e.sum()) @ vs
         y = y + out @ ap["proj"]["kernel"] + ap["proj"]["bias"]
     m = ln(y, p["norm_mlp"]) @ p["fc1"]["kernel"] + p["fc1"]["bias"]
     m = np.asarray(jax.nn.gelu(jnp.asarray(m)), np.float64)
@@ -122,10 +143,14 @@ def _param_names(params):
 
 # Compiling a training step takes ~20-100 s on the shared 2 cores (measured under load): slow.
 @pytest.mark.slow
-@pytest.mark.parametrize("variant,dims", [(v, d) for d in (2, 3) for v in ("unet", "axial", "dynamic", "full")])
+@pytest.mark.parametrize(
+    "variant,dims", [(v, d) for d in (2, 3) for v in ("unet", "axial", "dynamic", "full")]
+)
 def test_variant_builds_and_trains_one_step(variant, dims):
     shape = (2, 21, 18, 2) if dims == 2 else (2, 13, 10, 11, 2)  # odd sizes: padded to 4s, cropped
-    model = build_model("transmed", dims=dims, in_channels=2, num_classes=3, variant=variant, **TINY)
+    model = build_model(
+        "transmed", dims=dims, in_channels=2, num_classes=3, variant=variant, **TINY
+    )
     x = _x(shape)
     labels = jnp.asarray(np.random.default_rng(1).integers(0, 3, size=shape[:-1]), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(0), x)["params"]
@@ -140,9 +165,13 @@ def test_variant_builds_and_trains_one_step(variant, dims):
 def test_full_variant_overfits_one_batch():
     model = build_model("transmed", dims=2, in_channels=1, num_classes=2, variant="full", **TINY)
     yy, xx = np.mgrid[:24, :24]
-    labels = np.stack([((yy - 10) ** 2 + (xx - 12) ** 2 < 30), ((yy - 15) ** 2 + (xx - 8) ** 2 < 40)]).astype(np.int32)
-    x = jnp.asarray(labels[..., None] * 0.8 + 0.3 * np.random.default_rng(0).normal(size=labels.shape + (1,)),
-                    jnp.float32)
+    labels = np.stack(
+        [((yy - 10) ** 2 + (xx - 12) ** 2 < 30), ((yy - 15) ** 2 + (xx - 8) ** 2 < 40)]
+    ).astype(np.int32)
+    x = jnp.asarray(
+        labels[..., None] * 0.8 + 0.3 * np.random.default_rng(0).normal(size=labels.shape + (1,)),
+        jnp.float32,
+    )
     labels = jnp.asarray(labels)
     params = jax.jit(model.init)(jax.random.key(0), x)["params"]
     opt = optax.adam(3e-3)
@@ -150,8 +179,11 @@ def test_full_variant_overfits_one_batch():
 
     @jax.jit
     def step(p, s):
-        loss, g = jax.value_and_grad(lambda q: optax.softmax_cross_entropy_with_integer_labels(
-            model.apply({"params": q}, x), labels).mean())(p)
+        loss, g = jax.value_and_grad(
+            lambda q: optax.softmax_cross_entropy_with_integer_labels(
+                model.apply({"params": q}, x), labels
+            ).mean()
+        )(p)
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s, loss
 
@@ -167,15 +199,26 @@ def test_param_counts_follow_the_variants():
     counts = {}
     for v in ("unet", "axial", "dynamic", "full"):
         m = build_model("transmed", dims=2, in_channels=1, num_classes=2, variant=v, **TINY)
-        counts[v] = sum(math.prod(a.shape) for a in jax.tree.leaves(jax.eval_shape(m.init, jax.random.key(0), x)))
+        counts[v] = sum(
+            math.prod(a.shape)
+            for a in jax.tree.leaves(jax.eval_shape(m.init, jax.random.key(0), x))
+        )
     # Axial blocks and dynamic convs add disjoint parameters: full = unet + both increments.
-    assert counts["full"] - counts["unet"] == (counts["axial"] - counts["unet"]) + (counts["dynamic"] - counts["unet"])
+    assert counts["full"] - counts["unet"] == (counts["axial"] - counts["unet"]) + (
+        counts["dynamic"] - counts["unet"]
+    )
     assert counts["unet"] < counts["axial"] and counts["unet"] < counts["dynamic"]
 
 
-@pytest.mark.parametrize("kw,key", [(dict(variant="vit"), "variant"), (dict(axial_levels=(5,)), "axial_levels"),
-                                    (dict(dynamic_levels=(-1,), variant="dynamic"), "dynamic_levels"),
-                                    (dict(dynamic_impl="fft"), "dynamic_impl")])
+@pytest.mark.parametrize(
+    "kw,key",
+    [
+        (dict(variant="vit"), "variant"),
+        (dict(axial_levels=(5,)), "axial_levels"),
+        (dict(dynamic_levels=(-1,), variant="dynamic"), "dynamic_levels"),
+        (dict(dynamic_impl="fft"), "dynamic_impl"),
+    ],
+)
 def test_bad_config_raises(kw, key):
     m = build_model("transmed", dims=2, in_channels=1, num_classes=2, **{**TINY, **kw})
     with pytest.raises(ConfigError, match=key):

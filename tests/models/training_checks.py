@@ -26,7 +26,10 @@ def assert_trains_two_steps(model, params, x, labels, num_classes: int, rngs=Non
     new, state, loss, logits, grads = step(params, state)
     assert logits.shape == x.shape[:-1] + (num_classes,) and logits.dtype == jnp.float32
     assert np.isfinite(float(loss))
-    bad = [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_leaves_with_path(grads)
-           if not np.isfinite(np.asarray(g)).all() or not np.any(np.asarray(g) != 0)]
+    bad = [
+        jax.tree_util.keystr(k)
+        for k, g in jax.tree_util.tree_leaves_with_path(grads)
+        if not np.isfinite(np.asarray(g)).all() or not np.any(np.asarray(g) != 0)
+    ]
     assert not bad, f"parameters without a finite non-zero gradient: {bad}"
     assert np.isfinite(float(step(new, state)[2]))

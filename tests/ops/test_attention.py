@@ -27,7 +27,9 @@ def _reference_logits(q, k, bias, mask):
 def _attend(logits, v):
     """softmax over the last axis of `[W, H, N, M]` logits (-inf drops a key), times v."""
     p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return np.einsum("whnm,whmd->whnd", p / p.sum(axis=-1, keepdims=True), np.asarray(v, np.float64))
+    return np.einsum(
+        "whnm,whmd->whnd", p / p.sum(axis=-1, keepdims=True), np.asarray(v, np.float64)
+    )
 
 
 def _reference(q, k, v, bias, mask):
@@ -44,22 +46,33 @@ def _inputs(w=6, h=2, n=16, d=8, wi=3, seed=0):
     return q, k, v, bias, mask
 
 
-@pytest.mark.parametrize("use_bias,use_mask", [(False, False), (True, False), (True, True), (False, True)])
+@pytest.mark.parametrize(
+    "use_bias,use_mask", [(False, False), (True, False), (True, True), (False, True)]
+)
 def test_matches_reference_f32(use_bias, use_mask):
     q, k, v, bias, mask = _inputs()
     bias = bias if use_bias else None
     mask = mask if use_mask else None
-    out = window_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                           None if bias is None else jnp.asarray(bias),
-                           None if mask is None else jnp.asarray(mask), impl="xla")
+    out = window_attention(
+        jnp.asarray(q),
+        jnp.asarray(k),
+        jnp.asarray(v),
+        None if bias is None else jnp.asarray(bias),
+        None if mask is None else jnp.asarray(mask),
+        impl="xla",
+    )
     assert out.shape == q.shape and out.dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, bias, mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out), _reference(q, k, v, bias, mask), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_mask_window_count_not_dividing():
     q, k, v, bias, mask = _inputs(w=5, wi=3)
     out = window_attention(q, k, v, bias, mask, impl="auto")
-    np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, bias, mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out), _reference(q, k, v, bias, mask), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_matches_reference_bf16():
@@ -80,9 +93,12 @@ def test_jit_and_grad_finite():
 
 def test_pallas_impl_in_the_interpreter_matches_xla():
     q, k, v, bias, mask = _inputs()
-    np.testing.assert_allclose(window_attention(q, k, v, bias, mask, impl="pallas_interpret"),
-                               window_attention(q, k, v, bias, mask, impl="xla"),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        window_attention(q, k, v, bias, mask, impl="pallas_interpret"),
+        window_attention(q, k, v, bias, mask, impl="xla"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_impl_resolution_and_errors():
@@ -114,23 +130,32 @@ def test_more_keys_than_queries_matches_reference(w, wi):
     q, k, v, bias, mask = _keys_inputs(w=w, wi=wi)
     out = window_attention(q, k, v, bias, mask, impl="xla")
     assert out.shape == q.shape
-    np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, bias, mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out), _reference(q, k, v, bias, mask), rtol=1e-5, atol=1e-5
+    )
     few = _keys_inputs(m=5)  # fewer keys than queries
-    np.testing.assert_allclose(np.asarray(window_attention(*few, impl="xla")), _reference(*few),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(window_attention(*few, impl="xla")), _reference(*few), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_topk_with_more_keys_than_queries():
     q, k, v, bias, mask = _keys_inputs()
     dense = window_attention(q, k, v, bias, mask, impl="xla")
-    np.testing.assert_allclose(np.asarray(window_attention_topk(q, k, v, bias, mask, topk=30)), np.asarray(dense),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(window_attention_topk(q, k, v, bias, mask, topk=30)),
+        np.asarray(dense),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     # topk=20 > N=12: the clamp is to M, so selection still happens.
     sparse = np.asarray(window_attention_topk(q, k, v, bias, mask, topk=20))
     logits = _reference_logits(q, k, bias, mask)
     kth = np.sort(logits, -1)[..., -20:-19]
     assert np.abs(sparse - np.asarray(dense)).max() > 1e-4
-    np.testing.assert_allclose(sparse, _attend(np.where(logits >= kth, logits, -np.inf), v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        sparse, _attend(np.where(logits >= kth, logits, -np.inf), v), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_shape_errors_name_the_layout():
@@ -155,7 +180,7 @@ def _routing_inputs(b=2, nw=6, h=2, n=8, d=4, seed=3, padded=True):
     bias = rng.normal(size=(h, n, n)).astype(np.float32)
     key_mask = np.zeros((nw, n), np.float32)
     if padded:
-        key_mask[4:, n // 2:] = -1e9
+        key_mask[4:, n // 2 :] = -1e9
     return q, k, v, bias, key_mask
 
 
@@ -167,12 +192,14 @@ def _routed_reference(q, k, v, bias, key_mask, nw, kw, topk=None):
     out = np.zeros_like(q)
     for b in range(w // nw):
         win = slice(b * nw, (b + 1) * nw)
-        qm = np.stack([q[win][i][:, valid[i]].mean(1).reshape(-1) for i in range(nw)])  # [nw, h * d]
+        qm = np.stack(
+            [q[win][i][:, valid[i]].mean(1).reshape(-1) for i in range(nw)]
+        )  # [nw, h * d]
         km = np.stack([k[win][i][:, valid[i]].mean(1).reshape(-1) for i in range(nw)])
         affinity = qm @ km.T
         for i in range(nw):
             others = [j for j in np.argsort(-affinity[i], kind="stable") if j != i]
-            sel = [i] + others[:kw - 1]
+            sel = [i] + others[: kw - 1]
             keys = np.concatenate([k[win][j] for j in sel], axis=1)  # [h, kw * n, d]
             vals = np.concatenate([v[win][j] for j in sel], axis=1)
             ok = np.concatenate([valid[j] for j in sel])
@@ -191,8 +218,17 @@ def _routed_reference(q, k, v, bias, key_mask, nw, kw, topk=None):
 @pytest.mark.parametrize("kw,padded,topk", [(2, True, None), (3, False, None), (3, True, 5)])
 def test_routed_matches_numpy_reference(kw, padded, topk):
     q, k, v, bias, key_mask = _routing_inputs(padded=padded)
-    out = window_attention_routed(q, k, v, bias, key_mask if padded else None, windows_per_image=6,
-                                  topk_windows=kw, topk=topk, impl="xla")
+    out = window_attention_routed(
+        q,
+        k,
+        v,
+        bias,
+        key_mask if padded else None,
+        windows_per_image=6,
+        topk_windows=kw,
+        topk=topk,
+        impl="xla",
+    )
     want = _routed_reference(q, k, v, bias, key_mask, 6, kw, topk)
     np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
 
@@ -202,19 +238,23 @@ def test_routed_all_windows_is_global_attention(kw):
     """topk_windows >= nW: every query attends to every valid token of its image (the bias on
     its own window's keys only), written here without any routing."""
     q, k, v, bias, key_mask = _routing_inputs()
-    out = np.asarray(window_attention_routed(q, k, v, bias, key_mask, windows_per_image=6, topk_windows=kw))
+    out = np.asarray(
+        window_attention_routed(q, k, v, bias, key_mask, windows_per_image=6, topk_windows=kw)
+    )
     b, nw, h, n, d = 2, 6, 2, 8, 4
     valid = (key_mask == 0).reshape(-1)
-    img = lambda a, i: np.asarray(a, np.float64)[i * nw:(i + 1) * nw].transpose(1, 0, 2, 3).reshape(h, nw * n, d)
+    img = lambda a, i: (
+        np.asarray(a, np.float64)[i * nw : (i + 1) * nw].transpose(1, 0, 2, 3).reshape(h, nw * n, d)
+    )
     for i in range(b):
         qi, ki, vi = img(q, i), img(k, i), img(v, i)
         logits = qi @ ki.transpose(0, 2, 1)  # [h, nw * n, nw * n]
         for wdx in range(nw):
-            logits[:, wdx * n:(wdx + 1) * n, wdx * n:(wdx + 1) * n] += bias
+            logits[:, wdx * n : (wdx + 1) * n, wdx * n : (wdx + 1) * n] += bias
         logits[:, :, ~valid] = -np.inf
         e = np.exp(logits - logits.max(-1, keepdims=True))
         want = (e / e.sum(-1, keepdims=True)) @ vi  # [h, nw * n, d]
-        got = out[i * nw:(i + 1) * nw].transpose(1, 0, 2, 3).reshape(h, nw * n, d)
+        got = out[i * nw : (i + 1) * nw].transpose(1, 0, 2, 3).reshape(h, nw * n, d)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -222,8 +262,13 @@ def test_routed_one_window_is_window_attention():
     q, k, v, bias, key_mask = _routing_inputs()
     mask = np.broadcast_to(key_mask[:, None, :], (6, 8, 8))
     np.testing.assert_allclose(
-        np.asarray(window_attention_routed(q, k, v, bias, key_mask, windows_per_image=6, topk_windows=1)),
-        np.asarray(window_attention(q, k, v, bias, mask)), rtol=1e-6, atol=1e-6)
+        np.asarray(
+            window_attention_routed(q, k, v, bias, key_mask, windows_per_image=6, topk_windows=1)
+        ),
+        np.asarray(window_attention(q, k, v, bias, mask)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_routed_gradients_skip_the_selection():
@@ -231,22 +276,34 @@ def test_routed_gradients_skip_the_selection():
     constants: the selection contributes none, the gathered k and v do."""
     q, k, v, bias, key_mask = (jnp.asarray(a) for a in _routing_inputs())
     b, nw, h, n, d, kw = 2, 6, 2, 8, 4, 3
-    routed = lambda q, k, v, bias: window_attention_routed(q, k, v, bias, key_mask, windows_per_image=nw,
-                                                           topk_windows=kw).sum()
+    routed = lambda q, k, v, bias: window_attention_routed(
+        q, k, v, bias, key_mask, windows_per_image=nw, topk_windows=kw
+    ).sum()
     # Recover the selection from the numpy reference's rule and freeze it.
     qm = np.asarray(q).reshape(b, nw, h, n, d)
     km = np.asarray(k).reshape(b, nw, h, n, d)
     wts = np.asarray(key_mask == 0, np.float64)
     wts = wts / wts.sum(-1, keepdims=True)
-    aff = np.einsum("biC,bjC->bij", np.einsum("bwhnd,wn->bwhd", qm, wts).reshape(b, nw, -1),
-                    np.einsum("bwhnd,wn->bwhd", km, wts).reshape(b, nw, -1))
+    aff = np.einsum(
+        "biC,bjC->bij",
+        np.einsum("bwhnd,wn->bwhd", qm, wts).reshape(b, nw, -1),
+        np.einsum("bwhnd,wn->bwhd", km, wts).reshape(b, nw, -1),
+    )
     aff[:, np.arange(nw), np.arange(nw)] = -np.inf
-    idx = np.concatenate([np.broadcast_to(np.arange(nw)[None, :, None], (b, nw, 1)),
-                          np.argsort(-aff, -1)[..., :kw - 1]], -1)  # [b, nw, kw]
+    idx = np.concatenate(
+        [
+            np.broadcast_to(np.arange(nw)[None, :, None], (b, nw, 1)),
+            np.argsort(-aff, -1)[..., : kw - 1],
+        ],
+        -1,
+    )  # [b, nw, kw]
 
     def frozen(q, k, v, bias):
-        gather = lambda x: x.reshape(b, nw, h, n, d)[np.arange(b)[:, None, None], idx].transpose(
-            0, 1, 3, 2, 4, 5).reshape(b * nw, h, kw * n, d)
+        gather = lambda x: (
+            x.reshape(b, nw, h, n, d)[np.arange(b)[:, None, None], idx]
+            .transpose(0, 1, 3, 2, 4, 5)
+            .reshape(b * nw, h, kw * n, d)
+        )
         mask = jnp.asarray(np.asarray(key_mask)[idx].reshape(b * nw, 1, kw * n))
         full_bias = jnp.concatenate([bias, jnp.zeros((h, n, (kw - 1) * n))], -1)
         logits = jnp.einsum("whnd,whmd->whnm", q, gather(k)) + full_bias[None] + mask[:, None]
@@ -265,7 +322,10 @@ def test_routed_pallas_interpret_matches_xla():
     kw = dict(windows_per_image=6, topk_windows=2)
     np.testing.assert_allclose(
         np.asarray(window_attention_routed(q, k, v, bias, key_mask, **kw, impl="pallas_interpret")),
-        np.asarray(window_attention_routed(q, k, v, bias, key_mask, **kw, impl="xla")), rtol=1e-5, atol=1e-5)
+        np.asarray(window_attention_routed(q, k, v, bias, key_mask, **kw, impl="xla")),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_routed_argument_errors():

@@ -40,8 +40,17 @@ def _np_attention_along_lines(q, k, v, axis, bias=None):
     return out.reshape(b, *s, h, d)
 
 
-@pytest.mark.parametrize("shape,axis", [((2, 5, 7), 1), ((2, 5, 7), 2), ((1, 3, 4, 5), 1),
-                                        ((1, 3, 4, 5), 2), ((1, 3, 4, 5), 3), ((1, 3, 4, 5), -2)])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [
+        ((2, 5, 7), 1),
+        ((2, 5, 7), 2),
+        ((1, 3, 4, 5), 1),
+        ((1, 3, 4, 5), 2),
+        ((1, 3, 4, 5), 3),
+        ((1, 3, 4, 5), -2),
+    ],
+)
 def test_axial_attention_matches_full_attention_on_lines(shape, axis):
     rng = np.random.default_rng(0)
     heads, hd = 2, 3
@@ -64,16 +73,21 @@ def test_fold_unfold_roundtrip_and_auto_impl():
         (rows,) = ops.fold_axis_heads(x, axis, 1, 2)
         np.testing.assert_array_equal(ops.unfold_axis_heads(rows, axis, (3, 4, 5)), x)
     q = jnp.ones((4, 2, 5, 3))
-    np.testing.assert_allclose(ops.axial_attention(q, q, q), ops.axial_attention(q, q, q, impl="xla"))
+    np.testing.assert_allclose(
+        ops.axial_attention(q, q, q), ops.axial_attention(q, q, q, impl="xla")
+    )
 
 
 def test_axial_pallas_impl_in_the_interpreter_matches_xla():
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(6, 2, 9, 16)), jnp.float32) for _ in range(3))
     bias = jnp.asarray(rng.normal(size=(2, 9, 9)), jnp.float32)
-    np.testing.assert_allclose(ops.axial_attention(q, k, v, bias, impl="pallas_interpret"),
-                               ops.axial_attention(q, k, v, bias, impl="xla"),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ops.axial_attention(q, k, v, bias, impl="pallas_interpret"),
+        ops.axial_attention(q, k, v, bias, impl="xla"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_axial_attention_errors():
@@ -92,8 +106,14 @@ def test_axial_attention_gradient_matches_numerical():
     rng = np.random.default_rng(1)
     q, k, v = (jnp.asarray(rng.normal(size=(3, 2, 4, 2)), jnp.float32) for _ in range(3))
     bias = jnp.asarray(rng.normal(size=(2, 4, 4)), jnp.float32)
-    check_grads(lambda *a: ops.axial_attention(*a), (q, k, v, bias), order=1,
-                              modes=("rev",), atol=1e-2, rtol=1e-2)
+    check_grads(
+        lambda *a: ops.axial_attention(*a),
+        (q, k, v, bias),
+        order=1,
+        modes=("rev",),
+        atol=1e-2,
+        rtol=1e-2,
+    )
 
 
 def _np_topk_attention(q, k, v, bias, mask, topk):

@@ -12,10 +12,16 @@ from jaxseg.ops.conv import _resolve_impl
 
 def _lax_reference(x, kernel):
     d = x.ndim - 2
-    sp = "DHW"[3 - d:]
+    sp = "DHW"[3 - d :]
     return lax.conv_general_dilated(
-        x, kernel, (1,) * d, "SAME", dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
-        feature_group_count=x.shape[-1], precision=lax.Precision.HIGHEST)
+        x,
+        kernel,
+        (1,) * d,
+        "SAME",
+        dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
+        feature_group_count=x.shape[-1],
+        precision=lax.Precision.HIGHEST,
+    )
 
 
 CASES = [
@@ -35,8 +41,12 @@ def test_forward_and_grad_match_lax(xshape, ksize, impl):
     kernel = jnp.asarray(rng.normal(size=(*ksize, 1, xshape[-1])), jnp.float32)
     cot = jnp.asarray(rng.normal(size=xshape), jnp.float32)
     out = depthwise_conv(x, kernel, impl=impl)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(_lax_reference(x, kernel)), rtol=1e-5, atol=1e-5)
-    g = jax.grad(lambda x, k: (depthwise_conv(x, k, impl=impl) * cot).sum(), argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(
+        np.asarray(out), np.asarray(_lax_reference(x, kernel)), rtol=1e-5, atol=1e-5
+    )
+    g = jax.grad(lambda x, k: (depthwise_conv(x, k, impl=impl) * cot).sum(), argnums=(0, 1))(
+        x, kernel
+    )
     g_ref = jax.grad(lambda x, k: (_lax_reference(x, k) * cot).sum(), argnums=(0, 1))(x, kernel)
     for a, b in zip(g, g_ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
@@ -46,8 +56,12 @@ def test_even_kernel_matches_xla_same_padding():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(1, 6, 7, 2)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(2, 4, 1, 2)), jnp.float32)
-    np.testing.assert_allclose(np.asarray(depthwise_conv(x, kernel, impl="shifted")),
-                               np.asarray(_lax_reference(x, kernel)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(depthwise_conv(x, kernel, impl="shifted")),
+        np.asarray(_lax_reference(x, kernel)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_bf16_keeps_dtype():

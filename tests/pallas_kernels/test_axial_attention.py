@@ -20,7 +20,6 @@ Marked slow: the race-detector run (~30 s) and the full cartesian sweep (96 case
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import jax
@@ -89,16 +88,20 @@ def _run_case(rows, heads, length, d, dtype, with_bias, block_sizes, interpret):
 
     def f(q, k, v, bias, do):
         fn = lambda q, k, v, bias: axial_attention(
-            q, k, v, bias, block_sizes=block_sizes, interpret=interpret)
+            q, k, v, bias, block_sizes=block_sizes, interpret=interpret
+        )
         out, vjp = jax.vjp(fn, q, k, v, bias)
         return out, vjp(do)
 
     out, grads = jax.jit(f)(q, k, v, bias, do)
     assert out.dtype == q.dtype and out.shape == q.shape
-    ref_out, ref_grads = _np_reference(q.astype(jnp.float32), k.astype(jnp.float32),
-                                       v.astype(jnp.float32),
-                                       None if bias is None else bias.astype(jnp.float32),
-                                       do.astype(jnp.float32))
+    ref_out, ref_grads = _np_reference(
+        q.astype(jnp.float32),
+        k.astype(jnp.float32),
+        v.astype(jnp.float32),
+        None if bias is None else bias.astype(jnp.float32),
+        do.astype(jnp.float32),
+    )
     fwd_tol, bwd_tol = TOL[jnp.dtype(dtype).name]
     errs = {"out": _assert_close(out, ref_out, fwd_tol, "forward")}
     for name, g, rg in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
@@ -154,8 +157,12 @@ def test_races_on_two_simulated_cores():
 SLOW_SWEEP = [
     (3, 2, length, d, dtype, bias, bs)
     for length, d, dtype, bias, bs in itertools.product(
-        (7, 24, 64, 200), (16, 32, 64), (jnp.float32, jnp.bfloat16), (True, False),
-        (None, AxialBlockSizes(2, 8, 128)))
+        (7, 24, 64, 200),
+        (16, 32, 64),
+        (jnp.float32, jnp.bfloat16),
+        (True, False),
+        (None, AxialBlockSizes(2, 8, 128)),
+    )
 ]
 
 
@@ -185,9 +192,16 @@ def test_numpy_reference_matches_plain_jax():
 # ----------------------------------------------------------------------------- layout
 
 
-@pytest.mark.parametrize("shape,axis", [((2, 3, 4, 5, 2, 6), 1), ((2, 3, 4, 5, 2, 6), 2),
-                                        ((2, 3, 4, 5, 2, 6), -3), ((2, 7, 3, 2, 4), 1),
-                                        ((2, 7, 3, 2, 4), 2)])
+@pytest.mark.parametrize(
+    "shape,axis",
+    [
+        ((2, 3, 4, 5, 2, 6), 1),
+        ((2, 3, 4, 5, 2, 6), 2),
+        ((2, 3, 4, 5, 2, 6), -3),
+        ((2, 7, 3, 2, 4), 1),
+        ((2, 7, 3, 2, 4), 2),
+    ],
+)
 def test_to_rows_from_rows(shape, axis):
     x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     rows = np.asarray(to_rows(jnp.asarray(x), axis))
@@ -224,8 +238,13 @@ def test_axial_attention_through_rows_matches_direct_einsum():
 
 
 def test_default_rule():
-    for rows, heads, length, d in [(1152, 4, 24, 32), (288, 8, 12, 64), (128, 4, 64, 64),
-                                   (4, 2, 600, 64), (3, 2, 7, 16)]:
+    for rows, heads, length, d in [
+        (1152, 4, 24, 32),
+        (288, 8, 12, 64),
+        (128, 4, 64, 64),
+        (4, 2, 600, 64),
+        (3, 2, 7, 16),
+    ]:
         for dtype in (jnp.float32, jnp.bfloat16):
             bs = AxialBlockSizes.default(rows, heads, length, d, dtype)
             l8 = -(-length // 8) * 8
@@ -271,8 +290,15 @@ def test_report_rows():
     rows = ax.report_rows()
     assert len(rows) >= 6
     for row in rows:
-        assert set(row) == {"kernel", "config", "block_shapes", "useful_mac_fraction_128",
-                            "useful_mac_fraction_256", "vmem_bytes", "note"}
+        assert set(row) == {
+            "kernel",
+            "config",
+            "block_shapes",
+            "useful_mac_fraction_128",
+            "useful_mac_fraction_256",
+            "vmem_bytes",
+            "note",
+        }
         assert 0 < row["useful_mac_fraction_256"] <= row["useful_mac_fraction_128"] <= 1
         assert row["vmem_bytes"] <= 16 * 2**20
         if row["useful_mac_fraction_128"] < 0.75:

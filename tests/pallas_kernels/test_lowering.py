@@ -48,15 +48,23 @@ def test_exports_for_tpu(n, h, d, dtype):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("n,m,h,d", [(64, 144, 3, 16), (64, 216, 3, 16), (8, 32, 12, 16)],
-                         ids=["8x8-halo2", "4x4x4-halo1", "2x2x2-routed4"])
+@pytest.mark.parametrize(
+    "n,m,h,d",
+    [(64, 144, 3, 16), (64, 216, 3, 16), (8, 32, 12, 16)],
+    ids=["8x8-halo2", "4x4x4-halo1", "2x2x2-routed4"],
+)
 def test_exports_more_keys_than_queries(n, m, h, d, dtype):
     """M != N (lightseg halo / routed key windows): k, v `[W, H, M, D]`, bias `[H, N, M]`,
     mask `[Wi, N, M]`; forward and backward lower with default block sizes."""
     sd = jax.ShapeDtypeStruct
     w = 256
-    args = (sd((w, h, n, d), dtype), sd((w, h, m, d), dtype), sd((w, h, m, d), dtype),
-            sd((h, n, m), jnp.float32), sd((16, n, m), jnp.float32))
+    args = (
+        sd((w, h, n, d), dtype),
+        sd((w, h, m, d), dtype),
+        sd((w, h, m, d), dtype),
+        sd((h, n, m), jnp.float32),
+        sd((16, n, m), jnp.float32),
+    )
     for fn in (_fwd, _bwd):
         exp = _export(fn, *args)
         assert "tpu_custom_call" in exp.mlir_module(), f"{fn.__name__} n={n} m={m}: no Mosaic call"
@@ -68,9 +76,16 @@ def test_exports_without_bias_or_mask(variant):
     q = sd((64, 4, 49, 32), jnp.bfloat16)
     b = sd((4, 49, 49), jnp.bfloat16) if variant == "bias_only" else None
     m = sd((16, 49, 49), jnp.float32) if variant == "mask_only" else None
-    fwd = lambda q, k, v: window_attention(q, k, v, None if b is None else jnp.zeros(b.shape, b.dtype),
-                                           None if m is None else jnp.zeros(m.shape, m.dtype))
-    bwd = lambda q, k, v: jax.grad(lambda *a: jnp.sum(fwd(*a).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
+    fwd = lambda q, k, v: window_attention(
+        q,
+        k,
+        v,
+        None if b is None else jnp.zeros(b.shape, b.dtype),
+        None if m is None else jnp.zeros(m.shape, m.dtype),
+    )
+    bwd = lambda q, k, v: jax.grad(
+        lambda *a: jnp.sum(fwd(*a).astype(jnp.float32)), argnums=(0, 1, 2)
+    )(q, k, v)
     for fn in (fwd, bwd):
         assert "tpu_custom_call" in _export(fn, q, q, q).mlir_module()
 
@@ -79,13 +94,18 @@ def test_export_rejects_illegal_block_shape():
     """Negative control: the export path does check Mosaic's block-shape rule (a block's last
     two dims must be multiples of (8, 128) or the full extent), so the checks above mean
     something."""
+
     def kernel(x_ref, o_ref):
         o_ref[...] = x_ref[...]
 
     def f(x):
-        return pl.pallas_call(kernel, grid=(2,), in_specs=[pl.BlockSpec((8, 100), lambda i: (0, i))],
-                              out_specs=pl.BlockSpec((8, 100), lambda i: (0, i)),
-                              out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+        return pl.pallas_call(
+            kernel,
+            grid=(2,),
+            in_specs=[pl.BlockSpec((8, 100), lambda i: (0, i))],
+            out_specs=pl.BlockSpec((8, 100), lambda i: (0, i)),
+            out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        )(x)
 
     with pytest.raises(Exception, match="(?i)block|divisible|shape"):
         _export(f, jax.ShapeDtypeStruct((8, 200), jnp.float32))
@@ -94,8 +114,7 @@ def test_export_rejects_illegal_block_shape():
 def test_report_configs_match_jaxseg_models():
     """The report's lightseg rows (hard-coded: pallas_kernels may not import jaxseg) agree
     with jaxseg's registry and default window rule."""
-    from jaxseg.models import lightseg
-    from jaxseg.models import registry
+    from jaxseg.models import lightseg, registry
 
     want = set()
     for name in ("lightseg_tiny", "lightseg_small", "lightseg_base"):
@@ -132,8 +151,9 @@ def test_batch_polymorphic_shapes_lower_for_tpu():
     mask = jax.ShapeDtypeStruct((16, 64, 64), jnp.float32)
     fwd = lambda q, bias, mask: win.window_attention(q, q, q, bias, mask)
     jax_export.export(jax.jit(fwd), platforms=("tpu",))(q, bias, mask)
-    grad = jax.grad(lambda q, bias, mask: fwd(q, bias, mask).astype(jnp.float32).sum(),
-                    argnums=(0, 1))
+    grad = jax.grad(
+        lambda q, bias, mask: fwd(q, bias, mask).astype(jnp.float32).sum(), argnums=(0, 1)
+    )
     jax_export.export(jax.jit(grad), platforms=("tpu",))(q, bias, mask)
 
     rows = jax.ShapeDtypeStruct((24 * b, 2, 24, 32), jnp.bfloat16)

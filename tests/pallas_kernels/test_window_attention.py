@@ -54,7 +54,9 @@ def _inputs(seed, w, h, n, d, dtype, *, bias, mask_windows, keys=None):
     b = jax.random.normal(ks[4], (h, n, keys)) if bias else None
     m = None
     if mask_windows:
-        m = np.where(np.asarray(jax.random.bernoulli(ks[5], 0.3, (mask_windows, n, keys))), MASK_VALUE, 0.0)
+        m = np.where(
+            np.asarray(jax.random.bernoulli(ks[5], 0.3, (mask_windows, n, keys))), MASK_VALUE, 0.0
+        )
         m[0, 0, :] = MASK_VALUE  # a fully masked row: padded keys must still get no weight
         m = jnp.asarray(m, jnp.float32)
     return q, k, v, b, m, do
@@ -65,14 +67,25 @@ def _err(got, want):
     return float(np.max(np.abs(got - want)) / max(1.0, float(np.max(np.abs(want)))))
 
 
-def _run_case(w, h, window, d, dtype, *, bias, mask_windows, block_sizes, interpret=True, seed=0, keys=None):
+def _run_case(
+    w, h, window, d, dtype, *, bias, mask_windows, block_sizes, interpret=True, seed=0, keys=None
+):
     n = math.prod(window)
-    q, k, v, b, m, do = _inputs(seed, w, h, n, d, dtype, bias=bias, mask_windows=mask_windows, keys=keys)
+    q, k, v, b, m, do = _inputs(
+        seed, w, h, n, d, dtype, bias=bias, mask_windows=mask_windows, keys=keys
+    )
     diff = (q, k, v) + ((b,) if bias else ())
 
     def kernel(*a):
-        return window_attention(a[0], a[1], a[2], a[3] if bias else None, m,
-                                block_sizes=block_sizes, interpret=interpret)
+        return window_attention(
+            a[0],
+            a[1],
+            a[2],
+            a[3] if bias else None,
+            m,
+            block_sizes=block_sizes,
+            interpret=interpret,
+        )
 
     def reference(*a):
         a = [x.astype(jnp.float32) for x in a]
@@ -87,8 +100,10 @@ def _run_case(w, h, window, d, dtype, *, bias, mask_windows, block_sizes, interp
     ref_out, ref_grads = jax.jit(lambda *a: run.__wrapped__(reference, *a))(*diff)
     assert out.shape == q.shape and out.dtype == q.dtype
     tf, tb = TOL[jnp.dtype(dtype).name]
-    case = (f"window={window} keys={keys or n} d={d} {jnp.dtype(dtype).name} bias={bias} mask={mask_windows} "
-            f"{block_sizes}")
+    case = (
+        f"window={window} keys={keys or n} d={d} {jnp.dtype(dtype).name} bias={bias} mask={mask_windows} "
+        f"{block_sizes}"
+    )
     errs = {"out": _err(out, ref_out)}
     for name, g, rg in zip(("dq", "dk", "dv", "dbias"), grads, ref_grads):
         assert g.shape == rg.shape, (name, case)
@@ -113,9 +128,13 @@ DEFAULT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("w,h,window,d,dtype,bias,mask_windows,bs", DEFAULT_CASES,
-                         ids=lambda x: str(x) if not isinstance(x, BlockSizes) else
-                         f"bs{x.block_windows}-{x.block_windows_bwd}")
+@pytest.mark.parametrize(
+    "w,h,window,d,dtype,bias,mask_windows,bs",
+    DEFAULT_CASES,
+    ids=lambda x: (
+        str(x) if not isinstance(x, BlockSizes) else f"bs{x.block_windows}-{x.block_windows_bwd}"
+    ),
+)
 def test_matches_reference(w, h, window, d, dtype, bias, mask_windows, bs):
     _run_case(w, h, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs)
 
@@ -137,15 +156,22 @@ KEY_BLOCK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("w,h,window,keys,d,dtype,bias,mask_windows,bs", KEY_BLOCK_CASES,
-                         ids=lambda x: str(x) if not isinstance(x, BlockSizes) else
-                         f"bs{x.block_windows}-{x.block_windows_bwd}")
+@pytest.mark.parametrize(
+    "w,h,window,keys,d,dtype,bias,mask_windows,bs",
+    KEY_BLOCK_CASES,
+    ids=lambda x: (
+        str(x) if not isinstance(x, BlockSizes) else f"bs{x.block_windows}-{x.block_windows_bwd}"
+    ),
+)
 def test_more_or_fewer_keys_than_queries(w, h, window, keys, d, dtype, bias, mask_windows, bs):
-    _run_case(w, h, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs, keys=keys)
+    _run_case(
+        w, h, window, d, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs, keys=keys
+    )
 
 
 def _races_found():
     from jax._src.pallas.mosaic.interpret import interpret_pallas_call as ipc  # private, 0.10.x
+
     return ipc.races is not None and ipc.races.races_found
 
 
@@ -196,14 +222,32 @@ def test_block_size_rule():
         BlockSizes(3, 2)
 
 
-@pytest.mark.parametrize("args,match", [
-    (((2, 1, 16, 8), (2, 1, 16, 4), None, None), r"q must be \[W, H, N, D\] and k, v \[W, H, M, D\]"),
-    (((2, 1, 16, 8), (3, 1, 24, 8), None, None), r"q must be \[W, H, N, D\] and k, v \[W, H, M, D\]"),
-    (((2, 1, 16, 8), (2, 1, 16, 8), (2, 16, 16), None), r"bias must be \[H, N, M\]"),
-    (((2, 1, 16, 8), (2, 1, 24, 8), (1, 16, 16), None), r"bias must be \[H, N, M\] = \(1, 16, 24\)"),
-    (((2, 1, 16, 8), (2, 1, 16, 8), None, (16, 16)), r"mask must be \[Wi, N, M\] = \[Wi, 16, 16\]"),
-    (((2, 1, 16, 8), (2, 1, 24, 8), None, (1, 16, 16)), r"mask must be \[Wi, N, M\] = \[Wi, 16, 24\]"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (
+            ((2, 1, 16, 8), (2, 1, 16, 4), None, None),
+            r"q must be \[W, H, N, D\] and k, v \[W, H, M, D\]",
+        ),
+        (
+            ((2, 1, 16, 8), (3, 1, 24, 8), None, None),
+            r"q must be \[W, H, N, D\] and k, v \[W, H, M, D\]",
+        ),
+        (((2, 1, 16, 8), (2, 1, 16, 8), (2, 16, 16), None), r"bias must be \[H, N, M\]"),
+        (
+            ((2, 1, 16, 8), (2, 1, 24, 8), (1, 16, 16), None),
+            r"bias must be \[H, N, M\] = \(1, 16, 24\)",
+        ),
+        (
+            ((2, 1, 16, 8), (2, 1, 16, 8), None, (16, 16)),
+            r"mask must be \[Wi, N, M\] = \[Wi, 16, 16\]",
+        ),
+        (
+            ((2, 1, 16, 8), (2, 1, 24, 8), None, (1, 16, 16)),
+            r"mask must be \[Wi, N, M\] = \[Wi, 16, 24\]",
+        ),
+    ],
+)
 def test_bad_shapes(args, match):
     qs, ks, bs, ms = args
     z = lambda s: None if s is None else jnp.zeros(s)
@@ -221,8 +265,10 @@ SLOW_WINDOWS = [(7, 7), (8, 8), (4, 4, 4), (7, 7, 7), (8, 8, 2), (4, 8, 4)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("window,d,dtype", list(itertools.product(
-    SLOW_WINDOWS, (16, 32, 64), (jnp.float32, jnp.bfloat16))))
+@pytest.mark.parametrize(
+    "window,d,dtype",
+    list(itertools.product(SLOW_WINDOWS, (16, 32, 64), (jnp.float32, jnp.bfloat16))),
+)
 def test_full_sweep(window, d, dtype):
     """Every window size x head dim x dtype, with bias and mask, and the bias-only /
     mask-only / neither variants rotated in, at two block sizes. ~36 cases, ~10 min."""
@@ -233,8 +279,15 @@ def test_full_sweep(window, d, dtype):
 
 
 # (query window, keys M): lightseg halo blocks prod(w + 2h) and routed windows k * N.
-SLOW_KEY_BLOCKS = [((4, 4), 36), ((4, 4), 100), ((8, 8), 144), ((2, 2, 2), 64), ((4, 4, 4), 216),
-                   ((4, 4), 64), ((2, 2, 2), 32)]
+SLOW_KEY_BLOCKS = [
+    ((4, 4), 36),
+    ((4, 4), 100),
+    ((8, 8), 144),
+    ((2, 2, 2), 64),
+    ((4, 4, 4), 216),
+    ((4, 4), 64),
+    ((2, 2, 2), 32),
+]
 
 
 @pytest.mark.slow
@@ -246,4 +299,15 @@ def test_key_block_sweep(window, keys, dtype):
     i = SLOW_KEY_BLOCKS.index((window, keys))
     bias, mask_windows = [(True, 4), (True, 0), (False, 2), (True, 3)][i % 4]
     bs = [BlockSizes(2, 4), BlockSizes(4, 2)][i % 2]
-    _run_case(8, 2, window, 16, dtype, bias=bias, mask_windows=mask_windows, block_sizes=bs, seed=i, keys=keys)
+    _run_case(
+        8,
+        2,
+        window,
+        16,
+        dtype,
+        bias=bias,
+        mask_windows=mask_windows,
+        block_sizes=bs,
+        seed=i,
+        keys=keys,
+    )

@@ -11,13 +11,13 @@ import sys
 assert "--xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "")
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxseg.defaults import base_config  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
 from jaxseg.run import RunInfo, abstract_state  # noqa: E402
-from jaxseg.training import mesh as mesh_lib, optimizer as optimizer_lib  # noqa: E402
+from jaxseg.training import mesh as mesh_lib  # noqa: E402
+from jaxseg.training import optimizer as optimizer_lib  # noqa: E402
 from jaxseg.training.state import init_train_state  # noqa: E402
 from jaxseg.training.steps import make_train_step  # noqa: E402
 
@@ -30,25 +30,36 @@ def run(mesh_cfg: dict, devices) -> tuple:
     config.train.warmup_steps = 0
     config.mesh.update(mesh_cfg)
     config.mesh.fsdp_min_size = 0  # shard every array fsdp divides, even small ones
-    info = RunInfo(dims=2, in_channels=1, num_classes=3, labels={0: "bg", 1: "a", 2: "b"},
-                   modalities=("MRI",), dataset_root="")
+    info = RunInfo(
+        dims=2,
+        in_channels=1,
+        num_classes=3,
+        labels={0: "bg", 1: "a", 2: "b"},
+        modalities=("MRI",),
+        dataset_root="",
+    )
     model = build_model("unet", dims=2, in_channels=1, num_classes=3, features=(8, 16))
     optimizer = optimizer_lib.make_optimizer(config.train)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     abstract = abstract_state(model, optimizer, config, info, mesh)
     shardings = jax.tree_util.tree_map(lambda s: s.sharding, abstract)
     sample = np.zeros((1, 32, 32, 1), np.float32)
-    state = jax.jit(lambda: init_train_state(model, optimizer, jax.random.key(0), sample),
-                    out_shardings=shardings)()
-    step = jax.jit(make_train_step(model, optimizer, config),
-                   in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
-                                 mesh_lib.replicated(mesh)),
-                   out_shardings=(shardings, mesh_lib.replicated(mesh)))
+    state = jax.jit(
+        lambda: init_train_state(model, optimizer, jax.random.key(0), sample),
+        out_shardings=shardings,
+    )()
+    step = jax.jit(
+        make_train_step(model, optimizer, config),
+        in_shardings=(shardings, mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+    )
     rng = np.random.default_rng(0)
     sharded_axes = 0
-    for i in range(2):
-        batch = {"image": rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
-                 "label": rng.integers(0, 3, (8, 32, 32)).astype(np.int32)}
+    for _ in range(2):
+        batch = {
+            "image": rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
+            "label": rng.integers(0, 3, (8, 32, 32)).astype(np.int32),
+        }
         state, metrics = step(state, mesh_lib.global_batch(batch, mesh), jax.random.key(1))
     for leaf in jax.tree_util.tree_leaves(state.params):
         sharded_axes += any(a is not None for a in leaf.sharding.spec)

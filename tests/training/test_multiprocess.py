@@ -59,14 +59,21 @@ def _write_config(tmp_path, root, steps=4) -> Path:
 
 def _env(devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAXSEG_")}
-    env.update(JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     return env
 
 
 def _train_cmd(config: Path, workdir: Path, *extra) -> list[str]:
-    return [sys.executable, "-m", "jaxseg.train", "--config", str(config), "--workdir",
-            str(workdir), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "jaxseg.train",
+        "--config",
+        str(config),
+        "--workdir",
+        str(workdir),
+        *extra,
+    ]
 
 
 def _last_json(stdout: str) -> dict:
@@ -94,13 +101,30 @@ def few_cases(tmp_path_factory):
 def test_two_processes_match_one_process(few_cases, tmp_path):
     config = _write_config(tmp_path, few_cases)
     env = {**_env(2), "JAXSEG_LOCAL_DEVICES": "2"}
-    multi = subprocess.run(["bash", str(ROOT / "launch/local.sh"), "2",
-                            *_train_cmd(config, tmp_path / "multi"),
-                            "--config.mesh.data=2", "--config.mesh.fsdp=2"],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    multi = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "launch/local.sh"),
+            "2",
+            *_train_cmd(config, tmp_path / "multi"),
+            "--config.mesh.data=2",
+            "--config.mesh.fsdp=2",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert multi.returncode == 0, multi.stdout[-3000:] + multi.stderr[-3000:]
-    single = subprocess.run(_train_cmd(config, tmp_path / "single"), cwd=ROOT, env=_env(4),
-                            capture_output=True, text=True, timeout=600)
+    single = subprocess.run(
+        _train_cmd(config, tmp_path / "single"),
+        cwd=ROOT,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     loss_multi, loss_single = _last_json(multi.stdout)["loss"], _last_json(single.stdout)["loss"]
     assert loss_multi == pytest.approx(loss_single, rel=1e-4)
@@ -113,9 +137,14 @@ def test_checkpoint_moves_between_1_and_8_devices(few_cases, tmp_path):
     workdir = tmp_path / "topology"
     train(load_config(config, ["train.steps=2"]), workdir)  # here: 1 device
     # Resume on 8 devices with parameters and optimiser state sharded 8 ways.
-    r = subprocess.run(_train_cmd(config, workdir, "--config.mesh.data=1",
-                                  "--config.mesh.fsdp=8"),
-                       cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        _train_cmd(config, workdir, "--config.mesh.data=1", "--config.mesh.fsdp=8"),
+        cwd=ROOT,
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Resuming" in r.stdout and _last_json(r.stdout)["step"] == 4
     # And back to 1 device, against an unbroken 1-device run.
@@ -127,8 +156,14 @@ def test_checkpoint_moves_between_1_and_8_devices(few_cases, tmp_path):
 def test_sigkill_then_rerun_resumes_where_it_was(few_cases, tmp_path):
     config = _write_config(tmp_path, few_cases, steps=12)
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(config, workdir), cwd=ROOT, env=_env(1),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(config, workdir),
+        cwd=ROOT,
+        env=_env(1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while not (workdir / "checkpoints" / "4").is_dir():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -138,8 +173,14 @@ def test_sigkill_then_rerun_resumes_where_it_was(few_cases, tmp_path):
     proc.wait()
     done = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert done and done[-1] < 12, done  # killed mid-run
-    r = subprocess.run(_train_cmd(config, workdir), cwd=ROOT, env=_env(1),
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        _train_cmd(config, workdir),
+        cwd=ROOT,
+        env=_env(1),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"Resuming {workdir} from step {done[-1]}" in r.stdout
     straight = tmp_path / "straight"

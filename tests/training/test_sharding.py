@@ -18,10 +18,14 @@ WORKER = Path(__file__).with_name("multidevice_worker.py")
 
 @pytest.mark.multiprocess
 def test_data_parallel_and_fsdp_match_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, str(WORKER)], env=env, capture_output=True,
-                       text=True, timeout=600)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        "JAX_PLATFORMS": "cpu",
+    }
+    r = subprocess.run(
+        [sys.executable, str(WORKER)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "data2_fsdp4" in r.stdout
 
@@ -38,9 +42,11 @@ def test_mesh_sizes_and_errors():
 
 def test_fsdp_rule_shards_the_largest_divisible_axis():
     assert mesh_lib._spec((3, 3, 16, 64), "fsdp", 4, 0) == jax.sharding.PartitionSpec(
-        None, None, None, "fsdp")
+        None, None, None, "fsdp"
+    )
     assert mesh_lib._spec((3, 3, 16, 6), "fsdp", 4, 0) == jax.sharding.PartitionSpec(
-        None, None, "fsdp", None)
+        None, None, "fsdp", None
+    )
     assert mesh_lib._spec((5, 7), "fsdp", 4, 0) == jax.sharding.PartitionSpec()
     assert mesh_lib._spec((1024, 64), "fsdp", 4, 10**6) == jax.sharding.PartitionSpec()
     assert mesh_lib._spec((1024, 64), "replicate", 4, 0) == jax.sharding.PartitionSpec()
@@ -48,11 +54,11 @@ def test_fsdp_rule_shards_the_largest_divisible_axis():
 
 def test_rules_match_parameter_paths_in_optimizer_state():
     import optax
+
     params = {"embed": {"kernel": np.zeros((64, 64))}, "head": {"kernel": np.zeros((64, 8))}}
     opt_state = optax.adam(1e-3).init(params)
     tree = {"params": params, "opt_state": opt_state}
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32),
-                                      tree)
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32), tree)
     names = []
     jax.tree_util.tree_map_with_path(lambda p, _: names.append(mesh_lib.path_name(p)), abstract)
     assert "params/embed/kernel" in names

@@ -11,8 +11,14 @@ from jaxseg.training import optimizer as optimizer_lib
 from jaxseg.training.state import init_train_state
 from jaxseg.training.steps import make_train_step
 
-INFO = RunInfo(dims=2, in_channels=1, num_classes=3, labels={0: "bg", 1: "a", 2: "b"},
-               modalities=("MRI",), dataset_root="")
+INFO = RunInfo(
+    dims=2,
+    in_channels=1,
+    num_classes=3,
+    labels={0: "bg", 1: "a", 2: "b"},
+    modalities=("MRI",),
+    dataset_root="",
+)
 
 
 def _config(**train):
@@ -28,17 +34,17 @@ def _config(**train):
 
 def _batch(n=4):
     rng = np.random.default_rng(0)
-    return {"image": jnp.asarray(rng.normal(size=(n, 16, 16, 1)), jnp.float32),
-            "label": jnp.asarray(rng.integers(0, 3, (n, 16, 16)), jnp.int32)}
+    return {
+        "image": jnp.asarray(rng.normal(size=(n, 16, 16, 1)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, 3, (n, 16, 16)), jnp.int32),
+    }
 
 
 def _one_step(config):
     model = build_model(config, INFO)
     optimizer = optimizer_lib.make_optimizer(config.train)
-    state = init_train_state(model, optimizer, jax.random.key(0),
-                             jnp.zeros((1, 16, 16, 1)))
-    return jax.jit(make_train_step(model, optimizer, config))(state, _batch(),
-                                                              jax.random.key(1))
+    state = init_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+    return jax.jit(make_train_step(model, optimizer, config))(state, _batch(), jax.random.key(1))
 
 
 def test_accumulation_equals_full_batch_for_a_mean_loss():
@@ -47,8 +53,11 @@ def test_accumulation_equals_full_batch_for_a_mean_loss():
     full, m_full = _one_step(_ce_only(1))
     accum, m_accum = _one_step(_ce_only(2))
     np.testing.assert_allclose(m_full["ce"], m_accum["ce"], rtol=1e-5)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                           full.params, accum.params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        full.params,
+        accum.params,
+    )
 
 
 def _ce_only(accum):
@@ -73,5 +82,6 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
 
 def test_unknown_compute_dtype():
     from jaxseg.errors import ConfigError
+
     with pytest.raises(ConfigError, match="compute_dtype"):
         build_model(_config(compute_dtype="float8"), INFO)
