@@ -34,8 +34,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import nibabel.wrapstruct
@@ -44,8 +44,15 @@ from nibabel import orientations as nio
 
 from jaxseg.errors import DataError
 
-__all__ = ["Image", "read_image", "read_label", "write_mask", "mask_dtype", "NIFTI_SUFFIXES",
-           "PIL_SUFFIXES"]
+__all__ = [
+    "Image",
+    "read_image",
+    "read_label",
+    "write_mask",
+    "mask_dtype",
+    "NIFTI_SUFFIXES",
+    "PIL_SUFFIXES",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PIL_SUFFIXES = (".png", ".tif", ".tiff", ".gif")
@@ -112,8 +119,15 @@ def _load_nifti(path: Path):
         else:
             img = nib.load(str(path))
         arr = np.asanyarray(img.dataobj)
-    except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError,
-            nib.spatialimages.HeaderDataError, nib.wrapstruct.WrapStructError) as e:
+    except (
+        EOFError,
+        zlib.error,
+        OSError,
+        ValueError,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+        nib.wrapstruct.WrapStructError,
+    ) as e:
         raise DataError(
             f"{path}: cannot read NIfTI file ({type(e).__name__}: {e}). The file is truncated "
             "or corrupt; re-download or re-export it."
@@ -164,7 +178,8 @@ def _nifti_canonical(path: Path, dims: int, *, allow_channels: bool):
         else:
             raise DataError(
                 f"{path}: has shape {disk_shape}; a 2D NIfTI must be stored as [X, Y] or "
-                "[X, Y, 1]" + (" (or [X, Y, 1, C])" if allow_channels else "")
+                "[X, Y, 1]"
+                + (" (or [X, Y, 1, C])" if allow_channels else "")
                 + ". For volumes set the dataset's dims to 3."
             )
         spatial_disk = disk_shape[:2] if arr.ndim == 2 else disk_shape[:3]
@@ -176,21 +191,28 @@ def _nifti_canonical(path: Path, dims: int, *, allow_channels: bool):
         czooms = tuple(z for i, z in enumerate(czooms) if i != single)
     if not allow_channels:
         canon = canon[..., 0]
-    meta = dict(affine=affine, spacing=tuple(czooms[:dims]), original_affine=np.asarray(img.affine, float),
-                original_shape=tuple(spatial_disk))
+    meta = dict(
+        affine=affine,
+        spacing=tuple(czooms[:dims]),
+        original_affine=np.asarray(img.affine, float),
+        original_shape=tuple(spatial_disk),
+    )
     return canon, meta
 
 
 def _pil_array(path: Path, *, label: bool) -> np.ndarray:
     """Reads a PNG/TIFF -> array [X, Y] or [X, Y, 3] (x = column, y = row)."""
-    from PIL import Image as PILImage, UnidentifiedImageError
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
 
     _check_exists(path)
     try:
         with PILImage.open(path) as im:
             if getattr(im, "n_frames", 1) > 1:
-                raise DataError(f"{path}: multi-page image ({im.n_frames} pages) is not supported; "
-                                "store volumes as NIfTI.")
+                raise DataError(
+                    f"{path}: multi-page image ({im.n_frames} pages) is not supported; "
+                    "store volumes as NIfTI."
+                )
             im.load()
             mode = im.mode
             if mode == "P" and label:
@@ -205,23 +227,29 @@ def _pil_array(path: Path, *, label: bool) -> np.ndarray:
     except DataError:
         raise
     except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e}). The file is "
-                        "truncated or not a PNG/TIFF.") from e
+        raise DataError(
+            f"{path}: cannot read image ({type(e).__name__}: {e}). The file is "
+            "truncated or not a PNG/TIFF."
+        ) from e
     if arr.ndim == 3:
         if arr.shape[2] in (2, 4):  # LA / RGBA: only an all-opaque alpha is accepted
             alpha = arr[..., -1]
             full = np.iinfo(alpha.dtype).max if np.issubdtype(alpha.dtype, np.integer) else 1.0
             if not np.all(alpha == full):
-                raise DataError(f"{path}: has a non-opaque alpha channel; save it without "
-                                "transparency (greyscale or RGB).")
+                raise DataError(
+                    f"{path}: has a non-opaque alpha channel; save it without "
+                    "transparency (greyscale or RGB)."
+                )
             arr = arr[..., :-1]
         if arr.shape[2] == 1:
             arr = arr[..., 0]
         elif arr.shape[2] != 3:
             raise DataError(f"{path}: has {arr.shape[2]} channels; expected greyscale or RGB.")
     if label and arr.ndim == 3:
-        raise DataError(f"{path}: a label image must be single-channel (greyscale or palette "
-                        "indices), not RGB. Convert colours to class indices first.")
+        raise DataError(
+            f"{path}: a label image must be single-channel (greyscale or palette "
+            "indices), not RGB. Convert colours to class indices first."
+        )
     return np.swapaxes(arr, 0, 1)  # [row, col, ...] -> [x=col, y=row, ...]
 
 
@@ -244,8 +272,10 @@ def _check_finite(arr: np.ndarray, path: Path) -> None:
     if np.issubdtype(arr.dtype, np.floating):
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         if bad:
-            raise DataError(f"{path}: contains {bad} NaN/Inf voxels. Fix or re-export the file "
-                            "(e.g. replace them with the background value).")
+            raise DataError(
+                f"{path}: contains {bad} NaN/Inf voxels. Fix or re-export the file "
+                "(e.g. replace them with the background value)."
+            )
 
 
 def _read_one(path: Path, dims: int):
@@ -258,10 +288,16 @@ def _read_one(path: Path, dims: int):
             raise DataError(f"{path}: PNG/TIFF images are 2D, but the dataset has dims={dims}.")
         arr = _pil_array(path, label=False)
         data = arr if arr.ndim == 3 else arr[..., None]
-        meta = dict(affine=np.eye(4), spacing=(1.0, 1.0), original_affine=np.eye(4),
-                    original_shape=tuple(int(v) for v in arr.shape[:2]))
+        meta = dict(
+            affine=np.eye(4),
+            spacing=(1.0, 1.0),
+            original_affine=np.eye(4),
+            original_shape=tuple(int(v) for v in arr.shape[:2]),
+        )
     else:
-        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif.")
+        raise DataError(
+            f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif."
+        )
     _check_finite(data, path)
     return np.asarray(data, dtype=np.float32), meta
 
@@ -297,11 +333,15 @@ def read_image(paths: Sequence[str | Path] | str | Path, dims: int) -> Image:
             meta0 = meta
         else:
             if data.shape[:-1] != chans[0].shape[:-1]:
-                raise DataError(f"{p}: shape {data.shape[:-1]} differs from {paths[0]} "
-                                f"{chans[0].shape[:-1]}; all channel files of a case must share one grid.")
+                raise DataError(
+                    f"{p}: shape {data.shape[:-1]} differs from {paths[0]} "
+                    f"{chans[0].shape[:-1]}; all channel files of a case must share one grid."
+                )
             if not np.allclose(meta["affine"], meta0["affine"], atol=1e-3):
-                raise DataError(f"{p}: affine differs from {paths[0]}; all channel files of a case "
-                                "must share one grid (resample them to the first channel).")
+                raise DataError(
+                    f"{p}: affine differs from {paths[0]}; all channel files of a case "
+                    "must share one grid (resample them to the first channel)."
+                )
         chans.append(data)
     data = chans[0] if len(chans) == 1 else np.concatenate(chans, axis=-1)
     return Image(data=np.ascontiguousarray(data, dtype=np.float32), path=paths[0], **meta0)
@@ -322,14 +362,18 @@ def read_label(path: str | Path, dims: int) -> tuple[np.ndarray, np.ndarray, tup
             raise DataError(f"{path}: PNG/TIFF labels are 2D, but the dataset has dims={dims}.")
         canon, affine, spacing = _pil_array(path, label=True), np.eye(4), (1.0, 1.0)
     else:
-        raise DataError(f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif.")
+        raise DataError(
+            f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif."
+        )
     _check_finite(canon, path)
     if np.issubdtype(canon.dtype, np.floating):
         rounded = np.rint(canon)
         nonint = int(np.count_nonzero(rounded != canon))
         if nonint:
-            raise DataError(f"{path}: {nonint} label voxels are not integers; a label map must hold "
-                            "class indices (was it resampled with linear interpolation?).")
+            raise DataError(
+                f"{path}: {nonint} label voxels are not integers; a label map must hold "
+                "class indices (was it resampled with linear interpolation?)."
+            )
         canon = rounded
     return np.ascontiguousarray(canon, dtype=np.int32), affine, spacing
 
@@ -342,8 +386,9 @@ def mask_dtype(max_value: int) -> np.dtype:
     raise DataError(f"mask value {max_value} does not fit int32.")
 
 
-def write_mask(mask_canonical: np.ndarray, reference: Image, path: str | Path,
-               dtype=np.uint8) -> Path:
+def write_mask(
+    mask_canonical: np.ndarray, reference: Image, path: str | Path, dtype=np.uint8
+) -> Path:
     """Writes a mask on the reference image's on-disk grid, undoing the reorientation.
 
     Args:
@@ -362,8 +407,10 @@ def write_mask(mask_canonical: np.ndarray, reference: Image, path: str | Path,
     if dtype not in (np.uint8, np.uint16, np.int32):
         raise DataError(f"{path}: mask dtype {dtype} is not one of uint8, uint16, int32.")
     if mask.shape != reference.data.shape[:-1]:
-        raise DataError(f"{path}: mask shape {mask.shape} does not match the reference image "
-                        f"{reference.path} shape {reference.data.shape[:-1]}.")
+        raise DataError(
+            f"{path}: mask shape {mask.shape} does not match the reference image "
+            f"{reference.path} shape {reference.data.shape[:-1]}."
+        )
     top = np.iinfo(dtype).max
     if mask.size and (mask.min() < 0 or mask.max() > top):
         raise DataError(f"{path}: mask values must be in 0..{top} to be stored as {dtype}.")

@@ -34,8 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -80,7 +80,9 @@ class _Grid:
         nd = len(self.axes)
         q = np.zeros(self.shape, np.float32)
         for k in range(nd):
-            u = sum(np.float32(rot[d, k]) * (self.axes[d] - np.float32(centre[d])) for d in range(nd))
+            u = sum(
+                np.float32(rot[d, k]) * (self.axes[d] - np.float32(centre[d])) for d in range(nd)
+            )
             q += (u / np.float32(axes[k])) ** 2
         return q
 
@@ -133,7 +135,9 @@ def make_case(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarra
     u = u / np.linalg.norm(u) * rng.uniform(0, 1) ** (1 / dims)
     les_c = organ_c + organ_rot @ (u * room)
     # The core is at least ~9 px across, but always leaves an edema rim.
-    core_axes = np.maximum(les_axes * rng.uniform(0.5, 0.65), np.minimum(max(4.5, 0.035 * m), 0.65 * les_axes))
+    core_axes = np.maximum(
+        les_axes * rng.uniform(0.5, 0.65), np.minimum(max(4.5, 0.035 * m), 0.65 * les_axes)
+    )
     core_c = les_c + rng.uniform(-1, 1, dims) * 0.15 * (les_axes - core_axes).clip(0)
     les_hr, les_lr = ellipse(les_c, les_axes, les_rot)
     core_hr, core_lr = ellipse(core_c, core_axes, les_rot)
@@ -151,8 +155,9 @@ def make_case(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarra
         for _ in range(30):
             r = rng.uniform(0.05, 0.10) * m
             c = centre_img + rng.uniform(-1, 1, dims) * (body_axes - r - 2)
-            if np.sum(((c - centre_img) / (body_axes - r - 2)) ** 2) <= 1.0 and \
-                    all(np.linalg.norm(c - pc) > r + pr + 3 for pc, pr in placed):
+            if np.sum(((c - centre_img) / (body_axes - r - 2)) ** 2) <= 1.0 and all(
+                np.linalg.norm(c - pc) > r + pr + 3 for pc, pr in placed
+            ):
                 break
         else:
             continue
@@ -223,8 +228,17 @@ def _save(arr: np.ndarray, affine: np.ndarray, path: Path, dtype) -> None:
     nib.save(img, str(path))
 
 
-def write_dataset(out_dir: str | Path, *, dims: int, num_cases: int, shape: Sequence[int], seed: int = 0,
-                  num_test: int = 0, spacing: Sequence[float] | None = None, name: str = "phantom") -> Path:
+def write_dataset(
+    out_dir: str | Path,
+    *,
+    dims: int,
+    num_cases: int,
+    shape: Sequence[int],
+    seed: int = 0,
+    num_test: int = 0,
+    spacing: Sequence[float] | None = None,
+    name: str = "phantom",
+) -> Path:
     """Writes a phantom dataset in MSD layout and returns `out_dir`.
 
     Args:
@@ -242,7 +256,9 @@ def write_dataset(out_dir: str | Path, *, dims: int, num_cases: int, shape: Sequ
     shape = tuple(int(s) for s in shape)
     if len(shape) != dims or min(shape) < 32:
         raise ValueError(f"shape must be {dims} ints >= 32, got {shape}")
-    spacing = tuple(spacing) if spacing is not None else ((0.7, 0.9) if dims == 2 else (0.8, 0.8, 2.5))
+    spacing = (
+        tuple(spacing) if spacing is not None else ((0.7, 0.9) if dims == 2 else (0.8, 0.8, 2.5))
+    )
     out = Path(out_dir)
     dirs = {k: out / k for k in ("imagesTr", "labelsTr")}
     if num_test:
@@ -268,7 +284,7 @@ def write_dataset(out_dir: str | Path, *, dims: int, num_cases: int, shape: Sequ
     meta = {
         "name": name,
         "description": f"jaxseg synthetic {dims}D phantoms (seed {seed}); organ with a lesion "
-                       "(edema rim around a core) among distractors.",
+        "(edema rim around a core) among distractors.",
         "reference": "jaxseg.data.synthetic",
         "licence": "CC0",
         "tensorImageSize": f"{dims}D",
@@ -284,7 +300,9 @@ def write_dataset(out_dir: str | Path, *, dims: int, num_cases: int, shape: Sequ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxseg.data.synthetic", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m jaxseg.data.synthetic", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--dims", type=int, choices=(2, 3), required=True)
     p.add_argument("--num-cases", type=int, required=True)
     p.add_argument("--shape", required=True, help="comma-separated, e.g. 128,128 or 64,64,64")
@@ -296,8 +314,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         shape = tuple(int(v) for v in a.shape.split(","))
         spacing = tuple(float(v) for v in a.spacing.split(",")) if a.spacing else None
-        out = write_dataset(a.out, dims=a.dims, num_cases=a.num_cases, shape=shape, seed=a.seed,
-                            num_test=a.num_test, spacing=spacing)
+        out = write_dataset(
+            a.out,
+            dims=a.dims,
+            num_cases=a.num_cases,
+            shape=shape,
+            seed=a.seed,
+            num_test=a.num_test,
+            spacing=spacing,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

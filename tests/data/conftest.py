@@ -19,8 +19,16 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, dtype=np.float3
     return path
 
 
-def write_msd(root: Path, cases: dict, *, labels=None, dims=3, modality=("MRI",), affine=None,
-              label_affines=None) -> Path:
+def write_msd(
+    root: Path,
+    cases: dict,
+    *,
+    labels=None,
+    dims=3,
+    modality=("MRI",),
+    affine=None,
+    label_affines=None,
+) -> Path:
     """cases: {case_id: (image array, label array)} -> an MSD-style dataset in root."""
     affine = np.eye(4) if affine is None else affine
     label_affines = label_affines or {}
@@ -28,10 +36,18 @@ def write_msd(root: Path, cases: dict, *, labels=None, dims=3, modality=("MRI",)
     training = []
     for cid, (img, lab) in cases.items():
         save_nifti(root / "imagesTr" / f"{cid}.nii.gz", img, affine)
-        save_nifti(root / "labelsTr" / f"{cid}.nii.gz", lab, label_affines.get(cid, affine), np.uint8)
+        save_nifti(
+            root / "labelsTr" / f"{cid}.nii.gz", lab, label_affines.get(cid, affine), np.uint8
+        )
         training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
-    meta = {"name": "t", "tensorImageSize": f"{dims}D", "modality": {str(i): m for i, m in enumerate(modality)},
-            "labels": labels, "training": training, "test": []}
+    meta = {
+        "name": "t",
+        "tensorImageSize": f"{dims}D",
+        "modality": {str(i): m for i, m in enumerate(modality)},
+        "labels": labels,
+        "training": training,
+        "test": [],
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 

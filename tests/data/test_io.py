@@ -44,7 +44,9 @@ def test_nifti_3d_reorientation_and_write_mask_round_trip(tmp_path):
     assert back.shape == (5, 6, 7)
     np.testing.assert_allclose(back.affine, aff, atol=1e-5)
     assert back.get_data_dtype() == np.uint8
-    np.testing.assert_array_equal(np.asarray(back.dataobj), (disk > 0).astype(np.uint8) + (disk > 1))
+    np.testing.assert_array_equal(
+        np.asarray(back.dataobj), (disk > 0).astype(np.uint8) + (disk > 1)
+    )
 
 
 @pytest.mark.parametrize("disk_shape", [(6, 5), (6, 5, 1)])
@@ -57,7 +59,9 @@ def test_nifti_2d_round_trip(tmp_path, disk_shape):
     d2 = disk.reshape(6, 5)
     np.testing.assert_array_equal(im.data[..., 0], d2[::-1, ::-1])
     np.testing.assert_allclose(im.spacing, (0.7, 0.9), rtol=1e-6)
-    lab, laff, lsp = io.read_label(save_nifti(tmp_path / "l.nii.gz", (disk > 0).reshape(disk_shape), aff, np.uint8), 2)
+    lab, laff, lsp = io.read_label(
+        save_nifti(tmp_path / "l.nii.gz", (disk > 0).reshape(disk_shape), aff, np.uint8), 2
+    )
     assert lab.dtype == np.int32 and lab.shape == (6, 5)
     np.testing.assert_allclose(laff, im.affine)
     out = io.write_mask((im.data[..., 0] > 0).astype(np.uint8), im, tmp_path / "m.nii.gz")
@@ -90,16 +94,24 @@ def test_pil_grey_and_rgb(tmp_path, suffix):
     # a mask written for the PNG overlays it pixel for pixel
     mask = (g.data[..., 0] > 128).astype(np.uint8)
     io.write_mask(mask, g, tmp_path / "m.png")
-    np.testing.assert_array_equal(np.asarray(PILImage.open(tmp_path / "m.png")), (grey > 128).astype(np.uint8))
+    np.testing.assert_array_equal(
+        np.asarray(PILImage.open(tmp_path / "m.png")), (grey > 128).astype(np.uint8)
+    )
     PILImage.fromarray((grey > 128).astype(np.uint8)).save(tmp_path / f"lab{suffix}")
     lab, _, _ = io.read_label(tmp_path / f"lab{suffix}", 2)
     np.testing.assert_array_equal(lab, mask)
 
 
 def test_truncated_nifti_gz(tmp_path):
-    p = save_nifti(tmp_path / "full.nii.gz", np.random.default_rng(0).normal(size=(16, 16, 16)), np.eye(4))
+    p = save_nifti(
+        tmp_path / "full.nii.gz", np.random.default_rng(0).normal(size=(16, 16, 16)), np.eye(4)
+    )
     raw = p.read_bytes()
-    for n, name in [(len(raw) // 2, "half.nii.gz"), (len(raw) - 4, "tail.nii.gz"), (40, "head.nii.gz")]:
+    for n, name in [
+        (len(raw) // 2, "half.nii.gz"),
+        (len(raw) - 4, "tail.nii.gz"),
+        (40, "head.nii.gz"),
+    ]:
         bad = tmp_path / name
         bad.write_bytes(raw[:n])
         with pytest.raises(DataError, match=name):

@@ -28,14 +28,20 @@ def oracle_threshold_dice(images, labels, num_classes, bins=256):
 
 
 def test_2d_dataset_reads_through_reorientation(tmp_path):
-    root = synthetic.write_dataset(tmp_path / "s2", dims=2, num_cases=4, shape=(64, 64), seed=5, num_test=1)
+    root = synthetic.write_dataset(
+        tmp_path / "s2", dims=2, num_cases=4, shape=(64, 64), seed=5, num_test=1
+    )
     meta = json.loads((root / "dataset.json").read_text())
     assert meta["tensorImageSize"] == "2D" and meta["labels"]["3"] == "core"
     spec = dataset.load_dataset(root)
-    assert spec.dims == 2 and spec.num_classes == 4 and len(spec.training) == 4 and len(spec.test) == 1
+    assert (
+        spec.dims == 2 and spec.num_classes == 4 and len(spec.training) == 4 and len(spec.test) == 1
+    )
     disk = nib.load(str(spec.training[0].image_paths[0]))
     assert disk.shape == (64, 64, 1)
-    assert not np.allclose(disk.affine[:3, :3], np.diag(np.diag(disk.affine[:3, :3])))  # non-canonical
+    assert not np.allclose(
+        disk.affine[:3, :3], np.diag(np.diag(disk.affine[:3, :3]))
+    )  # non-canonical
     for i, case in enumerate(spec.training):
         image, label = dataset.load_case(spec, case)
         ref_img, ref_lab = synthetic.make_case(np.random.default_rng([5, i]), (64, 64))
@@ -72,7 +78,12 @@ def test_3d_dataset(tmp_path):
 
 
 def test_cli(tmp_path):
-    assert synthetic.main(["--dims", "2", "--num-cases", "2", "--shape", "48,48", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        synthetic.main(
+            ["--dims", "2", "--num-cases", "2", "--shape", "48,48", "--out", str(tmp_path / "c")]
+        )
+        == 0
+    )
     assert len(dataset.load_dataset(tmp_path / "c").training) == 2
 
 

@@ -5,7 +5,6 @@ Runtime ~40-60 s on the shared 2-core machine (TensorFlow import + 4 small build
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +17,9 @@ from jaxseg.errors import DataError  # noqa: E402
 from tests.data.conftest import save_nifti  # noqa: E402
 
 # non-canonical (LPS-like, permuted) affine with anisotropic spacing: exercises reorientation
-_AFFINE = np.array([[0.0, -0.8, 0.0, 10.0], [-0.9, 0.0, 0.0, 20.0], [0.0, 0.0, 2.5, -5.0],
-                    [0.0, 0.0, 0.0, 1.0]])
+_AFFINE = np.array(
+    [[0.0, -0.8, 0.0, 10.0], [-0.9, 0.0, 0.0, 20.0], [0.0, 0.0, 2.5, -5.0], [0.0, 0.0, 0.0, 1.0]]
+)
 
 
 def _volume(rng, shape, channels=None):
@@ -61,30 +61,47 @@ def test_msd_builder_roundtrip_and_tfds_data_source(tmp_path):
     for i, shape in enumerate([(12, 10, 8), (9, 11, 7)]):
         cid = f"BRATS_{i:03d}"
         img = save_nifti(task / "imagesTr" / f"{cid}.nii.gz", _volume(rng, shape, 4), _AFFINE)
-        lab = save_nifti(task / "labelsTr" / f"{cid}.nii.gz", _labels(rng, shape, [0, 1, 2, 3]),
-                         _AFFINE, np.uint8)
+        lab = save_nifti(
+            task / "labelsTr" / f"{cid}.nii.gz",
+            _labels(rng, shape, [0, 1, 2, 3]),
+            _AFFINE,
+            np.uint8,
+        )
         training.append({"image": f"./imagesTr/{cid}.nii.gz", "label": f"./labelsTr/{cid}.nii.gz"})
         expected[cid] = ([img], lab, None)
-    (task / "dataset.json").write_text(json.dumps({
-        "name": "BRATS", "tensorImageSize": "4D",
-        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor",
-                   "3": "enhancing tumour"},
-        "training": training, "test": []}))
+    (task / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "BRATS",
+                "tensorImageSize": "4D",
+                "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+                "labels": {
+                    "0": "background",
+                    "1": "edema",
+                    "2": "non-enhancing tumor",
+                    "3": "enhancing tumour",
+                },
+                "training": training,
+                "test": [],
+            }
+        )
+    )
     data_dir = tmp_path / "tfds"
     builder = jtfds.build("jaxseg_msd/task01_braintumour", tmp_path / "manual", data_dir)
     assert builder.info.file_format.value == "array_record"
     _read_back(builder, expected)
     # the public entry point grain uses
-    source = tfds.data_source("jaxseg_msd/task01_braintumour", split="train", data_dir=str(data_dir),
-                              download=False)
+    source = tfds.data_source(
+        "jaxseg_msd/task01_braintumour", split="train", data_dir=str(data_dir), download=False
+    )
     assert len(source) == 2 and source[1]["image"].shape[-1] == 4
     # ... and grain takes it as a random-access source
     import grain
 
     ds = grain.MapDataset.source(source).map(lambda ex: ex["label"].shape)
-    assert sorted(ds[i] for i in range(len(ds))) == sorted(v[1].shape for v in
-                                                          [(0, io.read_label(e[1], 3)[0]) for e in expected.values()])
+    assert sorted(ds[i] for i in range(len(ds))) == sorted(
+        v[1].shape for v in [(0, io.read_label(e[1], 3)[0]) for e in expected.values()]
+    )
     # all ten tasks are configs of the one builder
     names = [c.name for c in jtfds.JaxsegMsd.BUILDER_CONFIGS]
     assert len(names) == 10 and names[0] == "task01_braintumour" and names[-1] == "task10_colon"
@@ -97,21 +114,39 @@ def test_msd_builder_roundtrip_and_tfds_data_source(tmp_path):
 def test_brats_builder_roundtrip(tmp_path, year):
     rng = np.random.default_rng(int(year))
     if year == "2021":
-        sep, suffixes, cids, values = "_", ("t1", "t1ce", "t2", "flair"), ["BraTS2021_00000", "BraTS2021_00002"], [0, 1, 2, 4]
+        sep, suffixes, cids, values = (
+            "_",
+            ("t1", "t1ce", "t2", "flair"),
+            ["BraTS2021_00000", "BraTS2021_00002"],
+            [0, 1, 2, 4],
+        )
     else:
-        sep, suffixes, cids, values = "-", ("t1n", "t1c", "t2w", "t2f"), ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000"], [0, 1, 2, 3]
+        sep, suffixes, cids, values = (
+            "-",
+            ("t1n", "t1c", "t2w", "t2f"),
+            ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000"],
+            [0, 1, 2, 3],
+        )
     manual = tmp_path / "manual" / "TrainingData"  # one top-level folder, as in the archives
     expected = {}
     for cid in cids:
         shape = (10, 9, 8)
-        paths = [save_nifti(manual / cid / f"{cid}{sep}{s}.nii.gz", _volume(rng, shape), _AFFINE)
-                 for s in suffixes]
-        seg = save_nifti(manual / cid / f"{cid}{sep}seg.nii.gz", _labels(rng, shape, values),
-                         _AFFINE, np.uint8)
+        paths = [
+            save_nifti(manual / cid / f"{cid}{sep}{s}.nii.gz", _volume(rng, shape), _AFFINE)
+            for s in suffixes
+        ]
+        seg = save_nifti(
+            manual / cid / f"{cid}{sep}seg.nii.gz", _labels(rng, shape, values), _AFFINE, np.uint8
+        )
         expected[cid] = (paths, seg, {4: 3} if year == "2021" else None)
     builder = jtfds.build(f"jaxseg_brats/{year}", tmp_path / "manual", tmp_path / "tfds")
     source = _read_back(builder, expected)
-    assert set(np.unique(np.concatenate([source[i]["label"].ravel() for i in range(2)]))) == {0, 1, 2, 3}
+    assert set(np.unique(np.concatenate([source[i]["label"].ravel() for i in range(2)]))) == {
+        0,
+        1,
+        2,
+        3,
+    }
 
 
 def test_btcv_builder_roundtrip_and_missing_label_error(tmp_path):
@@ -120,8 +155,9 @@ def test_btcv_builder_roundtrip_and_missing_label_error(tmp_path):
     expected = {}
     for cid, shape in [("0001", (11, 10, 6)), ("0003", (8, 12, 5))]:
         img = save_nifti(root / "img" / f"img{cid}.nii.gz", _volume(rng, shape), _AFFINE)
-        lab = save_nifti(root / "label" / f"label{cid}.nii.gz", _labels(rng, shape, range(14)),
-                         _AFFINE, np.uint8)
+        lab = save_nifti(
+            root / "label" / f"label{cid}.nii.gz", _labels(rng, shape, range(14)), _AFFINE, np.uint8
+        )
         expected[cid] = ([img], lab, None)
     builder = jtfds.build("jaxseg_btcv", tmp_path / "manual", tmp_path / "tfds")
     _read_back(builder, expected)

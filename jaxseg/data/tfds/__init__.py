@@ -26,5 +26,6 @@ def build(name: str, manual_dir, data_dir, **builder_kwargs):
 
     builder = tfds.builder(name, data_dir=str(data_dir), **builder_kwargs)
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    )
     return builder

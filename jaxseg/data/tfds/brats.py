@@ -42,11 +42,21 @@ class JaxsegBrats(common.JaxsegBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Per-case volumes in canonical RAS, array_record."}
     BUILDER_CONFIGS = [
-        BratsConfig(name="2021", description="BraTS 2021 (RSNA-ASNR-MICCAI) training data.",
-                    sep="_", suffixes=("t1", "t1ce", "t2", "flair"), prefix="BraTS2021_",
-                    label_map=((4, 3),)),
-        BratsConfig(name="2023", description="BraTS 2023 (ASNR-MICCAI, GLI) training data.",
-                    sep="-", suffixes=("t1n", "t1c", "t2w", "t2f"), prefix="BraTS-"),
+        BratsConfig(
+            name="2021",
+            description="BraTS 2021 (RSNA-ASNR-MICCAI) training data.",
+            sep="_",
+            suffixes=("t1", "t1ce", "t2", "flair"),
+            prefix="BraTS2021_",
+            label_map=((4, 3),),
+        ),
+        BratsConfig(
+            name="2023",
+            description="BraTS 2023 (ASNR-MICCAI, GLI) training data.",
+            sep="-",
+            suffixes=("t1n", "t1c", "t2w", "t2f"),
+            prefix="BraTS-",
+        ),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Register at https://www.synapse.org/brats (BraTS 2021: Synapse syn25829067; BraTS 2023
@@ -62,7 +72,7 @@ class JaxsegBrats(common.JaxsegBuilder):
         cfg = self.builder_config
         return self.dataset_info_from_configs(
             description=f"BraTS {cfg.name} glioma segmentation; channels {list(cfg.suffixes)}; "
-                        f"labels {list(LABELS)}.",
+            f"labels {list(LABELS)}.",
             features=common.case_features(len(cfg.suffixes)),
             homepage="https://www.synapse.org/brats",
             citation="Baid et al., The RSNA-ASNR-MICCAI BraTS 2021 Benchmark, arXiv:2107.02314.",
@@ -73,30 +83,48 @@ class JaxsegBrats(common.JaxsegBuilder):
         found = sorted(p for p in manual.iterdir() if p.is_dir() and p.name.startswith(prefix))
         if not found:  # one level down: the archive's top-level folder
             subs = [p for p in manual.iterdir() if p.is_dir()]
-            found = sorted(c for s in subs for c in s.iterdir()
-                           if c.is_dir() and c.name.startswith(prefix))
+            found = sorted(
+                c for s in subs for c in s.iterdir() if c.is_dir() and c.name.startswith(prefix)
+            )
         if not found:
-            raise DataError(f"{manual}: no BraTS {self.builder_config.name} case folders "
-                            f"({prefix}*) found here or one level down.\n"
-                            f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
+            raise DataError(
+                f"{manual}: no BraTS {self.builder_config.name} case folders "
+                f"({prefix}*) found here or one level down.\n"
+                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}"
+            )
         return found
 
     def _split_generators(self, dl_manager):
-        manual = common.require_dir(self._manual_dir(dl_manager), "BraTS manual_dir",
-                                    self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        manual = common.require_dir(
+            self._manual_dir(dl_manager), "BraTS manual_dir", self.MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
         cases = []
         cfg = self.builder_config
         for d in self._case_dirs(manual):
             cid = d.name
-            paths = [common.require_file(d / f"{cid}{cfg.sep}{s}.nii.gz", cid,
-                                         self.MANUAL_DOWNLOAD_INSTRUCTIONS) for s in cfg.suffixes]
-            seg = common.require_file(d / f"{cid}{cfg.sep}{cfg.seg}.nii.gz", cid,
-                                      self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+            paths = [
+                common.require_file(
+                    d / f"{cid}{cfg.sep}{s}.nii.gz", cid, self.MANUAL_DOWNLOAD_INSTRUCTIONS
+                )
+                for s in cfg.suffixes
+            ]
+            seg = common.require_file(
+                d / f"{cid}{cfg.sep}{cfg.seg}.nii.gz", cid, self.MANUAL_DOWNLOAD_INSTRUCTIONS
+            )
             cases.append((cid, paths, seg))
         return {"train": self._generate_examples(cases)}
 
     def _generate_examples(self, cases):
         cfg = self.builder_config
         for cid, paths, seg in cases:
-            yield cid, common.encode_case(cid, paths, seg, num_channels=len(cfg.suffixes),
-                                          label_map=dict(cfg.label_map), num_classes=len(LABELS))
+            yield (
+                cid,
+                common.encode_case(
+                    cid,
+                    paths,
+                    seg,
+                    num_channels=len(cfg.suffixes),
+                    label_map=dict(cfg.label_map),
+                    num_classes=len(LABELS),
+                ),
+            )

@@ -10,16 +10,28 @@ RawData/Training/label/label0001.nii.gz. Case ids are the 4-digit numbers ("0001
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import tensorflow_datasets as tfds
 
 from jaxseg.data.tfds import common
 from jaxseg.errors import DataError
 
-LABELS = ("background", "spleen", "right kidney", "left kidney", "gallbladder", "esophagus",
-          "liver", "stomach", "aorta", "inferior vena cava", "portal and splenic veins",
-          "pancreas", "right adrenal gland", "left adrenal gland")
+LABELS = (
+    "background",
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "portal and splenic veins",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+)
 
 
 class JaxsegBtcv(common.JaxsegBuilder):
@@ -46,8 +58,11 @@ class JaxsegBtcv(common.JaxsegBuilder):
 
     def _split_generators(self, dl_manager):
         manual = self._manual_dir(dl_manager)
-        img_dir = common.require_dir(manual / "RawData" / "Training" / "img", "BTCV images",
-                                     self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        img_dir = common.require_dir(
+            manual / "RawData" / "Training" / "img",
+            "BTCV images",
+            self.MANUAL_DOWNLOAD_INSTRUCTIONS,
+        )
         label_dir = manual / "RawData" / "Training" / "label"
         cases = []
         for p in sorted(img_dir.glob("img*.nii.gz")):
@@ -55,15 +70,20 @@ class JaxsegBtcv(common.JaxsegBuilder):
             if not m:
                 continue
             cid = m.group(1)
-            label = common.require_file(label_dir / f"label{cid}.nii.gz", cid,
-                                        self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+            label = common.require_file(
+                label_dir / f"label{cid}.nii.gz", cid, self.MANUAL_DOWNLOAD_INSTRUCTIONS
+            )
             cases.append((cid, p, label))
         if not cases:
-            raise DataError(f"{img_dir}: no img<NNNN>.nii.gz files found.\n"
-                            f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
+            raise DataError(
+                f"{img_dir}: no img<NNNN>.nii.gz files found.\n"
+                f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}"
+            )
         return {"train": self._generate_examples(cases)}
 
     def _generate_examples(self, cases):
         for cid, img, label in cases:
-            yield cid, common.encode_case(cid, [img], label, num_channels=1,
-                                          num_classes=len(LABELS))
+            yield (
+                cid,
+                common.encode_case(cid, [img], label, num_channels=1, num_classes=len(LABELS)),
+            )

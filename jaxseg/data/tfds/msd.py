@@ -29,8 +29,11 @@ class MsdConfig(tfds.core.BuilderConfig):
 
 # (task folder, channel names, label names) as published in each task's dataset.json
 _TASKS = [
-    ("Task01_BrainTumour", ("FLAIR", "T1w", "t1gd", "T2w"),
-     ("background", "edema", "non-enhancing tumor", "enhancing tumour")),
+    (
+        "Task01_BrainTumour",
+        ("FLAIR", "T1w", "t1gd", "T2w"),
+        ("background", "edema", "non-enhancing tumor", "enhancing tumour"),
+    ),
     ("Task02_Heart", ("MRI",), ("background", "left atrium")),
     ("Task03_Liver", ("CT",), ("background", "liver", "cancer")),
     ("Task04_Hippocampus", ("MRI",), ("background", "Anterior", "Posterior")),
@@ -51,8 +54,13 @@ class JaxsegMsd(common.JaxsegBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Per-case volumes in canonical RAS, array_record."}
     BUILDER_CONFIGS = [
-        MsdConfig(name=task.lower(), description=f"MSD {task}: {len(ch)} channel(s) "
-                  f"{', '.join(ch)}; {len(lab)} classes.", task=task, channels=ch, labels=lab)
+        MsdConfig(
+            name=task.lower(),
+            description=f"MSD {task}: {len(ch)} channel(s) {', '.join(ch)}; {len(lab)} classes.",
+            task=task,
+            channels=ch,
+            labels=lab,
+        )
         for task, ch, lab in _TASKS
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -70,7 +78,7 @@ class JaxsegMsd(common.JaxsegBuilder):
         cfg = self.builder_config
         return self.dataset_info_from_configs(
             description=f"Medical Segmentation Decathlon {cfg.task}; channels "
-                        f"{list(cfg.channels)}; labels {list(cfg.labels)}.",
+            f"{list(cfg.channels)}; labels {list(cfg.labels)}.",
             features=common.case_features(len(cfg.channels)),
             homepage="http://medicaldecathlon.com/",
             citation="Antonelli et al., The Medical Segmentation Decathlon, Nat Commun 13, 4128 (2022).",
@@ -78,10 +86,12 @@ class JaxsegMsd(common.JaxsegBuilder):
 
     def _task_root(self, dl_manager):
         root = self._manual_dir(dl_manager) / self.builder_config.task
-        common.require_dir(root, f"MSD task {self.builder_config.task}",
-                           self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-        common.require_file(root / "dataset.json", self.builder_config.task,
-                            self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        common.require_dir(
+            root, f"MSD task {self.builder_config.task}", self.MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
+        common.require_file(
+            root / "dataset.json", self.builder_config.task, self.MANUAL_DOWNLOAD_INSTRUCTIONS
+        )
         return root
 
     def _split_generators(self, dl_manager):
@@ -89,14 +99,23 @@ class JaxsegMsd(common.JaxsegBuilder):
         spec = dataset_lib.load_dataset(root)  # validates dataset.json and that files exist
         cfg = self.builder_config
         if len(spec.channel_names) != len(cfg.channels):
-            raise DataError(f"{root / 'dataset.json'}: declares {len(spec.channel_names)} "
-                            f"channel(s), but {cfg.task} has {len(cfg.channels)}. Is this folder "
-                            "the right task?")
+            raise DataError(
+                f"{root / 'dataset.json'}: declares {len(spec.channel_names)} "
+                f"channel(s), but {cfg.task} has {len(cfg.channels)}. Is this folder "
+                "the right task?"
+            )
         return {"train": self._generate_examples(spec)}
 
     def _generate_examples(self, spec):
         cfg = self.builder_config
         for case in spec.training:
-            yield case.case_id, common.encode_case(
-                case.case_id, case.image_paths, case.label_path, num_channels=len(cfg.channels),
-                num_classes=len(cfg.labels))
+            yield (
+                case.case_id,
+                common.encode_case(
+                    case.case_id,
+                    case.image_paths,
+                    case.label_path,
+                    num_channels=len(cfg.channels),
+                    num_classes=len(cfg.labels),
+                ),
+            )
