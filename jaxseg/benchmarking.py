@@ -1,7 +1,7 @@
 """Speed measurements: a model's forward pass or train step, and the host input pipeline.
 
 `benchmark_model` times one jitted executable on random data:
-- inference: `softmax(model.apply(params, x))` (`jaxseg.training.steps.make_predict_fn`, what
+- inference: `softmax(model.apply(params, x))` (`jaxseg.inference.make_predict_fn`, what
   predict and export run); train: the real train step (augment -> model -> Dice+CE -> grads
   -> AdamW) from `jaxseg.training.steps.make_train_step` with `jaxseg.defaults.base_config()`;
 - `compile_s` is the wall time of `jax.jit(f).lower(...).compile()`, measured on its own;
@@ -38,9 +38,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxseg.defaults import base_config
 from jaxseg.errors import ConfigError, DataError
+from jaxseg.inference import make_predict_fn
 from jaxseg.models import build_model
 from jaxseg.models.summary import DEFAULT_NUM_CLASSES, compiled_cost, input_shape
+from jaxseg.training import mesh as mesh_lib
+from jaxseg.training import optimizer as optimizer_lib
+from jaxseg.training.setup import build_training, training_data
+from jaxseg.training.state import init_train_state
+from jaxseg.training.steps import make_train_step
 
 __all__ = [
     "DTYPES",
@@ -210,8 +217,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def _inference_call(model, image, init_key):
-    from jaxseg.training.steps import make_predict_fn
-
     params = jax.jit(lambda k, x: model.init(k, x, train=False)["params"])(init_key, image)
     t0 = time.perf_counter()
     compiled = jax.jit(make_predict_fn(model)).lower(params, image).compile()
@@ -224,11 +229,6 @@ def _inference_call(model, image, init_key):
 
 
 def _train_call(model, image, num_classes, rng, key, init_key):
-    from jaxseg.defaults import base_config
-    from jaxseg.training import optimizer as optimizer_lib
-    from jaxseg.training.state import init_train_state
-    from jaxseg.training.steps import make_train_step
-
     config = base_config()
     config.data.patch_size = tuple(image.shape[1:-1])
     config.data.batch_size = image.shape[0]
@@ -298,38 +298,17 @@ def benchmark_input_pipeline(
     buffer: use `steps` well above `data.prefetch`.
     """
     _check_counts(steps=(steps, 1), warmup=(warmup, 0), pipeline_batches=(pipeline_batches, 1))
-    from jaxseg.data import dataset as dataset_lib
-    from jaxseg.data import pipeline
-    from jaxseg.run import RunInfo, abstract_state
-    from jaxseg.run import build_model as build_run_model
-    from jaxseg.training import mesh as mesh_lib
-    from jaxseg.training import optimizer as optimizer_lib
-    from jaxseg.training.state import init_train_state
-    from jaxseg.training.steps import make_train_step
-
-    root = _check_dataset_root(config)
-    spec = dataset_lib.load_dataset(root)
+    _check_dataset_root(config)
+    spec, splits = training_data(config)
+    cases = splits["train"]
     patch = tuple(int(p) for p in config.data.patch_size)
-    if len(patch) != spec.dims:
-        raise ConfigError(
-            f"data.patch_size={patch} has {len(patch)} axes but {spec.root} is {spec.dims}D"
-        )
-    cases = dataset_lib.split_cases(spec.training, seed=config.data.split_seed)["train"]
     batch_size = int(config.data.batch_size)
+    # The model, mesh, state layout, jitted step and batches exactly as the training loop's.
+    setup = build_training(config, spec, splits)
+    mesh = setup.mesh
 
     t0 = time.perf_counter()
-    batches = pipeline.train_batches(
-        spec,
-        cases,
-        patch_size=patch,
-        batch_size=batch_size,
-        seed=config.seed,
-        foreground_fraction=config.data.foreground_fraction,
-        num_threads=config.data.num_threads,
-        prefetch=config.data.prefetch,
-        num_workers=config.data.num_workers,
-        ct_window=tuple(config.data.ct_window),
-    )
+    batches = setup.train_batches()
     setup_s = time.perf_counter() - t0
     for _ in range(warmup):
         next(batches)
@@ -339,27 +318,10 @@ def benchmark_input_pipeline(
     pipeline_s = time.perf_counter() - t0
     pipeline_bps = pipeline_batches / pipeline_s
 
-    # The model, mesh, state layout and jitted step exactly as jaxseg.training.loop builds them.
-    info = RunInfo.from_spec(spec)
-    model = build_run_model(config, info)
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.check_batch_size(batch_size, mesh, config.train.get("grad_accum_steps", 1))
-    optimizer = optimizer_lib.make_optimizer(config.train)
     step_key = jax.random.key(config.seed)  # threefry, as in the training loop
-    init_key = jax.random.key(config.seed, impl="unsafe_rbg")  # fast to compile; values unused
-    abstract = abstract_state(model, optimizer, config, info, mesh)
-    state_sharding = jax.tree_util.tree_map(lambda s: s.sharding, abstract)
-    replicated = mesh_lib.replicated(mesh)
-    sample = np.zeros((1, *patch, info.in_channels), np.float32)
-    state = jax.jit(
-        lambda: init_train_state(model, optimizer, init_key, sample), out_shardings=state_sharding
-    )()
-    step_fn = jax.jit(
-        make_train_step(model, optimizer, config),
-        in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=0,
-    )
+    # Initial values do not matter for timing; rbg compiles `init` faster than threefry.
+    state = setup.init_state(jax.random.key(config.seed, impl="unsafe_rbg"))
+    step_fn = setup.train_step
     first = mesh_lib.global_batch(next(batches), mesh)
     t0 = time.perf_counter()
     compiled = step_fn.lower(state, first, step_key).compile()

@@ -10,6 +10,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.root = ""  # folder holding dataset.json (MSD or nnU-Net v2 layout)
     c.data.split_seed = 0  # patient-level train/val/test split, 7:1:2
+    c.data.fold = None  # None: the 7:1:2 split; k: cross-validation fold k as val, same test split
+    c.data.num_folds = 5  # folds the 7:1:2 train + val patients are dealt into (with data.fold)
     c.data.patch_size = (128, 128)  # training patch and sliding-window size, voxels
     c.data.batch_size = 8  # global batch, split over the mesh's data axis
     c.data.foreground_fraction = 0.33  # share of patches centred on foreground (nnU-Net)

@@ -1,4 +1,9 @@
-"""Sliding-window inference over whole images (host loop, device predictions).
+"""Inference: a model's predict function, and sliding windows over whole images.
+
+`make_predict_fn(model)` is what evaluate, predict, export and the benchmarks run:
+`softmax(model.apply(params, x))`; `window_predictor` jits it once per model.
+`predict_labels` is the production path from a normalised image to its class map:
+sliding windows (host loop, device predictions), then the memory-bounded `argmax_labels`.
 
 `sliding_window_predict` behaves like MONAI's `sliding_window_inference`:
 
@@ -33,10 +38,14 @@ Example: a 512x512x300 CT (V = 78.6 M), C = 1, K = 14, 96^3 patches (P = 0.885 M
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.errors import ConfigError, JaxsegError
@@ -46,11 +55,15 @@ __all__ = [
     "window_starts",
     "window_slices",
     "sliding_window_predict",
+    "argmax_labels",
     "predict_labels",
+    "make_predict_fn",
+    "window_predictor",
+    "window_options",
 ]
 
 MIN_WEIGHT = 1e-3
-_ARGMAX_SLAB_VOXELS = 1 << 22  # voxels per argmax slab in predict_labels
+_ARGMAX_SLAB_VOXELS = 1 << 22  # voxels per argmax slab in argmax_labels
 
 
 def gaussian_importance_map(
@@ -201,22 +214,62 @@ def sliding_window_predict(
     return probs[crop]
 
 
-def predict_labels(image: np.ndarray, predict_fn, **kwargs) -> np.ndarray:
-    """`argmax` of `sliding_window_predict(image, predict_fn, **kwargs)` as uint8 `[X, Y, (Z)]`.
+def argmax_labels(probs: np.ndarray) -> np.ndarray:
+    """The class map `[*S]` of probabilities `[*S, K]`: uint8 (uint16 when K > 256).
 
-    Ties go to the lower class index. Peak memory is that of `sliding_window_predict`; the
-    labels add `V` bytes once the weight map is freed.
+    Ties go to the lower class index. The argmax runs slab by slab along the first axis:
+    `np.argmax` makes int64, which over a whole CT would be a transient 8 bytes per voxel
+    on top of the probabilities; slabs bound it to `_ARGMAX_SLAB_VOXELS` voxels.
     """
-    num_classes = int(kwargs.get("num_classes", 0))
-    if num_classes > 256:
-        raise ConfigError(
-            f"predict_labels: num_classes={num_classes} does not fit uint8 labels (max 256)."
-        )
-    probs = sliding_window_predict(image, predict_fn, **kwargs)
-    # Argmax slab by slab along X: np.argmax makes int64, which for a whole CT would be a
-    # transient 8 bytes per voxel on top of the probabilities.
-    labels = np.empty(probs.shape[:-1], np.uint8)
+    num_classes = probs.shape[-1]
+    labels = np.empty(probs.shape[:-1], np.uint8 if num_classes <= 256 else np.uint16)
     step = max(1, _ARGMAX_SLAB_VOXELS // max(1, int(np.prod(probs.shape[1:-1]))))
     for start in range(0, probs.shape[0], step):
         labels[start : start + step] = np.argmax(probs[start : start + step], axis=-1)
     return labels
+
+
+def predict_labels(image: np.ndarray, predict_fn, **kwargs) -> np.ndarray:
+    """`argmax_labels(sliding_window_predict(image, predict_fn, **kwargs))`: `[X, Y, (Z)]`.
+
+    Peak memory is that of `sliding_window_predict`; the labels add `V` bytes (uint8) once
+    the weight map is freed.
+    """
+    return argmax_labels(sliding_window_predict(image, predict_fn, **kwargs))
+
+
+# --------------------------------------------------------------------------- a model's predictor
+
+
+def make_predict_fn(model: nn.Module) -> Callable:
+    """Returns `predict(params, image [b, *patch, C]) -> probabilities [b, *patch, K] f32`."""
+
+    def predict(params, image):
+        logits = model.apply({"params": params}, image, train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    return predict
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_predict(model: nn.Module) -> Callable:
+    return jax.jit(make_predict_fn(model))
+
+
+def window_predictor(model: nn.Module, params) -> Callable[[np.ndarray], np.ndarray]:
+    """`f(windows [b, *patch, C]) -> probabilities [b, *patch, K]`; compiled once per model
+    and window-batch shape, so new params (as in validation during training) reuse it."""
+    predict = _jitted_predict(model)
+    return lambda windows: np.asarray(predict(params, windows))
+
+
+def window_options(config, num_classes: int) -> dict:
+    """`sliding_window_predict`'s settings for a run: its patch, and `config.eval`'s
+    overlap, window batch and Gaussian sigma."""
+    return dict(
+        patch_size=tuple(config.data.patch_size),
+        num_classes=int(num_classes),
+        overlap=config.eval.overlap,
+        batch_size=config.eval.batch_size,
+        gaussian_sigma_scale=config.eval.gaussian_sigma_scale,
+    )

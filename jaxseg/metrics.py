@@ -3,7 +3,7 @@
 `case_metrics(pred, label, num_classes, spacing)` compares two integer label maps of the
 same shape `[X, Y, (Z)]` and returns one dict per foreground class `1..K-1` (list index
 `i` is class `i + 1`) with the keys `dice, iou, precision, recall, hd95, asd`.
-`summarize(rows)` averages them over cases. Definitions (P = predicted mask of the class,
+`jaxseg.evaluation.summarize` averages them over cases. Definitions (P = predicted mask of the class,
 G = reference mask, TP = |P & G|, FP = |P & ~G|, FN = |~P & G|):
 
     dice      = 2 TP / (2 TP + FP + FN)
@@ -48,7 +48,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-__all__ = ["METRIC_NAMES", "case_metrics", "surface_voxels", "surface_distances", "summarize"]
+__all__ = ["METRIC_NAMES", "case_metrics", "surface_voxels", "surface_distances"]
 
 METRIC_NAMES = ("dice", "iou", "precision", "recall", "hd95", "asd")
 
@@ -173,33 +173,3 @@ def case_metrics(
             )
         )
     return rows
-
-
-def summarize(rows: Sequence[Sequence[dict[str, float]]]) -> dict:
-    """Average per-case metrics over cases.
-
-    Args:
-      rows: one `case_metrics(...)` result per case (all with the same number of classes).
-
-    Returns:
-      `{"num_cases": N, "per_class": {class_id: {metric: mean over cases}},
-      "foreground_mean": {metric: mean over classes of the per-class means}}`, with class ids
-      `1..K-1`. Because `case_metrics` never returns NaN, a missed structure counts (with
-      dice 0 and the penalty distance) instead of vanishing from the mean.
-    """
-    rows = [list(r) for r in rows]
-    if not rows:
-        raise ValueError("summarize: no cases to summarize.")
-    n_classes = len(rows[0])
-    if n_classes == 0 or any(len(r) != n_classes for r in rows):
-        raise ValueError(
-            "summarize: every case must have the same non-zero number of class rows; got "
-            f"{sorted({len(r) for r in rows})}."
-        )
-    per_class = {}
-    for i in range(n_classes):
-        per_class[i + 1] = {m: float(np.mean([case[i][m] for case in rows])) for m in METRIC_NAMES}
-    foreground_mean = {
-        m: float(np.mean([per_class[c][m] for c in per_class])) for m in METRIC_NAMES
-    }
-    return {"num_cases": len(rows), "per_class": per_class, "foreground_mean": foreground_mean}

@@ -9,16 +9,17 @@ A GIF input gets a PNG mask.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from jaxseg import evaluation
+from jaxseg import inference
 from jaxseg.data import io, preprocess
-from jaxseg.data.dataset import classes_to_values
+from jaxseg.data.labels import classes_to_values
 from jaxseg.errors import JaxsegError
-from jaxseg.run import load_trained
+from jaxseg.workdir import load_trained
 
 IMAGE_SUFFIXES = io.NIFTI_SUFFIXES + io.PIL_SUFFIXES
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -34,9 +35,16 @@ def _split_suffix(name: str) -> tuple[str, str]:
 class Segmenter:
     """A trained run, ready to segment images."""
 
-    def __init__(self, workdir: str | Path, which: str = "auto"):
-        self.config, self.info, self.model, self.params = load_trained(workdir, which)
-        self._predictor = evaluation.window_predictor(self.model, self.params)
+    def __init__(self, workdir: str | os.PathLike, which: str = "auto"):
+        run = load_trained(workdir, which)
+        self.config, self.info, self.model, self.params = (
+            run.config,
+            run.info,
+            run.model,
+            run.params,
+        )
+        self._predictor = inference.window_predictor(self.model, self.params)
+        self._window = inference.window_options(self.config, self.info.num_classes)
 
     def segment(self, image: io.Image) -> np.ndarray:
         """Label map `[X, Y, (Z)]` in the image's canonical orientation, in label-file
@@ -50,14 +58,8 @@ class Segmenter:
         data = preprocess.normalize(
             image.data, self.info.modalities, ct_window=tuple(self.config.data.ct_window)
         )
-        probs = evaluation.predict_probabilities(
-            data,
-            self._predictor,
-            patch_size=self.config.data.patch_size,
-            num_classes=self.info.num_classes,
-            eval_config=self.config.eval,
-        )
-        return classes_to_values(np.argmax(probs, axis=-1), self.info.label_values)
+        classes = inference.predict_labels(data, self._predictor, **self._window)
+        return classes_to_values(classes, self.info.label_values)
 
     def segment_files(self, channel_paths: list[Path], output: Path) -> Path:
         image = io.read_image(channel_paths, dims=self.info.dims)

@@ -1,4 +1,5 @@
-"""Small shared helpers for the Pallas TPU kernels: tiling, VMEM and MXU accounting.
+"""Small shared helpers for the Pallas TPU kernels: tiling, VMEM and MXU accounting, and the
+plain-JAX attention every kernel here implements (`attention_reference`).
 
 Imports jax only. Kept small and stable: both kernels and `pallas_kernels.report` use it.
 
@@ -17,12 +18,19 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
 MXU_SIZES = {"v4/v5 (128x128)": 128, "v6e (256x256)": 256}
 VMEM_BUDGET_BYTES = 16 * 1024 * 1024  # default scoped-VMEM limit we plan against
+# The axial kernels' block rule admits steps up to 3/4 of the budget (12 MiB), the window
+# kernel's only half (`window_attention.VMEM_TARGET_BYTES`): the axial estimate
+# (`_axial_tiling.vmem_bytes`) is the max over its three kernels and already counts their f32
+# scratch accumulators, and the rule's default block sizes were tuned against this limit
+# (changing it changes them).
+AXIAL_VMEM_LIMIT_BYTES = VMEM_BUDGET_BYTES * 3 // 4
 # A very negative finite logit for padded keys: below any user mask value (jaxseg uses -1e9)
 # so padding never receives weight, and finite so `s - max` never forms inf - inf.
 PAD_LOGIT = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -92,3 +100,43 @@ def fit_block(block: int, count, *, power_of_two: bool = False) -> int:
             break
         block //= 2
     return block
+
+
+def _add_mask(logits, mask):
+    """logits `[G, H, N, M]` + mask `[Gi, N, M]`, group g using `mask[g % Gi]` (in f32)."""
+    g, h, n, m = logits.shape
+    mask = mask.astype(jnp.float32)
+    gi = mask.shape[0]
+    if g % gi == 0:  # a broadcast, not a gather, in the usual case
+        return (logits.reshape(g // gi, gi, h, n, m) + mask[None, :, None]).reshape(g, h, n, m)
+    return logits + jnp.take(mask, jnp.arange(g) % gi, axis=0)[:, None]
+
+
+def attention_reference(q, k, v, bias=None, mask=None, *, logits_fn=None, weights_fn=None):
+    """Plain-JAX multi-head softmax attention over independent groups (windows or rows).
+
+    The one written-out form of the attention the kernels implement; their references
+    (`window_attention_reference`, `axial_attention_reference`) and jaxseg's XLA path call it.
+    Shapes: q `[G, H, N, D]`; k, v `[G, H, M, D]`; bias `[H, N, M]` added to every group;
+    mask `[Gi, N, M]` additive, group g using `mask[g % Gi]`. Logits `q @ k^T` are unscaled.
+
+    Numerics: both matmuls accumulate in float32 (`preferred_element_type`), bias, mask and
+    softmax are float32, the weights are cast to v's dtype before `p @ v`, and the result
+    has q's dtype. Gradients are XLA autodiff of this function.
+
+    Hooks (XLA only; the kernels have neither): `logits_fn` maps the f32 logits
+    `[G, H, N, M]` (after bias and mask) before the softmax, e.g. a top-k selection;
+    `weights_fn` maps the f32 softmax weights before `p @ v`, e.g. dropout on them.
+    """
+    s = jnp.einsum("ghnd,ghmd->ghnm", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        s = s + bias.astype(jnp.float32)[None]
+    if mask is not None:
+        s = _add_mask(s, mask)
+    if logits_fn is not None:
+        s = logits_fn(s)
+    p = jax.nn.softmax(s, axis=-1)
+    if weights_fn is not None:
+        p = weights_fn(p)
+    o = jnp.einsum("ghnm,ghmd->ghnd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return o.astype(q.dtype)

@@ -1,6 +1,7 @@
 """Fused multi-head window self-attention as a Pallas TPU kernel, forward and backward.
 
     out = window_attention(q, k, v, bias=None, mask=None, *, block_sizes=None, interpret=False)
+    ref = window_attention_reference(q, k, v, bias=None, mask=None)   # the same in plain JAX
 
 Shapes (W windows, H heads, N query and M key tokens per window, D head dim; channels-last
 inside a window; M = N for plain windows, M > N for halo key blocks or routed key windows;
@@ -65,8 +66,8 @@ from jax.experimental.pallas import tpu as pltpu
 from pallas_kernels._common import (
     PAD_LOGIT,
     VMEM_BUDGET_BYTES,
+    attention_reference,
     fit_block,
-    mxu_macs,
     round_up,
     sublane_tile,
     vmem_bytes,
@@ -78,8 +79,6 @@ __all__ = [
     "window_attention_reference",
     "padded_tokens",
     "vmem_bytes_per_step",
-    "mxu_fractions",
-    "report_rows",
 ]
 
 # Block-size rule constants (documented in BlockSizes.get_default).
@@ -205,20 +204,6 @@ class BlockSizes:
             return fit_block(bw, num_windows, power_of_two=True)
 
         return cls(block_windows=pick(False), block_windows_bwd=pick(True))
-
-
-# ----------------------------------------------------------------------------- reference
-def window_attention_reference(q, k, v, bias=None, mask=None):
-    """Plain-JAX window attention with the same contract (f32 logits and softmax)."""
-    w = q.shape[0]
-    s = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        s = s + bias.astype(jnp.float32)[None]
-    if mask is not None:
-        s = s + jnp.take(mask.astype(jnp.float32), jnp.arange(w) % mask.shape[0], axis=0)[:, None]
-    p = jax.nn.softmax(s, axis=-1)
-    o = jnp.einsum("whnm,whmd->whnd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return o.astype(q.dtype)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -435,7 +420,7 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 # ----------------------------------------------------------------------------- public API
-def _check(q, k, v, bias, mask):
+def _check_shapes(q, k, v, bias, mask):
     if (
         q.ndim != 4
         or k.ndim != 4
@@ -445,11 +430,6 @@ def _check(q, k, v, bias, mask):
         raise ValueError(
             "window_attention: q must be [W, H, N, D] and k, v [W, H, M, D] (same W, H, D); "
             f"got q{q.shape} k{k.shape} v{v.shape}."
-        )
-    if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(
-            "window_attention: q, k, v must share one dtype, float32 or bfloat16; "
-            f"got {q.dtype}, {k.dtype}, {v.dtype}."
         )
     _, h, n, _ = q.shape
     m = k.shape[2]
@@ -465,7 +445,14 @@ def _check(q, k, v, bias, mask):
 
 
 def window_attention(
-    q, k, v, bias=None, mask=None, *, block_sizes: BlockSizes | None = None, interpret: Any = False
+    q,  # [W, H, N, D] float32 or bfloat16
+    k,  # [W, H, M, D] in q's dtype
+    v,  # [W, H, M, D] in q's dtype
+    bias=None,  # [H, N, M] any float dtype, or None
+    mask=None,  # [Wi, N, M] additive, or None
+    *,
+    block_sizes: BlockSizes | None = None,
+    interpret: Any = False,
 ):
     """Multi-head attention inside windows, fused in one Pallas TPU kernel.
 
@@ -483,9 +470,18 @@ def window_attention(
     Returns:
       `[W, H, N, D]` in q's dtype.
 
+    Raises:
+      ValueError: naming the offending shapes or dtypes.
+
     Differentiable w.r.t. q, k, v and bias through `jax.custom_vjp` with a Pallas backward.
+    `window_attention_reference` is the same contract in plain JAX.
     """
-    _check(q, k, v, bias, mask)
+    _check_shapes(q, k, v, bias, mask)
+    if q.dtype not in (jnp.float32, jnp.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(
+            "window_attention: q, k, v must share one dtype, float32 or bfloat16; "
+            f"got {q.dtype}, {k.dtype}, {v.dtype}."
+        )
     w, h, n, d = q.shape
     m = k.shape[2]
     if block_sizes is None:
@@ -517,108 +513,23 @@ def window_attention(
     return out[:w, :, :n]
 
 
-# ----------------------------------------------------------------------------- MXU report
-def mxu_fractions(n: int, d: int, dtype, mxu: int, m: int | None = None) -> tuple[float, float]:
-    """(token fraction, useful-MAC fraction) of this kernel's matmuls on a `mxu`^2 MXU, over
-    one forward plus backward pass; `m` key tokens per window (default `n`).
+def window_attention_reference(
+    q,  # [W, H, N, D] any float dtype
+    k,  # [W, H, M, D]
+    v,  # [W, H, M, D]
+    bias=None,  # [H, N, M] or None
+    mask=None,  # [Wi, N, M] additive, or None
+    *,
+    logits_fn=None,
+    weights_fn=None,
+):
+    """Plain-JAX window attention with `window_attention`'s contract: f32 logits (+ bias,
+    + `mask[w % Wi]`), f32 softmax, weights cast to v's dtype, matmuls accumulated in f32,
+    output in q's dtype. Gradients by XLA autodiff (the mask gets one too, unlike the kernel).
 
-    Model (`pallas_kernels._common.mxu_macs`): the rhs of `lhs [M, K] @ rhs [K, N]` is latched
-    in mxu x mxu tiles, lhs rows stream (rounded to 8). Per window and head the forward runs
-    `q k^T` (M, K, N) = (Np, D, Mp) and `p v` (Np, Mp, D); the backward runs two of the first
-    kind (logits recompute, `do v^T`), one of the second (`ds k`) and two with the roles of
-    queries and keys swapped (`p^T do`, `ds^T q`: (Mp, Np, D)). With m == n all five issue
-    the same MACs, so forward and backward have one fraction:
-        useful = (N / Np8) * (N / roundup(Np, mxu)) * (D / roundup(D, mxu)).
-    The token fraction is the same without the head-dim factor: the part set by the window
-    size and the kernel's padding. The head-dim factor is a property of the model (D < mxu
-    leaves MXU rows/columns idle in every formulation of `q k^T`, whose contraction is D)."""
-    m = n if m is None else m
-    np_, mp = padded_tokens(n, dtype), padded_tokens(m, dtype)
-    counts = (
-        (3, mxu_macs(n, d, m, mxu, m_pad=np_, n_pad=mp)),
-        (2, mxu_macs(n, m, d, mxu, m_pad=np_, k_pad=mp)),
-        (2, mxu_macs(m, n, d, mxu, m_pad=mp, k_pad=np_)),
-    )
-    useful = sum(c * u for c, (u, _) in counts) / sum(c * i for c, (_, i) in counts)
-    return useful / (d / round_up(d, mxu)), useful
-
-
-def report_rows(dtype=jnp.bfloat16, configs=None, num_windows: int = 4096) -> list[dict]:
-    """Rows of `python -m pallas_kernels.report` for window attention.
-
-    `configs`: iterable of (name, window shape, heads, head dim[, key tokens M]); default
-    `pallas_kernels.report.WINDOW_CONFIGS` + `KEY_BLOCK_CONFIGS`. Each row has the keys of
-    the report schema (kernel, config, block_shapes, useful_mac_fraction_128/_256,
-    vmem_bytes, note) plus token_fraction_128/_256 and vmem_bytes_fwd/_bwd. Block sizes are
-    the defaults for `num_windows` windows (large enough that the window count does not cap
-    them), with a f32 bias and a f32 mask (the shifted-window blocks; the largest VMEM case)."""
-    if configs is None:
-        from pallas_kernels.report import KEY_BLOCK_CONFIGS, WINDOW_CONFIGS
-
-        configs = WINDOW_CONFIGS + KEY_BLOCK_CONFIGS
-    rows = []
-    for name, window, heads, d, *keys in configs:
-        n = math.prod(window)
-        m = keys[0] if keys else n
-        np_, mp = padded_tokens(n, dtype), padded_tokens(m, dtype)
-        bs = BlockSizes.get_default(num_windows, heads, n, d, dtype, m=m)
-        vf = vmem_bytes_per_step(bs.block_windows, np_, d, dtype, backward=False, mp=mp)
-        vb = vmem_bytes_per_step(bs.block_windows_bwd, np_, d, dtype, backward=True, mp=mp)
-        t128, f128 = mxu_fractions(n, d, dtype, 128, m)
-        t256, f256 = mxu_fractions(n, d, dtype, 256, m)
-        win = "x".join(map(str, window))
-        note = (
-            f"N={n} -> Np={np_}"
-            + (f", M={m} -> Mp={mp}" if m != n else "")
-            + f"; grid (H={heads}, W/bw)."
-        )
-        bad = [lbl for lbl, t in (("128", t128), ("256", t256)) if t < 0.75]
-        if bad:
-            used = (
-                f"{n} of {round_up(np_, 128 if '128' in bad else 256)} used"
-                if m == n
-                else f"{n} query rows, {m} keys"
-            )
-            note += f" Tokens < 75% on the {'/'.join(bad)} MXU ({used}); MXU-shaped: {_suggest(window, bad)}."
-        if d < 128:
-            note += f" D={d} caps useful MACs at {d}/{round_up(d, 128)} | {d}/{round_up(d, 256)}."
-        if vf > VMEM_TARGET_BYTES or vb > VMEM_TARGET_BYTES:
-            note += (
-                " VMEM above the 8 MiB target even at the smallest block (still < 16 MiB)."
-                if max(vf, vb) <= VMEM_BUDGET_BYTES
-                else " VMEM ABOVE the 16 MiB budget."
-            )
-        kv = (
-            f"q/o ({bs.block_windows},1,{np_},{d}) k/v ({bs.block_windows},1,{mp},{d})"
-            if m != n
-            else f"q/k/v/o ({bs.block_windows},1,{np_},{d})"
-        )
-        rows.append(
-            {
-                "kernel": "window_attention",
-                "config": f"{name}: window {win}"
-                + (f", M={m} keys" if m != n else "")
-                + f", H={heads}, D={d}",
-                "block_shapes": (
-                    f"fwd bw={bs.block_windows}: {kv} "
-                    f"bias (1,{np_},{mp}) mask ({bs.block_windows},{np_},{mp}); "
-                    f"bwd bw={bs.block_windows_bwd}"
-                ),
-                "useful_mac_fraction_128": f128,
-                "useful_mac_fraction_256": f256,
-                "token_fraction_128": t128,
-                "token_fraction_256": t256,
-                "vmem_bytes": max(vf, vb),
-                "vmem_bytes_fwd": vf,
-                "vmem_bytes_bwd": vb,
-                "note": note,
-            }
-        )
-    return rows
-
-
-def _suggest(window, bad) -> str:
-    two_d = len(window) == 2
-    if "128" in bad:
-        return "16x8 (128 tokens)" if two_d else "8x8x2 or 4x8x4 (128 tokens)"
-    return "16x16 (256 tokens)" if two_d else "8x8x4 (256 tokens)"
+    `logits_fn` / `weights_fn`: optional maps of the f32 logits `[W, H, N, M]` before the
+    softmax and of the f32 weights before `p @ v` (see `_common.attention_reference`); the
+    kernel has no such hooks. Raises ValueError on bad shapes, as the kernel does.
+    """
+    _check_shapes(q, k, v, bias, mask)
+    return attention_reference(q, k, v, bias, mask, logits_fn=logits_fn, weights_fn=weights_fn)

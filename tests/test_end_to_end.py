@@ -15,12 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from jaxseg import evaluation
 from jaxseg.config import load_config
-from jaxseg.data import synthetic
-from jaxseg.run import load_trained
+from jaxseg.evaluate import evaluate_run
 from jaxseg.segment import Segmenter
 from jaxseg.training.loop import train
+from jaxseg.workdir import load_trained
 
 pytestmark = pytest.mark.e2e
 
@@ -48,16 +47,9 @@ def get_config():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantoms")
-    synthetic.write_dataset(root, dims=2, num_cases=10, shape=(40, 48), seed=3, num_test=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def config_file(dataset, tmp_path_factory):
+def config_file(phantom_2d, tmp_path_factory):
     path = tmp_path_factory.mktemp("configs") / "tiny.py"
-    path.write_text(CONFIG.format(root=str(dataset)))
+    path.write_text(CONFIG.format(root=str(phantom_2d)))
     return path
 
 
@@ -69,7 +61,7 @@ def trained(config_file, tmp_path_factory):
 
 
 def _params(workdir, which="latest"):
-    return jax.device_get(load_trained(workdir, which)[3])
+    return jax.device_get(load_trained(workdir, which).params)
 
 
 def test_train_writes_a_complete_workdir(trained):
@@ -125,7 +117,7 @@ def test_rerun_may_switch_remat_but_not_the_architecture(config_file, tmp_path):
 
 def test_evaluate_writes_report(trained):
     workdir, _ = trained
-    summary = evaluation.evaluate_run(workdir, split="test")
+    summary = evaluate_run(workdir, split="test")
     report = workdir / "eval_test"
     lines = (report / "metrics.csv").read_text().splitlines()
     num_test = len(json.loads((workdir / "splits.json").read_text())["test"])
@@ -136,9 +128,9 @@ def test_evaluate_writes_report(trained):
     assert saved["inference"]["cases_per_second"] > 0
 
 
-def test_predict_overlays_a_reoriented_input(trained, dataset, tmp_path):
+def test_predict_overlays_a_reoriented_input(trained, phantom_2d, tmp_path):
     workdir, _ = trained
-    source = next((dataset / "imagesTs").iterdir())
+    source = next((phantom_2d / "imagesTs").iterdir())
     original = nib.load(source)
     # The same image stored another way round: x flipped and x/y swapped on disk.
     data = np.asarray(original.dataobj)
@@ -164,16 +156,16 @@ def test_predict_overlays_a_reoriented_input(trained, dataset, tmp_path):
     assert canon_a.max() > 0
 
 
-def test_predict_a_folder(trained, dataset, tmp_path):
+def test_predict_a_folder(trained, phantom_2d, tmp_path):
     workdir, _ = trained
-    written = Segmenter(workdir).segment_path(dataset / "imagesTs", tmp_path / "masks")
-    assert [p.name for p in written] == sorted(p.name for p in (dataset / "imagesTs").iterdir())
+    written = Segmenter(workdir).segment_path(phantom_2d / "imagesTs", tmp_path / "masks")
+    assert [p.name for p in written] == sorted(p.name for p in (phantom_2d / "imagesTs").iterdir())
 
 
 def test_export_matches_jax(trained, tmp_path):
     from jaxseg.export.from_workdir import export_run
     from jaxseg.export.saved_model import load_saved_model
-    from jaxseg.training.steps import make_predict_fn
+    from jaxseg.inference import make_predict_fn
 
     workdir, _ = trained
     path = export_run(workdir, tmp_path / "saved_model")
@@ -181,8 +173,8 @@ def test_export_matches_jax(trained, tmp_path):
     assert info["metadata"]["model"] == "unet"
     x = np.random.default_rng(0).normal(size=(3, 32, 32, 1)).astype(np.float32)
     served = loaded.signatures["serving_default"](image=x)["probabilities"].numpy()
-    config, _, model, params = load_trained(workdir)
-    expected = np.asarray(make_predict_fn(model)(params, x))
+    run = load_trained(workdir)
+    expected = np.asarray(make_predict_fn(run.model)(run.params, x))
     np.testing.assert_allclose(served, expected, atol=1e-4)
 
 

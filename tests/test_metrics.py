@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jaxseg.metrics import METRIC_NAMES, case_metrics, summarize, surface_voxels
+from jaxseg.errors import JaxsegError
+from jaxseg.evaluation import summarize
+from jaxseg.metrics import METRIC_NAMES, case_metrics, surface_voxels
 
 
 def _blob(shape, rng, n_seeds=3, radius=0.25):
@@ -180,17 +182,26 @@ def test_never_nan_over_random_cases_and_summary_counts_missed():
             for v in row.values():
                 assert isinstance(v, float) and np.isfinite(v)
         cases.append(rows)
-    summary = summarize(cases)
+    summary = summarize(_rows(cases), {c: f"class{c}" for c in range(1, k)})
     assert summary["num_cases"] == 12
-    assert set(summary["per_class"]) == {1, 2, 3}
+    assert set(summary["per_class"]) == {"class1", "class2", "class3"}
     for c in range(1, k):
         for m in METRIC_NAMES:
             expected = np.mean([case[c - 1][m] for case in cases])
-            assert summary["per_class"][c][m] == pytest.approx(expected)
+            assert summary["per_class"][f"class{c}"][m] == pytest.approx(expected)
     for m in METRIC_NAMES:
-        expected = np.mean([summary["per_class"][c][m] for c in range(1, k)])
-        assert summary["foreground_mean"][m] == pytest.approx(expected)
-        assert np.isfinite(summary["foreground_mean"][m])
+        expected = np.mean([np.mean([case[c - 1][m] for case in cases]) for c in range(1, k)])
+        assert summary["mean"][m] == pytest.approx(expected)
+        assert np.isfinite(summary["mean"][m])
+
+
+def _rows(cases):
+    """Per-case `case_metrics` lists as the report rows `jaxseg.evaluation` writes."""
+    return [
+        {"case": f"case{i}", "class": c, "name": str(c), **values}
+        for i, per_class in enumerate(cases)
+        for c, values in enumerate(per_class, start=1)
+    ]
 
 
 def test_summary_of_a_missed_structure_lowers_the_mean():
@@ -198,9 +209,9 @@ def test_summary_of_a_missed_structure_lowers_the_mean():
     label[2:6, 2:6] = 1
     hit = case_metrics(label, label, 2, (1.0, 1.0))
     missed = case_metrics(np.zeros_like(label), label, 2, (1.0, 1.0))
-    s = summarize([hit, missed])
-    assert s["per_class"][1]["dice"] == pytest.approx(0.5)
-    assert s["foreground_mean"]["hd95"] == pytest.approx(_diag((10, 10), (1.0, 1.0)) / 2)
+    s = summarize(_rows([hit, missed]), {1: "organ"})
+    assert s["per_class"]["organ"]["dice"] == pytest.approx(0.5)
+    assert s["mean"]["hd95"] == pytest.approx(_diag((10, 10), (1.0, 1.0)) / 2)
 
 
 def test_surface_voxels_connectivity():
@@ -224,5 +235,5 @@ def test_input_validation():
         case_metrics(a + 3, a, 2, (1, 1))
     with pytest.raises(ValueError, match="integer"):
         case_metrics(a.astype(np.float32), a, 2, (1, 1))
-    with pytest.raises(ValueError, match="no cases"):
-        summarize([])
+    with pytest.raises(JaxsegError, match="no cases"):
+        summarize([], {})

@@ -23,11 +23,10 @@ DEFAULT_SUITE = {"lightseg_small_2d"}
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory):
+def phantoms(phantom_3d, tmp_path_factory):
     root = tmp_path_factory.mktemp("phantoms")
     two = synthetic.write_dataset(root / "2d", dims=2, num_cases=5, shape=(72, 64), seed=1)
-    three = synthetic.write_dataset(root / "3d", dims=3, num_cases=5, shape=(36, 32, 32), seed=1)
-    return {2: two, 3: three}
+    return {2: two, 3: phantom_3d}
 
 
 @pytest.mark.parametrize(

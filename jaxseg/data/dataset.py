@@ -1,4 +1,4 @@
-"""dataset.json -> cases; patient-level splits; validated case loading.
+"""dataset.json -> cases; validated case loading.
 
 Both common layouts are understood, and the keys may be mixed (a dataset.json with
 `channel_names` and MSD-style `labels` is read as such):
@@ -13,26 +13,26 @@ Labels (the orientation is read from the content of `labels`, not from the other
     (values are JSON integers). Region lists (`"whole": [1, 2]`), mixed entries and
     numeric strings on both sides are errors naming the file and key. The declared values
     need not be consecutive: sorted, they are the classes 0..K-1 (`label_values[k]` is
-    the file value of class k) and `load_case` maps file values to classes
-    (0/255 -> 0/1, BraTS 0,1,2,4 -> 0,1,2,3). Value 0 must be declared and is class 0,
-    the background. `DatasetSpec.labels` is keyed by class index.
+    the file value of class k; the mapping is `jaxseg.data.labels`) and `load_case` maps
+    file values to classes (0/255 -> 0/1, BraTS 0,1,2,4 -> 0,1,2,3). Value 0 must be
+    declared and is class 0, the background. `DatasetSpec.labels` is keyed by class index.
 
 Cases
     `"training"`: entries `{"image": file | [one file per channel], "label": file}`, with
-    optional `"patient"`, `"case_id"`/`"id"` and `"mask"` (a region-of-interest such as a
-    field-of-view or brain mask, kept as `Case.mask_path`, not used yet). `"test"`: strings
-    or such entries (a `"label"` there is kept). A single file may be 4D, its last axis the
-    channels (MSD). Without `"training"`, a `"dataset"` mapping (`{case_id: {"images":
-    [...], "label": ...}}`) or, with `"file_ending"` (e.g. ".nii.gz"), discovery from
-    `imagesTr/{case}_{XXXX}{file_ending}` + `labelsTr/{case}{file_ending}` (test cases
-    likewise from `imagesTs/`). `numTraining` / `numTest`, when given, must match.
+    optional `"patient"` and `"case_id"`/`"id"`; other keys (such as a `"mask"`) are
+    ignored. `"test"`: strings or such entries (a `"label"` there is kept). A single file
+    may be 4D, its last axis the channels (MSD). Without `"training"`, a `"dataset"`
+    mapping (`{case_id: {"images": [...], "label": ...}}`) or, with `"file_ending"` (e.g.
+    ".nii.gz"), discovery from `imagesTr/{case}_{XXXX}{file_ending}` +
+    `labelsTr/{case}{file_ending}` (test cases likewise from `imagesTs/`). `numTraining` /
+    `numTest`, when given, must match.
 
 Common keys
     `"dims"` (2 or 3) overrides `tensorImageSize`; without either, dims is 2 for
     PNG/TIFF/GIF and for NIfTI whose first training image has a singleton third axis, else 3.
-    Cases of one patient always land in one split; the default patient id is the case id.
-    Case ids are file names without the ending (and, for nnU-Net v2 per-channel files,
-    without `_XXXX`).
+    The default patient id is the case id (the splits keep a patient's cases together:
+    `jaxseg.data.splits`). Case ids are file names without the ending (and, for nnU-Net v2
+    per-channel files, without `_XXXX`).
 
 `modalities` maps each channel name to the normalisation family used by
 `jaxseg.data.preprocess.normalize`: "CT" (case-insensitive "ct"), "noNorm",
@@ -44,32 +44,49 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from jaxseg.data import io
-from jaxseg.errors import ConfigError, DataError
+from jaxseg.data.labels import check_label_values, values_to_classes
+from jaxseg.errors import DataError
 
-__all__ = ["Case", "DatasetSpec", "load_dataset", "split_cases", "kfold_cases", "load_case",
-           "values_to_classes", "classes_to_values", "check_label_values"]
+__all__ = ["Case", "DatasetSpec", "load_dataset", "load_case"]
 
-_MRI_NAMES = {"mri", "mr", "t1", "t1w", "t1gd", "t1c", "t1ce", "t2", "t2w", "flair", "adc",
-              "dwi", "pd", "t2star", "swi", "cine", "lge", "bold"}
+_MRI_NAMES = {
+    "mri",
+    "mr",
+    "t1",
+    "t1w",
+    "t1gd",
+    "t1c",
+    "t1ce",
+    "t2",
+    "t2w",
+    "flair",
+    "adc",
+    "dwi",
+    "pd",
+    "t2star",
+    "swi",
+    "cine",
+    "lge",
+    "bold",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One case: its image files (one per channel, or one multi-channel file), its label
-    file (None for unlabelled test cases), the patient it belongs to, and an optional
-    region-of-interest mask file (the entry's "mask": field of view, brain mask)."""
+    file (None for unlabelled test cases) and the patient it belongs to."""
 
     case_id: str
     image_paths: tuple[Path, ...]
     label_path: Path | None
     patient_id: str
-    mask_path: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +108,11 @@ class DatasetSpec:
     label_values: tuple[int, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "label_values", check_label_values(
-            self.label_values, len(self.labels), f"dataset {self.root}"))
+        object.__setattr__(
+            self,
+            "label_values",
+            check_label_values(self.label_values, len(self.labels), f"dataset {self.root}"),
+        )
 
     @property
     def num_classes(self) -> int:
@@ -128,24 +148,30 @@ def _strip_ending(name: str) -> str:
 
 def _json_path(root: Path) -> Path:
     if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found. Pass the folder that holds dataset.json "
-                        "(e.g. write a demo one with `python -m jaxseg.data.synthetic`).")
+        raise DataError(
+            f"{root}: dataset folder not found. Pass the folder that holds dataset.json "
+            "(e.g. write a demo one with `python -m jaxseg.data.synthetic`)."
+        )
     path = root / "dataset.json"
     if not path.is_file():
-        raise DataError(f"{path}: dataset.json not found. A dataset folder needs a dataset.json "
-                        "in MSD or nnU-Net v2 style.")
+        raise DataError(
+            f"{path}: dataset.json not found. A dataset folder needs a dataset.json "
+            "in MSD or nnU-Net v2 style."
+        )
     return path
 
 
 def _channel_dict(d: Any, key: str, path: Path) -> tuple[str, ...]:
     if not isinstance(d, dict) or not d:
-        raise DataError(f"{path}: '{key}' must be a non-empty mapping like {{\"0\": \"MRI\"}}.")
+        raise DataError(f'{path}: \'{key}\' must be a non-empty mapping like {{"0": "MRI"}}.')
     try:
         items = sorted((int(k), str(v)) for k, v in d.items())
     except ValueError as e:
-        raise DataError(f"{path}: keys of '{key}' must be channel indices \"0\", \"1\", ...") from e
+        raise DataError(f'{path}: keys of \'{key}\' must be channel indices "0", "1", ...') from e
     if [k for k, _ in items] != list(range(len(items))):
-        raise DataError(f"{path}: '{key}' must have keys 0..{len(items) - 1}, got {[k for k, _ in items]}.")
+        raise DataError(
+            f"{path}: '{key}' must have keys 0..{len(items) - 1}, got {[k for k, _ in items]}."
+        )
     return tuple(v for _, v in items)
 
 
@@ -163,15 +189,19 @@ def _int_string(x: Any) -> int | None:
 def _labels(d: Any, path: Path) -> dict[int, str]:
     """`labels` in either orientation -> {file value: name}, sorted by value."""
     if not isinstance(d, dict) or not d:
-        raise DataError(f"{path}: 'labels' must be a non-empty mapping, value -> name "
-                        "({\"0\": \"background\", \"1\": \"liver\"}) or name -> value "
-                        "({\"background\": 0, \"liver\": 1}).")
+        raise DataError(
+            f"{path}: 'labels' must be a non-empty mapping, value -> name "
+            '({"0": "background", "1": "liver"}) or name -> value '
+            '({"background": 0, "liver": 1}).'
+        )
     pairs, styles = [], {}
     for k, v in d.items():
         where = f"{path}: labels[{k!r}] = {v!r}"
         if isinstance(v, (list, tuple)):
-            raise DataError(f"{where} is a region (a list of values); region-based labels are not "
-                            "supported yet. Declare one integer per class.")
+            raise DataError(
+                f"{where} is a region (a list of values); region-based labels are not "
+                "supported yet. Declare one integer per class."
+            )
         if _is_int(v):
             styles.setdefault("name -> value", k)
             pairs.append((v, str(k)))
@@ -179,70 +209,43 @@ def _labels(d: Any, path: Path) -> dict[int, str]:
             styles.setdefault("value -> name", k)
             pairs.append((_int_string(k), v))
         elif isinstance(v, str) and _int_string(k) is not None:
-            raise DataError(f"{where}: key and value are both numbers, so it is ambiguous which is "
-                            "the file value. Write value -> name ({\"1\": \"liver\"}) or name -> "
-                            "integer ({\"liver\": 1}).")
+            raise DataError(
+                f"{where}: key and value are both numbers, so it is ambiguous which is "
+                'the file value. Write value -> name ({"1": "liver"}) or name -> '
+                'integer ({"liver": 1}).'
+            )
         else:
-            raise DataError(f"{where}: expected a value -> name entry ({{\"1\": \"liver\"}}, key an "
-                            "integer) or a name -> integer entry ({\"liver\": 1}).")
+            raise DataError(
+                f'{where}: expected a value -> name entry ({{"1": "liver"}}, key an '
+                'integer) or a name -> integer entry ({"liver": 1}).'
+            )
         if len(styles) > 1:
             (a, ka), (b, kb) = styles.items()
-            raise DataError(f"{path}: 'labels' mixes {a} (key {ka!r}) and {b} (key {kb!r}) "
-                            "entries; use one orientation.")
+            raise DataError(
+                f"{path}: 'labels' mixes {a} (key {ka!r}) and {b} (key {kb!r}) "
+                "entries; use one orientation."
+            )
     labels: dict[int, str] = {}
     for value, name in pairs:
         if value in labels:
-            raise DataError(f"{path}: label value {value} is declared twice in 'labels' "
-                            f"({labels[value]!r} and {name!r}).")
+            raise DataError(
+                f"{path}: label value {value} is declared twice in 'labels' "
+                f"({labels[value]!r} and {name!r})."
+            )
         labels[value] = name
     names = list(labels.values())
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise DataError(f"{path}: label name(s) {twice} are declared for more than one value in "
-                        "'labels'; give each class its own name.")
+        raise DataError(
+            f"{path}: label name(s) {twice} are declared for more than one value in "
+            "'labels'; give each class its own name."
+        )
     values = sorted(labels)
     if values[0] != 0:
-        raise DataError(f"{path}: 'labels' must declare value 0 (the background), got values "
-                        f"{values}.")
+        raise DataError(
+            f"{path}: 'labels' must declare value 0 (the background), got values {values}."
+        )
     return {v: labels[v] for v in values}
-
-
-def check_label_values(values: Sequence[int], num_classes: int, where: str) -> tuple[int, ...]:
-    """Validates a class -> file value table (empty = identity); returns it as a tuple."""
-    values = tuple(int(v) for v in values) or tuple(range(num_classes))
-    if (len(values) != num_classes or values[0] != 0
-            or any(b <= a for a, b in zip(values, values[1:]))):
-        raise DataError(f"{where}: label_values {list(values)} must be {num_classes} ascending "
-                        "integers starting at 0, one per class.")
-    return values
-
-
-def values_to_classes(label: np.ndarray, label_values: Sequence[int]) -> tuple[np.ndarray, list[int]]:
-    """File values -> class indices.
-
-    Args:
-      label: integer `[X, Y, (Z)]` as in the label file.
-      label_values: ascending declared values; class k has file value `label_values[k]`.
-
-    Returns (int32 classes `[X, Y, (Z)]`, sorted undeclared values found; [] when none).
-    """
-    values = np.asarray(label_values, np.int64)
-    label = np.asarray(label)
-    if np.array_equal(values, np.arange(values.size)):  # identity: skip the search
-        bad = (label < 0) | (label >= values.size)
-        classes = label
-    else:
-        classes = np.minimum(np.searchsorted(values, label), values.size - 1)
-        bad = values[classes] != label
-    undeclared = np.unique(label[bad]).tolist() if bad.any() else []
-    return np.ascontiguousarray(classes, dtype=np.int32), [int(v) for v in undeclared]
-
-
-def classes_to_values(classes: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
-    """Class indices `[X, Y, (Z)]` -> file values, in the narrowest type that holds every
-    declared value: uint8 up to 255, uint16 up to 65535, else int32 (`io.mask_dtype`)."""
-    values = np.asarray(label_values)
-    return values.astype(io.mask_dtype(int(values.max())))[np.asarray(classes)]
 
 
 def _resolve(root: Path, rel: str) -> Path:
@@ -270,9 +273,8 @@ def _entry_case(root: Path, entry: Any, path: Path, where: str, need_label: bool
     if need_label and not label:
         raise DataError(f"{path}: training case '{case_id}' has no 'label'.")
     label_path = _resolve(root, label) if label else None
-    mask = entry.get("mask")
     patient = str(entry.get("patient", case_id))
-    return Case(case_id, image_paths, label_path, patient, _resolve(root, mask) if mask else None)
+    return Case(case_id, image_paths, label_path, patient)
 
 
 def _listed_cases(root: Path, entries: Any, path: Path, where: str, need_label: bool) -> list[Case]:
@@ -283,13 +285,18 @@ def _listed_cases(root: Path, entries: Any, path: Path, where: str, need_label: 
     folders = [c.image_paths[0].parent.name for c in cases]
     explicit = any(isinstance(e, dict) and ("case_id" in e or "id" in e) for e in entries)
     if len(set(ids)) < len(ids) and len(set(folders)) == len(folders) and not explicit:
-        cases = [dataclasses.replace(c, case_id=f, patient_id=f if c.patient_id == c.case_id
-                                     else c.patient_id) for c, f in zip(cases, folders)]
+        cases = [
+            dataclasses.replace(
+                c, case_id=f, patient_id=f if c.patient_id == c.case_id else c.patient_id
+            )
+            for c, f in zip(cases, folders)
+        ]
     return cases
 
 
-def _discover(root: Path, folder: str, label_folder: str | None, ending: str, nch: int,
-              path: Path) -> list[Case]:
+def _discover(
+    root: Path, folder: str, label_folder: str | None, ending: str, nch: int, path: Path
+) -> list[Case]:
     d = root / folder
     if not d.is_dir():
         return []
@@ -304,8 +311,10 @@ def _discover(root: Path, folder: str, label_folder: str | None, ending: str, nc
         want = list(range(nch))
         if sorted(chans) != want:
             missing = [f"{cid}_{c:04d}{ending}" for c in want if c not in chans]
-            raise DataError(f"{d}: case '{cid}' has channel files {sorted(chans)}, expected {want}; "
-                            f"missing {missing}.")
+            raise DataError(
+                f"{d}: case '{cid}' has channel files {sorted(chans)}, expected {want}; "
+                f"missing {missing}."
+            )
         label = root / label_folder / f"{cid}{ending}" if label_folder else None
         cases.append(Case(cid, tuple(chans[c] for c in want), label, cid))
     return cases
@@ -315,15 +324,18 @@ def _check_files(cases: Sequence[Case], path: Path) -> None:
     seen: set[str] = set()
     for c in cases:
         if c.case_id in seen:
-            raise DataError(f"{path}: case id '{c.case_id}' appears twice; case ids must be unique "
-                            "(give the entries a \"case_id\").")
+            raise DataError(
+                f"{path}: case id '{c.case_id}' appears twice; case ids must be unique "
+                '(give the entries a "case_id").'
+            )
         seen.add(c.case_id)
         for p in c.image_paths:
             if not p.is_file():
                 raise DataError(f"case '{c.case_id}': image file {p} not found (listed in {path}).")
-        for what, p in (("label", c.label_path), ("mask", c.mask_path)):
-            if p is not None and not p.is_file():
-                raise DataError(f"case '{c.case_id}': {what} file {p} not found (listed in {path}).")
+        if c.label_path is not None and not c.label_path.is_file():
+            raise DataError(
+                f"case '{c.case_id}': label file {c.label_path} not found (listed in {path})."
+            )
 
 
 def _check_count(meta: dict, key: str, found: int, path: Path) -> None:
@@ -331,8 +343,10 @@ def _check_count(meta: dict, key: str, found: int, path: Path) -> None:
         return
     n = meta[key]
     if not _is_int(n) or n != found:
-        raise DataError(f"{path}: '{key}' is {n!r} but {found} cases are listed or found; "
-                        f"correct '{key}' or the case list.")
+        raise DataError(
+            f"{path}: '{key}' is {n!r} but {found} cases are listed or found; "
+            f"correct '{key}' or the case list."
+        )
 
 
 def _infer_dims(meta: dict, cases: Sequence[Case], path: Path) -> int:
@@ -357,8 +371,9 @@ def _infer_dims(meta: dict, cases: Sequence[Case], path: Path) -> int:
 
         shape = nib.load(str(first)).shape
     except Exception as e:  # header unreadable: report as a data error naming the file
-        raise DataError(f"{first}: cannot read the NIfTI header to infer dims ({e}); add \"dims\" "
-                        f"to {path}.") from e
+        raise DataError(
+            f'{first}: cannot read the NIfTI header to infer dims ({e}); add "dims" to {path}.'
+        ) from e
     return 2 if len(shape) == 2 or (len(shape) >= 3 and shape[2] == 1) else 3
 
 
@@ -372,7 +387,9 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}.") from e
+        raise DataError(
+            f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}."
+        ) from e
     if not isinstance(meta, dict):
         raise DataError(f"{path}: must hold a JSON object.")
     if "labels" not in meta:
@@ -382,12 +399,16 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     elif "modality" in meta:
         channel_names = _channel_dict(meta["modality"], "modality", path)
     else:
-        raise DataError(f"{path}: needs 'modality' (MSD style) or 'channel_names' (nnU-Net v2 style).")
+        raise DataError(
+            f"{path}: needs 'modality' (MSD style) or 'channel_names' (nnU-Net v2 style)."
+        )
     value_names = _labels(meta["labels"], path)
     ending = meta.get("file_ending")
     for key in ("training", "test"):
         if key in meta and not isinstance(meta[key], list):
-            raise DataError(f"{path}: '{key}' must be a list of cases, got {type(meta[key]).__name__}.")
+            raise DataError(
+                f"{path}: '{key}' must be a list of cases, got {type(meta[key]).__name__}."
+            )
 
     if meta.get("training"):
         training = _listed_cases(root, meta["training"], path, "training", True)
@@ -400,13 +421,16 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     elif ending:
         training = _discover(root, "imagesTr", "labelsTr", ending, len(channel_names), path)
         if not training:
-            raise DataError(f"{root / 'imagesTr'}: no training images named "
-                            f"{{case}}_{{XXXX}}{ending} found.")
+            raise DataError(
+                f"{root / 'imagesTr'}: no training images named {{case}}_{{XXXX}}{ending} found."
+            )
     elif "training" in meta:
         training = []  # declared empty (a test-only dataset)
     else:
-        raise DataError(f"{path}: lists no cases: add a 'training' list, a 'dataset' mapping, or "
-                        "'file_ending' (e.g. \".nii.gz\") to find them in imagesTr/ and labelsTr/.")
+        raise DataError(
+            f"{path}: lists no cases: add a 'training' list, a 'dataset' mapping, or "
+            "'file_ending' (e.g. \".nii.gz\") to find them in imagesTr/ and labelsTr/."
+        )
     if meta.get("test"):
         test = _listed_cases(root, meta["test"], path, "test", False)
     elif ending:
@@ -431,59 +455,6 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     )
 
 
-def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    raw = [f * n for f in fractions]
-    counts = [int(np.floor(r)) for r in raw]
-    # Largest remainders get the leftover patients (ties: earlier split first).
-    order = sorted(range(3), key=lambda i: (-(raw[i] - counts[i]), i))
-    for i in order[: n - sum(counts)]:
-        counts[i] += 1
-    if n >= 3:
-        for i in range(3):
-            if counts[i] == 0 and fractions[i] > 0:
-                donor = max(range(3), key=lambda j: counts[j])
-                counts[donor] -= 1
-                counts[i] += 1
-    return counts
-
-
-def split_cases(cases: Sequence[Case], seed: int = 0,
-                fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> dict[str, tuple[Case, ...]]:
-    """Patient-level split into {"train", "val", "test"}.
-
-    Patients (not cases) are shuffled by `seed` (from their sorted ids, so the input order
-    does not matter) and divided by `fractions` (largest-remainder rounding). With >= 3
-    patients every split with a positive fraction gets at least one patient. All cases of
-    one patient land in one split; within a split, cases keep their input order.
-    """
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}.")
-    patients = sorted({c.patient_id for c in cases})
-    perm = np.random.default_rng(seed).permutation(len(patients))
-    counts = _split_counts(len(patients), fractions)
-    assign: dict[str, str] = {}
-    start = 0
-    for name, n in zip(("train", "val", "test"), counts):
-        for k in perm[start:start + n]:
-            assign[patients[int(k)]] = name
-        start += n
-    return {name: tuple(c for c in cases if assign[c.patient_id] == name) for name in ("train", "val", "test")}
-
-
-def kfold_cases(cases: Sequence[Case], k: int, fold: int, seed: int = 0) -> dict[str, tuple[Case, ...]]:
-    """Patient-level k-fold: {"train", "val"} for fold `fold` of `k` (deterministic by seed)."""
-    if not 0 <= fold < k:
-        raise ConfigError(f"fold must be in 0..{k - 1}, got {fold}.")
-    patients = sorted({c.patient_id for c in cases})
-    if len(patients) < k:
-        raise DataError(f"{k}-fold split needs at least {k} patients, got {len(patients)}.")
-    perm = np.random.default_rng(seed).permutation(len(patients))
-    val_p = {patients[int(i)] for i in np.array_split(perm, k)[fold]}
-    return {"train": tuple(c for c in cases if c.patient_id not in val_p),
-            "val": tuple(c for c in cases if c.patient_id in val_p)}
-
-
 def load_case(spec: DatasetSpec, case: Case) -> tuple[io.Image, np.ndarray | None]:
     """Reads and validates a case -> (Image, int32 classes `[X, Y, (Z)]` or None).
 
@@ -497,8 +468,10 @@ def load_case(spec: DatasetSpec, case: Case) -> tuple[io.Image, np.ndarray | Non
     except DataError as e:
         raise DataError(f"case '{case.case_id}': {e}") from e
     if image.num_channels != spec.num_channels:
-        raise DataError(f"case '{case.case_id}': image has {image.num_channels} channels but the dataset "
-                        f"declares {spec.num_channels} ({', '.join(spec.channel_names)}).")
+        raise DataError(
+            f"case '{case.case_id}': image has {image.num_channels} channels but the dataset "
+            f"declares {spec.num_channels} ({', '.join(spec.channel_names)})."
+        )
     if case.label_path is None:
         return image, None
     try:
@@ -506,18 +479,24 @@ def load_case(spec: DatasetSpec, case: Case) -> tuple[io.Image, np.ndarray | Non
     except DataError as e:
         raise DataError(f"case '{case.case_id}': {e}") from e
     if label.shape != image.data.shape[:-1]:
-        raise DataError(f"case '{case.case_id}': label shape {label.shape} ({case.label_path}) differs from "
-                        f"image shape {image.data.shape[:-1]} ({image.path}) in canonical orientation. "
-                        "Resample the label onto the image grid.")
+        raise DataError(
+            f"case '{case.case_id}': label shape {label.shape} ({case.label_path}) differs from "
+            f"image shape {image.data.shape[:-1]} ({image.path}) in canonical orientation. "
+            "Resample the label onto the image grid."
+        )
     if not np.allclose(affine, image.affine, rtol=1e-4, atol=1e-3):
-        raise DataError(f"case '{case.case_id}': label affine (world position/orientation of "
-                        f"{case.label_path}) differs from the image affine ({image.path}).\n"
-                        f"image:\n{np.array2string(image.affine, precision=4)}\n"
-                        f"label:\n{np.array2string(affine, precision=4)}\n"
-                        "Resample/reorient the label onto the image grid (same affine and shape).")
+        raise DataError(
+            f"case '{case.case_id}': label affine (world position/orientation of "
+            f"{case.label_path}) differs from the image affine ({image.path}).\n"
+            f"image:\n{np.array2string(image.affine, precision=4)}\n"
+            f"label:\n{np.array2string(affine, precision=4)}\n"
+            "Resample/reorient the label onto the image grid (same affine and shape)."
+        )
     classes, undeclared = values_to_classes(label, spec.label_values)
     if undeclared:
-        raise DataError(f"case '{case.case_id}': label file {case.label_path} holds undeclared values "
-                        f"{undeclared}; dataset.json declares {list(spec.label_values)}. Fix the label "
-                        "file or declare the classes.")
+        raise DataError(
+            f"case '{case.case_id}': label file {case.label_path} holds undeclared values "
+            f"{undeclared}; dataset.json declares {list(spec.label_values)}. Fix the label "
+            "file or declare the classes."
+        )
     return image, classes

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -46,7 +46,14 @@ from jaxseg.data.dataset import Case, DatasetSpec, load_case
 from jaxseg.data.io import Image
 from jaxseg.errors import ConfigError, DataError
 
-__all__ = ["BatchIterator", "train_batches", "eval_cases", "load_training_arrays", "sample_patch"]
+__all__ = [
+    "BatchIterator",
+    "check_patch_size",
+    "train_batches",
+    "eval_cases",
+    "load_training_arrays",
+    "sample_patch",
+]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -58,14 +65,17 @@ class _CaseArrays:
     fg: tuple[np.ndarray, ...]  # per present foreground class: flat voxel indices
 
 
-def load_training_arrays(spec: DatasetSpec, cases: Sequence[Case],
-                         ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> list[_CaseArrays]:
+def load_training_arrays(
+    spec: DatasetSpec, cases: Sequence[Case], ct_window: tuple[float, float] = (-1000.0, 1000.0)
+) -> list[_CaseArrays]:
     """Loads, validates and normalises labelled cases once (kept in memory)."""
     out = []
     for case in cases:
         image, label = load_case(spec, case)
         if label is None:
-            raise DataError(f"case '{case.case_id}': has no label file; training cases need labels.")
+            raise DataError(
+                f"case '{case.case_id}': has no label file; training cases need labels."
+            )
         data = preprocess.normalize(image.data, spec.modalities, ct_window)
         flat = label.reshape(-1)
         fg = tuple(np.flatnonzero(flat == k) for k in range(1, spec.num_classes))
@@ -75,8 +85,12 @@ def load_training_arrays(spec: DatasetSpec, cases: Sequence[Case],
     return out
 
 
-def sample_patch(arrays: _CaseArrays, patch_size: Sequence[int], rng: np.random.Generator,
-                 foreground_fraction: float) -> dict[str, np.ndarray]:
+def sample_patch(
+    arrays: _CaseArrays,
+    patch_size: Sequence[int],
+    rng: np.random.Generator,
+    foreground_fraction: float,
+) -> dict[str, np.ndarray]:
     """One random patch -> {"image": f32 [*patch, C], "label": int32 [*patch]}."""
     shape = arrays.label.shape
     patch = tuple(int(p) for p in patch_size)
@@ -142,8 +156,10 @@ class BatchIterator(grain.DatasetIterator):
     def set_state(self, state: dict) -> None:
         index = state.get("next_index") if isinstance(state, dict) else None
         if not isinstance(index, int) or index < 0:
-            raise DataError(f"input-pipeline state {state!r} has no batch index "
-                            "'next_index' >= 0; it was not written by jaxseg's train_batches.")
+            raise DataError(
+                f"input-pipeline state {state!r} has no batch index "
+                "'next_index' >= 0; it was not written by jaxseg's train_batches."
+            )
         self._close_inner()
         self._next = index
 
@@ -164,10 +180,35 @@ class BatchIterator(grain.DatasetIterator):
             it.close()
 
 
-def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Sequence[int],
-                  batch_size: int, seed: int, start_step: int = 0, foreground_fraction: float = 0.33,
-                  num_threads: int = 2, prefetch: int = 4, num_workers: int = 0,
-                  ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> BatchIterator:
+def check_patch_size(patch_size: Sequence[int], spec: DatasetSpec) -> tuple[int, ...]:
+    """`data.patch_size` as a tuple of ints; ConfigError unless it has one positive entry per
+    spatial axis of the dataset."""
+    try:
+        patch = tuple(int(p) for p in patch_size)
+    except (TypeError, ValueError):
+        patch = ()
+    if len(patch) != spec.dims or min(patch) < 1:
+        raise ConfigError(
+            f"data.patch_size = {patch_size!r}: expected {spec.dims} positive integers for the "
+            f"{spec.dims}D dataset {spec.root}."
+        )
+    return patch
+
+
+def train_batches(
+    spec: DatasetSpec,
+    cases: Sequence[Case],
+    *,
+    patch_size: Sequence[int],
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    foreground_fraction: float = 0.33,
+    num_threads: int = 2,
+    prefetch: int = 4,
+    num_workers: int = 0,
+    ct_window: tuple[float, float] = (-1000.0, 1000.0),
+) -> BatchIterator:
     """An endless iterator of this process's training batches.
 
     Yields `{"image": f32 [b, *patch_size, C], "label": int32 [b, *patch_size]}` with
@@ -178,10 +219,7 @@ def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Seque
     buffered) instead of in threads of this process; the batches are the same. Close the
     iterator (`.close()`) to stop the threads and join the workers.
     """
-    patch = tuple(int(p) for p in patch_size)
-    if len(patch) != spec.dims or min(patch) < 1:
-        raise ConfigError(f"patch_size {tuple(patch_size)} must have {spec.dims} positive entries "
-                          f"for this {spec.dims}D dataset.")
+    patch = check_patch_size(patch_size, spec)
     if not 0.0 <= foreground_fraction <= 1.0:
         raise ConfigError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}.")
     if not cases:
@@ -189,13 +227,17 @@ def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Seque
     if start_step < 0:
         raise ConfigError(f"start_step must be >= 0, got {start_step}.")
     if not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigError(f"data.num_workers must be an integer >= 0 (0: threads in this "
-                          f"process), got {num_workers!r}.")
+        raise ConfigError(
+            f"data.num_workers must be an integer >= 0 (0: threads in this "
+            f"process), got {num_workers!r}."
+        )
     shard = grain.sharding.ShardByJaxProcess()
     nproc, pidx = int(shard.shard_count), int(shard.shard_index)
     if batch_size < 1 or batch_size % nproc:
-        raise ConfigError(f"batch_size {batch_size} must be a positive multiple of the number of "
-                          f"processes ({nproc}).")
+        raise ConfigError(
+            f"batch_size {batch_size} must be a positive multiple of the number of "
+            f"processes ({nproc})."
+        )
     per_process = batch_size // nproc
     arrays = load_training_arrays(spec, cases, ct_window)
 
@@ -207,24 +249,29 @@ def train_batches(spec: DatasetSpec, cases: Sequence[Case], *, patch_size: Seque
 
     def _element(g: int) -> dict:
         case = int(_epoch_permutation(seed, g // n, n)[g % n])
-        return sample_patch(arrays[case], patch, np.random.default_rng([seed, g]),
-                            foreground_fraction)
+        return sample_patch(
+            arrays[case], patch, np.random.default_rng([seed, g]), foreground_fraction
+        )
 
-    ds = (grain.MapDataset.range(2**62)
-          .map(_global_index)
-          .map(_element)
-          .batch(per_process, drop_remainder=True))
+    ds = (
+        grain.MapDataset.range(2**62)
+        .map(_global_index)
+        .map(_element)
+        .batch(per_process, drop_remainder=True)
+    )
 
     def make(start: int) -> grain.DatasetIterator:
         it = (ds.slice(slice(start, None)) if start else ds).to_iter_dataset(
-            grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+            grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+        )
         if num_workers:
             _absl_flags_parsed()
             # Worker i computes batches i, i + N, ...; grain interleaves them round-robin,
             # so the order is that of one process. One finished batch waits per worker:
             # each worker already computes ahead into its own `prefetch` buffer.
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                             per_worker_buffer_size=1))
+            it = it.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=1)
+            )
         return iter(it)
 
     return BatchIterator(make, start_step)
@@ -235,12 +282,14 @@ def _absl_flags_parsed() -> None:
     # UnparsedFlagAccessError unless absl parsed the command line (google/grain#1355); the
     # flags' defaults are what jaxseg wants, so mark them parsed as they are.
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
 
-def eval_cases(spec: DatasetSpec, cases: Sequence[Case],
-               ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> Iterator[tuple[str, Image, np.ndarray | None]]:
+def eval_cases(
+    spec: DatasetSpec, cases: Sequence[Case], ct_window: tuple[float, float] = (-1000.0, 1000.0)
+) -> Iterator[tuple[str, Image, np.ndarray | None]]:
     """Yields `(case_id, Image with normalised data [*S, C], label int32 [*S] or None)` per case,
     loading lazily (one case in memory at a time)."""
     for case in cases:

@@ -1,4 +1,4 @@
-"""Host-side preprocessing: intensity normalisation and cropping (numpy).
+"""Host-side preprocessing: intensity normalisation (numpy).
 
 Normalisation, per channel, chosen by the channel's modality (see
 `jaxseg.data.dataset.DatasetSpec.modalities`):
@@ -15,13 +15,13 @@ Normalisation, per channel, chosen by the channel's modality (see
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from jaxseg.errors import DataError
 
-__all__ = ["normalize", "crop_to_foreground"]
+__all__ = ["normalize", "normalization_scheme"]
 
 _EPS = 1e-8
 
@@ -39,8 +39,43 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / max(x.std(), _EPS)
 
 
-def normalize(image: np.ndarray, modalities: Sequence[str],
-              ct_window: tuple[float, float] = (-1000.0, 1000.0)) -> np.ndarray:
+def _scheme_key(modality: str) -> str:
+    key = str(modality).casefold()
+    return key if key in ("ct", "nonorm", "rgb_to_0_1") else "zscore"
+
+
+def normalization_scheme(
+    modalities: Sequence[str], ct_window: tuple[float, float] = (-1000.0, 1000.0)
+) -> list[dict]:
+    """What `normalize` does to each channel, as JSON-ready dicts (export metadata).
+
+    One dict per channel: {"channel", "modality", "scheme"} plus, for CT, the window and
+    the formula. A serving client applies the same per-channel transform before the model.
+    """
+    lo, hi = float(ct_window[0]), float(ct_window[1])
+    described = {
+        "ct": {
+            "scheme": "ct_window",
+            "window": [lo, hi],
+            "formula": "(clip(x, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)",
+        },
+        "nonorm": {"scheme": "none", "formula": "x"},
+        "rgb_to_0_1": {"scheme": "rgb_to_0_1", "formula": "x / 255"},
+        "zscore": {
+            "scheme": "zscore",
+            "formula": "(x - mean) / max(std, 1e-8), per case; over the nonzero voxels "
+            "(zeros kept 0) when more than half of the channel is exactly 0",
+        },
+    }
+    return [
+        {"channel": c, "modality": str(m), **described[_scheme_key(m)]}
+        for c, m in enumerate(modalities)
+    ]
+
+
+def normalize(
+    image: np.ndarray, modalities: Sequence[str], ct_window: tuple[float, float] = (-1000.0, 1000.0)
+) -> np.ndarray:
     """Normalises each channel of `image` `[..., C]` according to `modalities[c]`.
 
     Returns float32 of the same shape. Raises DataError when the channel count and the
@@ -48,15 +83,17 @@ def normalize(image: np.ndarray, modalities: Sequence[str],
     """
     image = np.asarray(image)
     if image.shape[-1] != len(modalities):
-        raise DataError(f"normalize: image has {image.shape[-1]} channels but {len(modalities)} "
-                        f"modalities were given ({list(modalities)}).")
+        raise DataError(
+            f"normalize: image has {image.shape[-1]} channels but {len(modalities)} "
+            f"modalities were given ({list(modalities)})."
+        )
     lo, hi = float(ct_window[0]), float(ct_window[1])
     if not hi > lo:
         raise ValueError(f"ct_window must be (lo, hi) with hi > lo, got {ct_window}.")
     out = np.empty(image.shape, np.float32)
     for c, mod in enumerate(modalities):
         x = image[..., c]
-        key = str(mod).casefold()
+        key = _scheme_key(mod)
         if key == "ct":
             y = (np.clip(x.astype(np.float64), lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)
         elif key == "nonorm":
@@ -67,24 +104,3 @@ def normalize(image: np.ndarray, modalities: Sequence[str],
             y = _zscore(x)
         out[..., c] = y
     return out
-
-
-def crop_to_foreground(image: np.ndarray, label: np.ndarray, margin: int | Sequence[int] = 0):
-    """Crops image `[*S, C]` and label `[*S]` to the bounding box of `label > 0` plus `margin`.
-
-    Returns (image_crop, label_crop, slices) where `slices` is the tuple of spatial slices
-    into the input. With no foreground the inputs are returned uncropped.
-    """
-    label = np.asarray(label)
-    if image.shape[:-1] != label.shape:
-        raise DataError(f"crop_to_foreground: image shape {image.shape[:-1]} != label shape {label.shape}.")
-    nd = label.ndim
-    margins = [int(margin)] * nd if np.isscalar(margin) else [int(m) for m in margin]
-    fg = np.argwhere(label > 0)
-    if fg.size == 0:
-        slices = tuple(slice(0, s) for s in label.shape)
-    else:
-        lo, hi = fg.min(0), fg.max(0) + 1
-        slices = tuple(slice(max(0, int(l) - m), min(s, int(h) + m))
-                       for l, h, m, s in zip(lo, hi, margins, label.shape))
-    return image[slices], label[slices], slices

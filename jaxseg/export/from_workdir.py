@@ -3,62 +3,70 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import os
 
+from etils import epath
+
+from jaxseg import inference, ops
+from jaxseg.data import preprocess
 from jaxseg.export.saved_model import export_saved_model
-from jaxseg.run import load_trained
-from jaxseg.training.steps import make_predict_fn
-
-# Per-platform choices of the operators a model exposes: the fused Pallas kernels on TPU
-# (the XLA:CPU path cannot run them), XLA elsewhere. Models without the field ignore it.
-PLATFORM_OPS = {
-    "tpu": {"attention_impl": "pallas", "depthwise_impl": "xla"},
-    "cpu": {"attention_impl": "xla", "depthwise_impl": "shifted"},
-}
+from jaxseg.workdir import TrainedRun, load_trained
 
 
 def platform_predict_fns(model, platforms) -> dict:
-    """`{platform: predict(params, x)}`, each with that platform's operator choices.
+    """`{platform: predict(params, x)}`, each with that platform's operator choices
+    (`jaxseg.ops.platform_choices`: Pallas kernels on TPU, XLA and CPU-fast forms elsewhere).
 
-    The functions share one parameter tree: the choices change how attention and depthwise
-    convolutions are computed, never which parameters exist.
+    The functions share one parameter tree: the choices change how attention and
+    convolutions are computed, never which parameters exist. Models without an
+    implementation field ignore it.
     """
     fields = {f.name for f in dataclasses.fields(model)}
     fns = {}
     for platform in platforms:
-        choices = {k: v for k, v in PLATFORM_OPS.get(platform, {}).items() if k in fields}
-        fns[platform] = make_predict_fn(model.clone(**choices) if choices else model)
+        choices = {k: v for k, v in ops.platform_choices(platform).items() if k in fields}
+        fns[platform] = inference.make_predict_fn(model.clone(**choices) if choices else model)
     return fns
 
 
-def export_run(
-    workdir: str | Path, output: str | Path, *, platforms=("cpu",), which: str = "auto"
-) -> Path:
-    """Writes `output` (a SavedModel) for the run in `workdir`; returns its path."""
-    config, info, model, params = load_trained(workdir, which)
-    metadata = {
+def export_metadata(run: TrainedRun) -> dict:
+    """What serving code needs beside the patch signature: classes, label values, the
+    normalisation the run trained with, and the sliding-window settings."""
+    config, info = run.config, run.info
+    return {
         "model": config.model.name,
         "model_args": config.model.args.to_dict(),
         "dims": info.dims,
         "labels": {str(k): v for k, v in info.labels.items()},
         "label_values": list(info.label_values),  # class k is written as label_values[k]
         "modalities": list(info.modalities),
-        "normalization": {
-            "ct_window": list(config.data.ct_window),
-            "rule": "z-score per channel; CT: clip to ct_window, scale to [-1, 1]",
-        },
+        "normalization": preprocess.normalization_scheme(
+            info.modalities, tuple(config.data.ct_window)
+        ),
         "sliding_window": {
             "overlap": config.eval.overlap,
             "gaussian_sigma_scale": config.eval.gaussian_sigma_scale,
         },
+        "checkpoint": {"step": run.step, "slot": run.checkpoint},
     }
+
+
+def export_run(
+    workdir: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    platforms=("cpu",),
+    which: str = "auto",
+) -> epath.Path:
+    """Writes `output` (a SavedModel) for the run in `workdir`; returns its path."""
+    run = load_trained(workdir, which)
     return export_saved_model(
-        platform_predict_fns(model, platforms),
-        params,
-        Path(output),
-        patch_size=tuple(config.data.patch_size),
-        in_channels=info.in_channels,
-        num_classes=info.num_classes,
+        platform_predict_fns(run.model, platforms),
+        run.params,
+        output,
+        patch_size=tuple(run.config.data.patch_size),
+        in_channels=run.info.in_channels,
+        num_classes=run.info.num_classes,
         platforms=tuple(platforms),
-        metadata=metadata,
+        metadata=export_metadata(run),
     )

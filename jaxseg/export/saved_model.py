@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from jaxseg.errors import JaxsegError
 
@@ -119,8 +118,8 @@ def _json_default(obj):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
@@ -221,7 +220,7 @@ def export_saved_model(
     num_classes: int | None = None,
     platforms: Sequence[str] = ("cpu",),
     metadata: Mapping[str, Any] | None = None,
-) -> Path:
+) -> epath.Path:
     """Export ``apply_fn(params, image)`` as a TensorFlow SavedModel.
 
     Args:
@@ -244,7 +243,7 @@ def export_saved_model(
         ``jaxseg_export.json`` (model name, class names, normalisation, ...).
 
     Returns:
-      ``out_dir`` as a Path.
+      ``out_dir`` as an ``etils.epath.Path`` (a local folder or a ``gs://`` URI).
 
     Outputs are cast to float32 if ``apply_fn`` returns another floating dtype.
     ``jaxseg_export.json`` holds: format, format_version, dims, patch_size, in_channels,
@@ -259,7 +258,7 @@ def export_saved_model(
     fns = _apply_fns_by_platform(apply_fn, platforms)
     user_metadata = _check_metadata(metadata)
 
-    out_dir = Path(out_dir).expanduser().absolute()
+    out_dir = _as_path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise JaxsegError(
             f"export: {out_dir} exists and is not a directory; choose another output path."
@@ -361,36 +360,44 @@ def export_saved_model(
     tmp_dir = out_dir.parent / f".{out_dir.name}.tmp-{token}"
     try:
         tf.saved_model.save(module, str(tmp_dir), signatures=signatures)
-        meta_path = tmp_dir / METADATA_FILENAME
-        with open(meta_path, "w") as f:
+        with (tmp_dir / METADATA_FILENAME).open("w") as f:
             json.dump(export_info, f, indent=2)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if hasattr(f, "fileno"):  # a local file: on disk before the rename publishes it
+                f.flush()
+                os.fsync(f.fileno())
         _replace_dir(tmp_dir, out_dir, token)
     finally:
         if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir.rmtree(missing_ok=True)
     return out_dir
 
 
-def _replace_dir(new: Path, target: Path, token: str) -> None:
+def _as_path(path) -> epath.Path:
+    """An epath (local paths expanded and made absolute; `gs://` URIs as they are)."""
+    text = str(path)
+    if text.startswith(("gs://", "s3://")):
+        return epath.Path(text)
+    return epath.Path(os.path.expanduser(text)).absolute()
+
+
+def _replace_dir(new: epath.Path, target: epath.Path, token: str) -> None:
     """Move the complete directory ``new`` to ``target``, replacing any previous one.
 
     Linux cannot rename a directory over a non-empty one, so the old export is first moved
     aside, and moved back if the second rename fails.
     """
     if not target.exists():
-        os.rename(new, target)
+        new.rename(target)
         return
     old = target.parent / f".{target.name}.old-{token}"
-    os.rename(target, old)
+    target.rename(old)
     try:
-        os.rename(new, target)
+        new.rename(target)
     except BaseException:
-        os.rename(old, target)
+        old.rename(target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    old.rmtree(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- loading
@@ -398,7 +405,7 @@ def _replace_dir(new: Path, target: Path, token: str) -> None:
 
 def read_export_metadata(path) -> dict:
     """The contents of ``path/jaxseg_export.json``, without loading TensorFlow."""
-    path = Path(path).expanduser()
+    path = _as_path(path)
     meta_path = path / METADATA_FILENAME
     if not meta_path.is_file():
         raise JaxsegError(
@@ -406,7 +413,7 @@ def read_export_metadata(path) -> dict:
             "jaxseg.export.export_saved_model (python -m jaxseg.export)."
         )
     try:
-        with open(meta_path) as f:
+        with meta_path.open() as f:
             info = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise JaxsegError(
@@ -430,7 +437,7 @@ def load_saved_model(path):
       ``loaded.signatures["serving_default"](image=x)["probabilities"]``) and the dict in
       ``jaxseg_export.json`` (the caller's metadata is ``info["metadata"]``).
     """
-    path = Path(path).expanduser()
+    path = _as_path(path)
     if not (path / "saved_model.pb").is_file():
         raise JaxsegError(
             f"{path} holds no saved_model.pb; give the directory written by the export."

@@ -1,7 +1,8 @@
 """Segmentation models (Flax Linen) and the registry that maps config names to them.
 
-Registered: "unet", "swinunetr", "unetr", "lightseg_tiny", "lightseg_small", "lightseg_base"; baselines "resunet",
-"attention_unet", "unetpp", "transunet", "mobilenetv3_unet", "shufflenetv2_unet", "deeplabv3plus".
+Registered: "unet", "swinunetr", "unetr", "transmed", "lightseg_tiny", "lightseg_small",
+"lightseg_base"; baselines "resunet", "attention_unet", "unetpp", "transunet",
+"mobilenetv3_unet", "shufflenetv2_unet", "deeplabv3plus" (`available_models()` lists them).
 """
 
 from jaxseg.models.attention_unet import AttentionUNet
@@ -22,45 +23,37 @@ register_model("unet", model_factory(UNet))
 register_model("swinunetr", model_factory(SwinUNETR))  # MONAI-equivalent; see jaxseg.models.convert
 register_model("unetr", model_factory(UNETR))  # MONAI-equivalent; see jaxseg.models.convert
 register_model("transmed", model_factory(TransMed))  # variant: unet | axial | dynamic | full
-register_model(
+
+
+def _register_lightseg(name: str, **sizes):
+    """Register a LightSeg size as `name`: built with `sizes`, errors reported as `name`."""
+    register_model(name, model_factory(LightSeg, model_name=name, _hidden=("model_name",), **sizes))
+
+
+_register_lightseg(
     "lightseg_tiny",
-    model_factory(
-        LightSeg,
-        model_name="lightseg_tiny",
-        _hidden=("model_name",),
-        embed_dims=(32, 64, 128),
-        depths=(2, 2, 2),
-        num_heads=(2, 4, 8),
-        stem_dims=(16, 24),
-        drop_path=0.0,
-    ),
+    embed_dims=(32, 64, 128),
+    depths=(2, 2, 2),
+    num_heads=(2, 4, 8),
+    stem_dims=(16, 24),
+    drop_path=0.0,
 )
-register_model(
+_register_lightseg(
     "lightseg_small",
-    model_factory(
-        LightSeg,
-        model_name="lightseg_small",
-        _hidden=("model_name",),
-        embed_dims=(48, 96, 192, 384),
-        depths=(2, 2, 2, 2),
-        num_heads=(3, 6, 12, 24),
-        stem_dims=(16, 32),
-        mlp_ratio=3.0,  # keeps small <= 25% of SwinUNETR-48's params with the cross-window modules
-        drop_path=0.1,
-    ),
+    embed_dims=(48, 96, 192, 384),
+    depths=(2, 2, 2, 2),
+    num_heads=(3, 6, 12, 24),
+    stem_dims=(16, 32),
+    mlp_ratio=3.0,  # keeps small <= 25% of SwinUNETR-48's params with the cross-window modules
+    drop_path=0.1,
 )
-register_model(
+_register_lightseg(
     "lightseg_base",
-    model_factory(
-        LightSeg,
-        model_name="lightseg_base",
-        _hidden=("model_name",),
-        embed_dims=(64, 128, 256, 512),
-        depths=(2, 2, 6, 2),
-        num_heads=(2, 4, 8, 16),
-        stem_dims=(32, 48),
-        drop_path=0.2,
-    ),
+    embed_dims=(64, 128, 256, 512),
+    depths=(2, 2, 6, 2),
+    num_heads=(2, 4, 8, 16),
+    stem_dims=(32, 48),
+    drop_path=0.2,
 )
 
 # CNN and hybrid baselines (issue 3)

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 from jaxseg.errors import ConfigError
 from jaxseg.models.layers import (
     ConvNormAct,
-    Norm,
     check_input,
     check_norm,
+    conv_norm,
     crop_to,
     pad_to_multiple,
 )
@@ -63,23 +63,22 @@ class ASPP(nn.Module):
     @nn.compact
     def __call__(self, x):
         d = x.ndim - 2
-        bias = self.norm == "none"
         branches = [
             ConvNormAct(
                 self.features, 1, norm=self.norm, act="relu", dtype=self.dtype, name="conv1x1"
             )(x)
         ]
         for r in self.rates:
-            y = nn.Conv(
+            y = conv_norm(
+                x,
                 self.features,
-                (3,) * d,
-                kernel_dilation=(r,) * d,
-                padding="SAME",
-                use_bias=bias,
+                dilation=r,
+                norm=self.norm,
                 dtype=self.dtype,
-                name=f"rate{r}_conv",
-            )(x)
-            branches.append(nn.relu(Norm(self.norm, self.dtype, name=f"rate{r}_norm")(y)))
+                conv_name=f"rate{r}_conv",
+                norm_name=f"rate{r}_norm",
+            )
+            branches.append(nn.relu(y))
         pooled = jnp.mean(x, axis=tuple(range(1, d + 1)), keepdims=True)
         pooled = nn.relu(nn.Dense(self.features, dtype=self.dtype, name="pool_conv")(pooled))
         branches.append(jnp.broadcast_to(pooled, (*x.shape[:-1], self.features)))
@@ -131,16 +130,10 @@ class DeepLabV3Plus(nn.Module):
         x, shape = pad_to_multiple(x.astype(self.dtype), 16)
         padded = x.shape[1:-1]
         blk = dict(norm=self.norm, dtype=self.dtype)
-        x = nn.Conv(
-            self.width,
-            (7, 7),
-            strides=(2, 2),
-            padding="SAME",
-            use_bias=self.norm == "none",
-            dtype=self.dtype,
-            name="root_conv",
-        )(x)
-        x = nn.relu(Norm(self.norm, self.dtype, name="root_norm")(x))
+        x = conv_norm(
+            x, self.width, 7, strides=2, conv_name="root_conv", norm_name="root_norm", **blk
+        )
+        x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         # (stride, dilation) of stages 1..4: the stride stops at output_stride, then dilation grows.
         plan = (

@@ -88,6 +88,36 @@ class ConvNormAct(nn.Module):
         return activation(x, self.act)
 
 
+def conv_norm(
+    x,
+    features: int,
+    kernel_size: int = 3,
+    *,
+    strides: int = 1,
+    dilation: int = 1,
+    norm: str,
+    dtype: Dtype,
+    conv_name: str,
+    norm_name: str,
+):
+    """Dense 'SAME' convolution (a bias only with norm "none": a norm right after the conv
+    makes it redundant), then `Norm`; no activation. Call it inside a compact method: the two
+    submodules belong to the caller, named `conv_name` and `norm_name` (flat names in the
+    caller's scope, where `ConvNormAct` nests its own)."""
+    d = x.ndim - 2
+    x = nn.Conv(
+        features,
+        (kernel_size,) * d,
+        strides=(strides,) * d,
+        kernel_dilation=(dilation,) * d,
+        padding="SAME",
+        use_bias=norm == "none",
+        dtype=dtype,
+        name=conv_name,
+    )(x)
+    return Norm(norm, dtype, name=norm_name)(x)
+
+
 def activation(x, act: str):
     if act == "leaky_relu":
         return nn.leaky_relu(x, 0.01)
@@ -148,42 +178,60 @@ class DepthwiseSeparable(nn.Module):
         return x + y if x.shape[-1] == self.features else y
 
 
+def drop_path(module: nn.Module, x, rate: float, train: bool):
+    """Stochastic depth per sample: each sample of `x` `[B, ...]` is zeroed with probability
+    `rate`, the others scaled by 1 / (1 - rate). Draws from `module`'s "dropout" rng (its
+    scope, so the key depends on `module`'s path and how often it drew before) and only
+    when `train` and rate > 0. Called from a module's own `__call__` with `self`, the rate
+    can vary per call (one shared block at several depths)."""
+    if not train or rate <= 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(
+        module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+    )
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
 class DropPath(nn.Module):
-    """Stochastic depth per sample; uses the "dropout" rng only when `train=True` and rate > 0."""
+    """`drop_path` as a submodule (no parameters): it draws from its OWN "dropout" rng
+    stream (this submodule's path), not its parent's, so it gives other masks than
+    `drop_path(parent, ...)` for the same seed."""
 
     rate: float = 0.0
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        if not train or self.rate <= 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = jax.random.bernoulli(
-            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
-        )
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+        return drop_path(self, x, self.rate, train)
 
 
 # --------------------------------------------------------------------------- resampling
 
 
-def space_to_depth(x, factor: int = 2):
-    """`[B, *S, C] -> [B, *(S / f), f^d * C]`; channel order (offset_1, ..., offset_d, C)."""
+def space_to_depth(x, factor: int | Sequence[int] = 2):
+    """`[B, *S, C] -> [B, *(S / f), prod(f) * C]`; channel order (offset_1, ..., offset_d, C).
+
+    `factor`: one int for every spatial axis or one per axis; S must be divisible by it. The
+    channel order equals a conv kernel `[*f, C, out]` flattened to `[prod(f) * C, out]`, so
+    `space_to_depth(x, f) @ kernel.reshape(-1, out)` is the convolution with kernel = stride
+    = f (MONAI's patch embeddings; `jaxseg.models.convert` relies on this order)."""
     b, *s, c = x.shape
     d = len(s)
-    x = x.reshape(b, *[v for n in s for v in (n // factor, factor)], c)
+    f = (factor,) * d if isinstance(factor, int) else tuple(factor)
+    x = x.reshape(b, *[v for n, w in zip(s, f) for v in (n // w, w)], c)
     perm = (0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
-    return x.transpose(perm).reshape(b, *(n // factor for n in s), factor**d * c)
+    return x.transpose(perm).reshape(b, *(n // w for n, w in zip(s, f)), math.prod(f) * c)
 
 
-def depth_to_space(x, factor: int = 2):
-    """Inverse of `space_to_depth`: `[B, *S, f^d * C] -> [B, *(S * f), C]`."""
+def depth_to_space(x, factor: int | Sequence[int] = 2):
+    """Inverse of `space_to_depth`: `[B, *S, prod(f) * C] -> [B, *(S * f), C]`."""
     b, *s, cc = x.shape
     d = len(s)
-    c = cc // factor**d
-    x = x.reshape(b, *s, *(factor,) * d, c)
+    f = (factor,) * d if isinstance(factor, int) else tuple(factor)
+    c = cc // math.prod(f)
+    x = x.reshape(b, *s, *f, c)
     perm = (0, *[a for i in range(d) for a in (1 + i, 1 + d + i)], 1 + 2 * d)
-    return x.transpose(perm).reshape(b, *(n * factor for n in s), c)
+    return x.transpose(perm).reshape(b, *(n * w for n, w in zip(s, f)), c)
 
 
 def pad_to_multiple(x, multiple: int | Sequence[int]):
@@ -351,6 +399,25 @@ def relative_position_index(
     return index.astype(np.int32)
 
 
+def shift_regions(
+    padded_shape: Sequence[int], window: Sequence[int], shift: Sequence[int]
+) -> np.ndarray:
+    """Swin shift-region label of every position of a map of `padded_shape` (a multiple of
+    `window`) after the cyclic shift by `-shift`: `int32[*padded_shape]`, equal where two
+    tokens may attend to each other. Per axis with shift s > 0, the last window is split
+    into [n - w, n - s) and the wrapped-around [n - s, n); an axis with shift 0 is one region."""
+    d = len(padded_shape)
+    region = np.zeros(padded_shape, np.int32)
+    for ax in range(d):
+        n, w, s = padded_shape[ax], window[ax], shift[ax]
+        lab = np.zeros(n, np.int32)
+        if s > 0:
+            lab[n - w : n - s] = 1
+            lab[n - s :] = 2
+        region = region * 3 + lab.reshape([-1 if a == ax else 1 for a in range(d)])
+    return region
+
+
 def window_attention_mask(
     padded_shape: Sequence[int],
     valid_shape: Sequence[int],
@@ -365,14 +432,7 @@ def window_attention_mask(
     wrap-around), and a key may be attended only if it is not padding.
     """
     d = len(padded_shape)
-    region = np.zeros(padded_shape, np.int32)
-    for ax in range(d):
-        n, w, s = padded_shape[ax], window[ax], shift[ax]
-        lab = np.zeros(n, np.int32)
-        if s > 0:
-            lab[n - w : n - s] = 1
-            lab[n - s :] = 2
-        region = region * 3 + lab.reshape([-1 if a == ax else 1 for a in range(d)])
+    region = shift_regions(padded_shape, window, shift)
     valid = np.ones(padded_shape, bool)
     for ax in range(d):
         v = np.arange(padded_shape[ax]) < valid_shape[ax]
@@ -384,64 +444,6 @@ def window_attention_mask(
     if allowed.all():
         return None
     return np.where(allowed, 0.0, MASK_VALUE).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- transformer block
-
-
-class WindowAttentionBlock(nn.Module):
-    """Pre-norm Swin block on a feature map `[B, *S, C]` whose S is a multiple of `window`.
-
-    x + DropPath(W-MSA(LN(x))) then x + DropPath(MLP(LN(x))). `shift` > 0 on an axis rolls
-    the map by -shift before attention and back after it; `mask` `[nW, N, N]` (numpy, from
-    `window_attention_mask`) handles both the shift regions and padded keys.
-    `table_window` (>= window per axis; default `window`) sizes the relative position bias
-    table: the configured window, when `window` was clamped to a small feature map.
-    """
-
-    dim: int
-    num_heads: int
-    window: tuple[int, ...]
-    shift: tuple[int, ...]
-    mlp_ratio: float = 4.0
-    drop_path: float = 0.0
-    attention_impl: str = "auto"
-    dtype: Dtype = jnp.float32
-    table_window: tuple[int, ...] | None = None
-
-    @nn.compact
-    def __call__(self, x, mask: np.ndarray | None, *, train: bool = False):
-        d = x.ndim - 2
-        shape = x.shape[1:-1]
-        head_dim = self.dim // self.num_heads
-        axes = tuple(range(1, d + 1))
-        h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(x)
-        if any(self.shift):
-            h = jnp.roll(h, [-s for s in self.shift], axis=axes)
-        qkv = nn.Dense(3 * self.dim, dtype=self.dtype, name="qkv")(h)
-        q, k, v = window_partition_heads(qkv, self.window, 3, self.num_heads)
-        q = q * jnp.asarray(head_dim**-0.5, q.dtype)
-        n = math.prod(self.window)
-        tw = self.window if self.table_window is None else self.table_window
-        table = self.param(
-            "relative_position_bias_table",
-            nn.initializers.truncated_normal(0.02),
-            (math.prod(2 * t - 1 for t in tw), self.num_heads),
-        )
-        index = relative_position_index(self.window, tw).reshape(-1)
-        bias = jnp.take(table, index, axis=0).reshape(n, n, self.num_heads).transpose(2, 0, 1)
-        o = ops.window_attention(
-            q, k, v, bias, None if mask is None else jnp.asarray(mask), impl=self.attention_impl
-        )
-        o = window_reverse_heads(o, self.window, shape)
-        o = nn.Dense(self.dim, dtype=self.dtype, name="proj")(o)
-        if any(self.shift):
-            o = jnp.roll(o, list(self.shift), axis=axes)
-        x = x + DropPath(self.drop_path)(o, train=train)
-        y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
-        y = nn.Dense(int(self.dim * self.mlp_ratio), dtype=self.dtype, name="fc1")(y)
-        y = nn.Dense(self.dim, dtype=self.dtype, name="fc2")(nn.gelu(y))
-        return x + DropPath(self.drop_path)(y, train=train)
 
 
 def check_input(x, *, model: str, dims: int, in_channels: int) -> None:

@@ -60,7 +60,6 @@ import math
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -73,6 +72,7 @@ from jaxseg.models.layers import (
     check_norm,
     crop_to,
     depth_to_space,
+    drop_path,
     halo_partition_heads,
     pad_to_multiple,
     relative_position_index,
@@ -128,17 +128,6 @@ class LowRankDense(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
         return y
-
-
-def _drop_path(module: nn.Module, x, rate: float, train: bool):
-    """Stochastic depth per sample with the "dropout" rng (only when training and rate > 0)."""
-    if not train or rate <= 0.0:
-        return x
-    keep = 1.0 - rate
-    mask = jax.random.bernoulli(
-        module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
-    )
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 class LightBlock(nn.Module):
@@ -240,11 +229,11 @@ class LightBlock(nn.Module):
         o = LowRankDense(self.dim, name="proj", **dense)(o)
         if any(shift):
             o = jnp.roll(o, list(shift), axis=axes)
-        x = x + _drop_path(self, o, drop_rate, train)
+        x = x + drop_path(self, o, drop_rate, train)
         y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
         y = LowRankDense(int(self.dim * self.mlp_ratio), name="fc1", **dense)(y)
         y = LowRankDense(self.dim, name="fc2", **dense)(nn.gelu(y))
-        return x + _drop_path(self, y, drop_rate, train)
+        return x + drop_path(self, y, drop_rate, train)
 
 
 def window_pool_weights(padded_shape, valid_shape, window) -> np.ndarray:
@@ -302,7 +291,7 @@ class WindowExchange(nn.Module):
         o = ops.window_attention(q * jnp.asarray(hd**-0.5, q.dtype), k, v, impl=self.attention_impl)
         o = o.transpose(0, 2, 1, 3).reshape(b, g + nw, c)[:, g:]
         o = LowRankDense(c, rank=self.rank, dtype=self.dtype, name="proj")(o)
-        o = _drop_path(self, o, drop_rate, train)
+        o = drop_path(self, o, drop_rate, train)
         # Broadcast each window's token over its window: insert size-1 within-window axes.
         o = o.reshape(b, *[v for n, w in zip(s, self.window) for v in (n // w, 1)], c)
         return (x.reshape(b, *grid_shape, c) + o).reshape(x.shape)

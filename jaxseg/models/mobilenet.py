@@ -47,6 +47,7 @@ from jaxseg.models.layers import (
     Norm,
     check_input,
     check_norm,
+    conv_norm,
     crop_to,
     pad_to_multiple,
 )
@@ -94,6 +95,19 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     """Round to a multiple of `divisor`, not below 90% of v (MobileNet's channel rounding)."""
     out = max(divisor, int(v + divisor / 2) // divisor * divisor)
     return out + divisor if out < 0.9 * v else out
+
+
+def mobile_stem(x, full_res_features: int, stem_features: int, act, *, norm: str, dtype):
+    """The mobile U-Nets' input convs: `(skip, y)` with skip = act(norm(conv3(x))) at full
+    resolution and y = act(norm(conv3 stride 2 (x))), the stem. Call it inside a compact
+    method: the submodules `full_res_conv`, `full_res_norm`, `stem_conv`, `stem_norm` belong
+    to the caller."""
+    nd = dict(norm=norm, dtype=dtype)
+    skip = act(
+        conv_norm(x, full_res_features, conv_name="full_res_conv", norm_name="full_res_norm", **nd)
+    )
+    y = conv_norm(x, stem_features, strides=2, conv_name="stem_conv", norm_name="stem_norm", **nd)
+    return skip, act(y)
 
 
 class StridedDepthwise(nn.Module):
@@ -252,32 +266,15 @@ class MobileNetV3UNet(nn.Module):
         check_decoder_features("mobilenetv3_unet", self.decoder_features, num_down)
         check_input(x, model="mobilenetv3_unet", dims=self.dims, in_channels=self.in_channels)
         x, shape = pad_to_multiple(x.astype(self.dtype), 2**num_down)
-        bias = self.norm == "none"
-        d = self.dims
-        skips = [
-            hard_swish(
-                Norm(self.norm, self.dtype, name="full_res_norm")(
-                    nn.Conv(
-                        self.full_res_features,
-                        (3,) * d,
-                        padding="SAME",
-                        use_bias=bias,
-                        dtype=self.dtype,
-                        name="full_res_conv",
-                    )(x)
-                )
-            )
-        ]
-        x = nn.Conv(
+        full_res, x = mobile_stem(
+            x,
+            self.full_res_features,
             make_divisible(self.stem_features * self.width_mult),
-            (3,) * d,
-            strides=(2,) * d,
-            padding="SAME",
-            use_bias=bias,
+            hard_swish,
+            norm=self.norm,
             dtype=self.dtype,
-            name="stem_conv",
-        )(x)
-        x = hard_swish(Norm(self.norm, self.dtype, name="stem_norm")(x))
+        )
+        skips = [full_res]
         for i, (k, e, o, se, act, s) in enumerate(rows):
             if s == 2:
                 skips.append(x)

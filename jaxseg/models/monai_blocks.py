@@ -12,16 +12,16 @@ Parameter layouts (the converter relies on them):
     in a child named "conv", mirroring MONAI's `Convolution` wrapper (`<name>.conv.weight`);
   * Linear layers are `nn.Dense` (`kernel [in, out]`); norms have `scale`/`bias`.
 
-Speed on XLA:CPU (see docs/DESIGN "speed facts"): convolutions whose kernel equals their
-stride (patch embeddings, 1x1 heads, MONAI's 2^d transposed up-convolutions) are computed
-as one matmul after a space-to-depth / before a depth-to-space reshape, which is exact and
-much faster than `conv_general_dilated`; other convolutions use `lax.conv_general_dilated`.
+Speed on XLA:CPU (see docs/models.md, "CPU throughput is not TPU throughput"): convolutions
+whose kernel equals their stride (patch embeddings, 1x1 heads, MONAI's 2^d transposed
+up-convolutions) are computed as one matmul after a space-to-depth / before a depth-to-space
+reshape (`jaxseg.models.layers.space_to_depth` / `depth_to_space`), which is exact and much
+faster than `conv_general_dilated`; other convolutions use `lax.conv_general_dilated`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxseg import ops
 from jaxseg.errors import ConfigError
+from jaxseg.models.layers import depth_to_space, space_to_depth
 
 Dtype = Any
 # PyTorch's default epsilon for LayerNorm, InstanceNorm and GroupNorm.
@@ -157,33 +158,6 @@ def leaky_relu(x):
     return nn.leaky_relu(x, 0.01)
 
 
-# --------------------------------------------------------------------------- reshapes
-
-
-def patchify(x, k: Sequence[int]):
-    """`[B, *S, C] -> [B, *(S / k), prod(k) * C]`, channel order (offset_1, ..., offset_d, C).
-
-    S must be divisible by k. This order equals a conv kernel `[*k, C, out]` flattened to
-    `[prod(k) * C, out]`, so `patchify(x, k) @ kernel.reshape(-1, out)` is the convolution
-    with kernel k and stride k.
-    """
-    b, *s, c = x.shape
-    d = len(s)
-    x = x.reshape(b, *[v for n, w in zip(s, k) for v in (n // w, w)], c)
-    perm = (0, *range(1, 2 * d, 2), *range(2, 2 * d + 1, 2), 2 * d + 1)
-    return x.transpose(perm).reshape(b, *(n // w for n, w in zip(s, k)), math.prod(k) * c)
-
-
-def unpatchify(x, k: Sequence[int]):
-    """Inverse of `patchify`: `[B, *S, prod(k) * C] -> [B, *(S * k), C]`."""
-    b, *s, cc = x.shape
-    d = len(s)
-    c = cc // math.prod(k)
-    x = x.reshape(b, *s, *k, c)
-    perm = (0, *[a for i in range(d) for a in (1 + i, 1 + d + i)], 1 + 2 * d)
-    return x.transpose(perm).reshape(b, *(n * w for n, w in zip(s, k)), c)
-
-
 def _tuple(v, d: int) -> tuple[int, ...]:
     return (int(v),) * d if isinstance(v, (int, np.integer)) else tuple(int(i) for i in v)
 
@@ -229,7 +203,9 @@ class Conv(nn.Module):
         x = x.astype(self.dtype)
         if k == s and all(n % w == 0 for n, w in zip(x.shape[1:-1], k)):
             # Non-overlapping (1x1, patch embedding): one matmul, exact.
-            xs = patchify(x, k) if math.prod(k) > 1 else x
+            # space_to_depth's channel order (offset_1, ..., offset_d, C) is the kernel
+            # [*k, C, out] flattened to [prod(k) * C, out], so this is the convolution.
+            xs = space_to_depth(x, k) if math.prod(k) > 1 else x
             y = xs @ kernel.reshape(-1, self.features)
         else:
             pad = [((kk - ss + 1) // 2,) * 2 for kk, ss in zip(k, s)]
@@ -245,7 +221,7 @@ class ConvTranspose(nn.Module):
     """torch's ConvTranspose with kernel == stride (MONAI's 2^d up-convolutions), no bias.
 
     Params: `kernel [*k, in, out]` (torch's `[in, out, *k]` permuted). Each input voxel
-    writes its own k-block of the output, so this is a matmul then `unpatchify`, exactly.
+    writes its own k-block of the output, so this is a matmul then `depth_to_space`, exactly.
     `[B, *S, in] -> [B, *(S * k), out]`.
     """
 
@@ -272,7 +248,7 @@ class ConvTranspose(nn.Module):
         # [*k, in, out] -> [in, *k, out] -> [in, prod(k) * out]: channel order (offsets, out).
         perm = (d, *range(d), d + 1)
         w = kernel.transpose(perm).reshape(cin, -1).astype(self.dtype)
-        return unpatchify(x.astype(self.dtype) @ w, k)
+        return depth_to_space(x.astype(self.dtype) @ w, k)
 
 
 class MonaiConv(nn.Module):
@@ -504,24 +480,18 @@ def attention(
 ):
     """Multi-head attention `[W, H, N, D] -> [W, H, N, D]`; q must already be scaled.
 
-    Goes through `jaxseg.ops.window_attention`. The ops contract has no attention-weight
-    dropout, so only when training with `dropout_rate > 0` (MONAI's attn_drop / ViT
-    dropout on the attention matrix) is the same maths written out here, with dropout on
-    the softmax weights as torch applies it. `module` supplies the "dropout" rng.
+    Goes through `jaxseg.ops.window_attention`. When training with `dropout_rate > 0`
+    (MONAI's attn_drop / ViT dropout on the attention matrix) the dropout is applied to the
+    f32 softmax weights through the op's `weights_fn` hook, as torch applies it; that hook
+    exists on the XLA path only, so those calls run on XLA whatever `impl` says (as MONAI
+    training with attention dropout always has). `module` supplies the "dropout" rng.
     """
     if not train or dropout_rate <= 0.0:
         return ops.window_attention(q, k, v, bias, mask, impl=impl)
-    w, h, n, _ = q.shape
-    logits = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)[None]
-    if mask is not None:
-        logits = (
-            logits
-            + jnp.take(mask.astype(jnp.float32), jnp.arange(w) % mask.shape[0], axis=0)[:, None]
-        )
-    probs = jax.nn.softmax(logits, axis=-1)
     keep = 1.0 - dropout_rate
-    drop = jax.random.bernoulli(module.make_rng("dropout"), keep, probs.shape)
-    probs = jnp.where(drop, probs / keep, 0.0)
-    return jnp.einsum("whnm,whmd->whnd", probs.astype(v.dtype), v).astype(q.dtype)
+
+    def dropout(probs):
+        drop = jax.random.bernoulli(module.make_rng("dropout"), keep, probs.shape)
+        return jnp.where(drop, probs / keep, 0.0)
+
+    return ops.window_attention(q, k, v, bias, mask, impl="xla", weights_fn=dropout)

@@ -2,7 +2,7 @@
 
 `build_model(name, dims=, in_channels=, num_classes=, **kwargs)` calls the factory
 registered under `name`; kwargs are the model's constructor fields (a config's
-`model.kwargs`). Unknown names and unknown kwargs raise `ConfigError`.
+`model.args`). Unknown names and unknown kwargs raise `ConfigError`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxseg.errors import ConfigError
-from jaxseg.models.layers import Norm, activation, check_input, check_norm, crop_to, pad_to_multiple
+from jaxseg.models.layers import (
+    activation,
+    check_input,
+    check_norm,
+    conv_norm,
+    crop_to,
+    pad_to_multiple,
+)
 
 Dtype = Any
 
@@ -47,28 +54,22 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        d = x.ndim - 2
-        bias = self.norm == "none"  # a norm right after the conv makes a bias redundant
-
-        def conv(f, k, s, dil, name):
-            return nn.Conv(
-                f,
-                (k,) * d,
-                strides=(s,) * d,
-                kernel_dilation=(dil,) * d,
-                padding="SAME",
-                use_bias=bias,
-                dtype=self.dtype,
-                name=name,
+        f, nd = self.features, dict(norm=self.norm, dtype=self.dtype)
+        y = conv_norm(
+            x,
+            f,
+            strides=self.strides,
+            dilation=self.dilation,
+            conv_name="conv1",
+            norm_name="norm1",
+            **nd,
+        )
+        y = activation(y, self.act)
+        y = conv_norm(y, f, dilation=self.dilation, conv_name="conv2", norm_name="norm2", **nd)
+        if self.strides != 1 or x.shape[-1] != f:
+            x = conv_norm(
+                x, f, 1, strides=self.strides, conv_name="shortcut", norm_name="shortcut_norm", **nd
             )
-
-        y = conv(self.features, 3, self.strides, self.dilation, "conv1")(x)
-        y = activation(Norm(self.norm, self.dtype, name="norm1")(y), self.act)
-        y = conv(self.features, 3, 1, self.dilation, "conv2")(y)
-        y = Norm(self.norm, self.dtype, name="norm2")(y)
-        if self.strides != 1 or x.shape[-1] != self.features:
-            x = conv(self.features, 1, self.strides, 1, "shortcut")(x)
-            x = Norm(self.norm, self.dtype, name="shortcut_norm")(x)
         return activation(y + x, self.act)
 
 

@@ -37,7 +37,12 @@ import jax.numpy as jnp
 
 from jaxseg.errors import ConfigError
 from jaxseg.models.layers import Norm, check_input, check_norm, crop_to, pad_to_multiple
-from jaxseg.models.mobilenet import StridedDepthwise, UDecoder, check_decoder_features
+from jaxseg.models.mobilenet import (
+    StridedDepthwise,
+    UDecoder,
+    check_decoder_features,
+    mobile_stem,
+)
 
 Dtype = Any
 
@@ -133,32 +138,10 @@ class ShuffleNetV2UNet(nn.Module):
         check_input(x, model="shufflenetv2_unet", dims=self.dims, in_channels=self.in_channels)
         d = self.dims
         x, shape = pad_to_multiple(x.astype(self.dtype), 2 ** (len(self.stage_features) + 2))
-        bias = self.norm == "none"
-        skips = [
-            nn.relu(
-                Norm(self.norm, self.dtype, name="full_res_norm")(
-                    nn.Conv(
-                        self.full_res_features,
-                        (3,) * d,
-                        padding="SAME",
-                        use_bias=bias,
-                        dtype=self.dtype,
-                        name="full_res_conv",
-                    )(x)
-                )
-            )
-        ]
-        x = nn.Conv(
-            self.stem_features,
-            (3,) * d,
-            strides=(2,) * d,
-            padding="SAME",
-            use_bias=bias,
-            dtype=self.dtype,
-            name="stem_conv",
-        )(x)
-        x = nn.relu(Norm(self.norm, self.dtype, name="stem_norm")(x))
-        skips.append(x)
+        full_res, x = mobile_stem(
+            x, self.full_res_features, self.stem_features, nn.relu, norm=self.norm, dtype=self.dtype
+        )
+        skips = [full_res, x]
         x = nn.max_pool(x, (3,) * d, strides=(2,) * d, padding="SAME")
         for stage, (f, reps) in enumerate(zip(self.stage_features, self.stage_repeats)):
             skips.append(x)

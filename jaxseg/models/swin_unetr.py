@@ -47,6 +47,7 @@ from jaxseg.models.layers import (
     check_input,
     crop_to,
     relative_position_index,
+    shift_regions,
     window_partition,
     window_partition_heads,
     window_reverse_heads,
@@ -84,15 +85,7 @@ def shift_mask(padded_shape, window, shift) -> np.ndarray:
     """Additive mask `[nW, N, N]` (0 / -100) for shifted windows on a map of `padded_shape`
     (a multiple of `window`): tokens may attend to each other iff they come from the same
     region of the cyclic shift. An axis with shift 0 is one region (as in MONAI)."""
-    d = len(padded_shape)
-    region = np.zeros(padded_shape, np.int32)
-    for ax in range(d):
-        n, w, s = padded_shape[ax], window[ax], shift[ax]
-        lab = np.zeros(n, np.int32)
-        if s > 0:
-            lab[n - w : n - s] = 1
-            lab[n - s :] = 2
-        region = region * 3 + lab.reshape([-1 if a == ax else 1 for a in range(d)])
+    region = shift_regions(padded_shape, window, shift)
     reg = np.asarray(window_partition(region[None, ..., None], window))[..., 0]  # [nW, N]
     return np.where(reg[:, :, None] == reg[:, None, :], 0.0, SHIFT_MASK_VALUE).astype(np.float32)
 

@@ -36,7 +36,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxseg import ops
 from jaxseg.errors import ConfigError
@@ -52,59 +51,9 @@ from jaxseg.models.layers import (
 
 Dtype = Any
 VARIANTS = ("unet", "axial", "dynamic", "full")
-DYNAMIC_IMPLS = ("map", "grouped")
 
 
 # --------------------------------------------------------------------------- dynamic convolution
-
-
-def _conv(x, kernel, dn=None, groups=1):
-    d = x.ndim - 2
-    spatial = "DHW"[3 - d :]
-    dn = lax.conv_dimension_numbers(
-        x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
-    )
-    return lax.conv_general_dilated(
-        x, kernel, (1,) * d, "SAME", dimension_numbers=dn, feature_group_count=groups
-    )
-
-
-def dynamic_conv(x, kernels, *, impl: str = "auto"):
-    """Convolve each sample with its own kernel ('SAME', stride 1).
-
-    Args:
-      x: `[B, *S, Cin]`, 2 or 3 spatial axes.
-      kernels: `[B, *k, Cin, Cout]`, one HWIO kernel per sample.
-      impl: "map" (a loop of ordinary convolutions, one per sample: XLA:CPU runs grouped
-        convolutions an order of magnitude slower than dense ones), "grouped" (ONE convolution
-        with the batch folded into channels and `feature_group_count=B`: a single large op,
-        the better shape for TPU), or "auto" ("map" on CPU, "grouped" elsewhere).
-
-    Returns `[B, *S, Cout]` in x.dtype.
-    """
-    b, *s, cin = x.shape
-    d = len(s)
-    if kernels.ndim != d + 3 or kernels.shape[0] != b or kernels.shape[-2] != cin:
-        raise ValueError(
-            f"dynamic_conv: kernels must be [B={b}, *k, Cin={cin}, Cout] with {d} spatial axes; "
-            f"got {kernels.shape}."
-        )
-    if impl == "auto":
-        impl = "map" if jax.default_backend() == "cpu" else "grouped"
-    if impl not in DYNAMIC_IMPLS:
-        raise ValueError(
-            f"dynamic_conv: unknown impl={impl!r}; valid values are 'auto', 'map', 'grouped'."
-        )
-    kernels = kernels.astype(x.dtype)
-    if impl == "map":
-        return lax.map(lambda xk: _conv(xk[0][None], xk[1])[0], (x, kernels))
-    cout = kernels.shape[-1]
-    # Batch into channels: [1, *S, B*Cin]; group g = sample g sees only its own Cin channels
-    # and produces its own Cout outputs.
-    xg = jnp.moveaxis(x, 0, -2).reshape(1, *s, b * cin)
-    kg = jnp.moveaxis(kernels, 0, -2).reshape(*kernels.shape[1:-2], cin, b * cout)
-    y = _conv(xg, kg, groups=b).reshape(*s, b, cout)
-    return jnp.moveaxis(y, -2, 0)
 
 
 class DynamicConv(nn.Module):
@@ -114,7 +63,7 @@ class DynamicConv(nn.Module):
     -> softmax(/ temperature) gives per-sample weights a `[B, K]` (GELU, not DynamicConv's
     ReLU: with a narrow routing layer every ReLU unit can die on a batch, freezing the
     routing); the sample's kernel is
-    sum_k a_k W_k (and bias sum_k a_k b_k), applied by `dynamic_conv`. Mixing kernels
+    sum_k a_k W_k (and bias sum_k a_k b_k), applied by `jaxseg.ops.dynamic_conv`. Mixing kernels
     (K * |W| per sample) is far cheaper than running K convolutions.
     """
 
@@ -147,7 +96,7 @@ class DynamicConv(nn.Module):
         )
         experts = self.param("experts", init, (self.num_experts, *kshape))
         mixed = jnp.einsum("bk,k...->b...", attn, experts)  # [B, *k, Cin, Cout]
-        y = dynamic_conv(x.astype(self.dtype), mixed.astype(self.dtype), impl=self.impl)
+        y = ops.dynamic_conv(x.astype(self.dtype), mixed.astype(self.dtype), impl=self.impl)
         if self.use_bias:
             bias = attn @ self.param(
                 "bias", nn.initializers.zeros, (self.num_experts, self.features)
@@ -254,7 +203,7 @@ class TransMed(nn.Module):
     # so the global average pool that routes the dynamic convs would carry almost nothing.
     norm: str = "group"  # "instance" | "group" | "layer" | "none"
     attention_impl: str = "auto"  # passed to jaxseg.ops.axial_attention
-    dynamic_impl: str = "auto"  # "auto" | "map" | "grouped", see dynamic_conv
+    dynamic_impl: str = "auto"  # "auto" | "map" | "grouped", see jaxseg.ops.dynamic_conv
     dtype: Dtype = jnp.float32  # compute dtype; params stay float32
     # Recompute each conv block and axial block in the backward pass (nn.remat): less
     # activation memory for 3D volumes, ~1/3 more compute. Same parameters either way.
@@ -297,9 +246,10 @@ class TransMed(nn.Module):
                 "transmed: num_experts, max_len and head_dim must be >= 1; got "
                 f"{self.num_experts}, {self.max_len}, {self.head_dim}."
             )
-        if self.dynamic_impl not in ("auto", *DYNAMIC_IMPLS):
+        if self.dynamic_impl not in ("auto", *ops.DYNAMIC_IMPLS):
             raise ConfigError(
-                f"transmed: unknown dynamic_impl={self.dynamic_impl!r}; use 'auto', 'map' or 'grouped'."
+                f"transmed: unknown dynamic_impl={self.dynamic_impl!r}; valid values are "
+                f"{', '.join(map(repr, ('auto', *ops.DYNAMIC_IMPLS)))}."
             )
         check_norm(self.norm, "transmed")
 

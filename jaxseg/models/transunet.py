@@ -42,6 +42,7 @@ from jaxseg.models.layers import (
     Norm,
     check_input,
     check_norm,
+    conv_norm,
     crop_to,
     pad_to_multiple,
 )
@@ -64,35 +65,33 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        d = x.ndim - 2
         out = 4 * self.width
         bias = self.norm == "none"
         y = nn.Dense(self.width, use_bias=bias, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(Norm(self.norm, self.dtype, name="norm1")(y))
-        y = nn.Conv(
+        nd = dict(norm=self.norm, dtype=self.dtype)
+        y = conv_norm(
+            y,
             self.width,
-            (3,) * d,
-            strides=(self.strides,) * d,
-            kernel_dilation=(self.dilation,) * d,
-            padding="SAME",
-            use_bias=bias,
-            dtype=self.dtype,
-            name="conv2",
-        )(y)
-        y = nn.relu(Norm(self.norm, self.dtype, name="norm2")(y))
+            strides=self.strides,
+            dilation=self.dilation,
+            conv_name="conv2",
+            norm_name="norm2",
+            **nd,
+        )
+        y = nn.relu(y)
         y = nn.Dense(out, use_bias=bias, dtype=self.dtype, name="conv3")(y)
         y = Norm(self.norm, self.dtype, name="norm3")(y)
         if self.strides != 1 or x.shape[-1] != out:
-            x = nn.Conv(
+            x = conv_norm(
+                x,
                 out,
-                (1,) * d,
-                strides=(self.strides,) * d,
-                padding="SAME",
-                use_bias=bias,
-                dtype=self.dtype,
-                name="shortcut",
-            )(x)
-            x = Norm(self.norm, self.dtype, name="shortcut_norm")(x)
+                1,
+                strides=self.strides,
+                conv_name="shortcut",
+                norm_name="shortcut_norm",
+                **nd,
+            )
         return nn.relu(x + y)
 
 
@@ -193,16 +192,9 @@ class TransUNet(nn.Module):
         x, shape = pad_to_multiple(x.astype(self.dtype), 16)
         w, blk = self.resnet_width, dict(norm=self.norm, dtype=self.dtype)
         # ---- CNN encoder
-        x = nn.Conv(
-            w,
-            (7, 7),
-            strides=(2, 2),
-            padding="SAME",
-            use_bias=self.norm == "none",
-            dtype=self.dtype,
-            name="root_conv",
-        )(x)
-        x = nn.relu(Norm(self.norm, self.dtype, name="root_norm")(x))
+        x = nn.relu(
+            conv_norm(x, w, 7, strides=2, conv_name="root_conv", norm_name="root_norm", **blk)
+        )
         skips = [x]  # 1/2
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         for stage, depth in enumerate(self.resnet_depths):

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxseg.errors import ConfigError
-from jaxseg.models.layers import check_input, crop_to
+from jaxseg.models.layers import check_input, crop_to, space_to_depth
 from jaxseg.models.monai_blocks import (
     Conv,
     MLPBlock,
@@ -52,7 +52,6 @@ from jaxseg.models.monai_blocks import (
     freeze_norm_name,
     layer_norm,
     parse_norm_name,
-    patchify,
 )
 
 Dtype = Any
@@ -152,13 +151,13 @@ class PatchEmbeddingBlock(nn.Module):
                 self.hidden_size, k, k, use_bias=True, dtype=self.dtype, name="patch_embeddings"
             )(x)
         else:
-            # "perceptron": MONAI rearranges to (p1 p2 p3 c) per patch = patchify's order.
+            # "perceptron": MONAI rearranges to (p1 p2 p3 c) per patch = space_to_depth's order.
             t = nn.Dense(
                 self.hidden_size,
                 dtype=self.dtype,
                 kernel_init=_dense_init,
                 name="patch_embeddings_1",
-            )(patchify(x.astype(self.dtype), k))
+            )(space_to_depth(x.astype(self.dtype), k))
         grid = t.shape[1:-1]
         t = t.reshape(t.shape[0], -1, self.hidden_size)
         pos = self.param(

@@ -1,7 +1,14 @@
-"""Operators with per-platform implementations: the ONE place jaxseg chooses Pallas or XLA."""
+"""Operators with per-platform implementations: the ONE place jaxseg chooses Pallas or XLA.
 
+Every op takes `impl="auto"` (resolved here by `jax.default_backend()`) or a concrete
+implementation. Models pass their `IMPL_ARGS` fields (attention_impl, depthwise_impl,
+dynamic_impl) through as `impl=`. Code that needs the choices for a platform other than
+the running one (export's per-platform signatures, a workdir telling compute-only model
+arguments apart) uses `IMPL_ARGS` and `platform_choices` and nothing else.
+"""
+
+from jaxseg.ops._impl import IMPL_ARGS, platform_choices
 from jaxseg.ops.attention import (
-    ATTENTION_IMPLS,
     axial_attention,
     fold_axis_heads,
     unfold_axis_heads,
@@ -9,14 +16,16 @@ from jaxseg.ops.attention import (
     window_attention_routed,
     window_attention_topk,
 )
-from jaxseg.ops.conv import DEPTHWISE_IMPLS, depthwise_conv
+from jaxseg.ops.conv import DYNAMIC_IMPLS, depthwise_conv, dynamic_conv
 
 __all__ = [
-    "ATTENTION_IMPLS",
-    "DEPTHWISE_IMPLS",
+    "DYNAMIC_IMPLS",
+    "IMPL_ARGS",
     "axial_attention",
     "depthwise_conv",
+    "dynamic_conv",
     "fold_axis_heads",
+    "platform_choices",
     "unfold_axis_heads",
     "window_attention",
     "window_attention_routed",

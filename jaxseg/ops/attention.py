@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+import pallas_kernels.axial_attention as axial_kernel
+import pallas_kernels.window_attention as window_kernel
 from jaxseg.ops._impl import resolve_impl
 
 # "pallas" compiles the Pallas TPU kernel (Mosaic): on TPU, or when exporting for TPU.
@@ -17,67 +19,15 @@ from jaxseg.ops._impl import resolve_impl
 ATTENTION_IMPLS = ("xla", "pallas", "pallas_interpret")
 # impl="auto" by jax.default_backend().
 _AUTO = {"tpu": "pallas", "default": "xla"}
+# The XLA path is each kernel's plain-JAX reference (`pallas_kernels.*_reference`): the
+# attention maths is written once, in `pallas_kernels._common.attention_reference`.
 
 
 def _resolve_impl(impl: str) -> str:
     return resolve_impl("window_attention", impl, ATTENTION_IMPLS, _AUTO)
 
 
-def _check_shapes(q, k, v, bias, mask):
-    if (
-        q.ndim != 4
-        or k.ndim != 4
-        or v.shape != k.shape
-        or k.shape[:2] + k.shape[3:] != q.shape[:2] + q.shape[3:]
-    ):
-        raise ValueError(
-            "window_attention: q must be [W, H, N, D] and k, v [W, H, M, D] (same W, H, D); got "
-            f"q{q.shape} k{k.shape} v{v.shape}."
-        )
-    _, h, n, _ = q.shape
-    m = k.shape[2]
-    if bias is not None and bias.shape != (h, n, m):
-        raise ValueError(
-            f"window_attention: bias must be [H, N, M] = {(h, n, m)}; got {bias.shape}."
-        )
-    if mask is not None and (mask.ndim != 3 or mask.shape[1:] != (n, m) or mask.shape[0] < 1):
-        raise ValueError(
-            f"window_attention: mask must be [Wi, {n}, {m}] ([Wi, N, M]); got {mask.shape}."
-        )
-
-
-def _add_mask(logits, mask):
-    """logits `[W, H, N, M]` + mask `[Wi, N, M]` with window w using `mask[w % Wi]`."""
-    w, h, n, m = logits.shape
-    mask = mask.astype(jnp.float32)
-    wi = mask.shape[0]
-    if w % wi == 0:  # a broadcast, not a gather, in the usual case
-        return (logits.reshape(w // wi, wi, h, n, m) + mask[None, :, None]).reshape(w, h, n, m)
-    return logits + jnp.take(mask, jnp.arange(w) % wi, axis=0)[:, None]
-
-
-def _logits(q, k, bias, mask):
-    """f32 logits `[W, H, N, M]` = q k^T (+ bias) (+ mask)."""
-    # Batched matmuls over (window, head): no transposes needed for this layout.
-    logits = jnp.einsum("whnd,whmd->whnm", q, k, preferred_element_type=jnp.float32)
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)[None]
-    return logits if mask is None else _add_mask(logits, mask)
-
-
-def _softmax_values(logits, v, dtype):
-    probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum(
-        "whnm,whmd->whnd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
-    )
-    return out.astype(dtype)
-
-
-def _window_attention_xla(q, k, v, bias, mask):
-    return _softmax_values(_logits(q, k, bias, mask), v, q.dtype)
-
-
-def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto"):
+def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto", weights_fn=None):
     """Multi-head attention inside windows.
 
     Args:
@@ -88,40 +38,48 @@ def window_attention(q, k, v, bias=None, mask=None, *, impl: str = "auto"):
       bias: optional `[H, N, M]`, added to the logits of every window (relative position bias).
       mask: optional `[Wi, N, M]` additive mask (0 or a large negative number); window `w`
         uses `mask[w % Wi]` (windows ordered batch-major, `Wi` windows per image).
-      impl: "auto" (Pallas on TPU, XLA elsewhere), "xla" (einsum + softmax), "pallas"
-        (the fused TPU kernel of `pallas_kernels.window_attention`) or "pallas_interpret"
-        (that kernel in the TPU interpreter).
+      impl: "auto" (Pallas on TPU, XLA elsewhere), "xla" (einsum + softmax:
+        `pallas_kernels.window_attention.window_attention_reference`), "pallas" (the fused
+        TPU kernel of `pallas_kernels.window_attention`) or "pallas_interpret" (that kernel
+        in the TPU interpreter).
+      weights_fn: optional map of the float32 softmax weights `[W, H, N, M]` before they
+        multiply v (e.g. dropout on the attention weights). Only the XLA path has this
+        hook: with it, "auto" means "xla" and "pallas"/"pallas_interpret" are an error.
 
     Returns:
       `[W, H, N, D]` in `q.dtype`. Logits and softmax are computed in float32.
     """
-    _check_shapes(q, k, v, bias, mask)
-    impl = _resolve_impl(impl)
+    if weights_fn is not None and impl not in ("auto", "xla"):
+        raise ValueError(
+            f"jaxseg.ops.window_attention: weights_fn has no Pallas kernel; got impl={impl!r}. "
+            "Use impl='auto' or 'xla'."
+        )
+    impl = "xla" if weights_fn is not None else _resolve_impl(impl)
     if impl == "xla":
-        return _window_attention_xla(q, k, v, bias, mask)
-    from pallas_kernels import window_attention as kernel
-
-    return kernel.window_attention(q, k, v, bias, mask, interpret=impl == "pallas_interpret")
+        return window_kernel.window_attention_reference(q, k, v, bias, mask, weights_fn=weights_fn)
+    return window_kernel.window_attention(q, k, v, bias, mask, interpret=impl == "pallas_interpret")
 
 
 # --------------------------------------------------------------------------- top-k window attention
 
-
-def _check_topk(topk, m):
-    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
-        raise ValueError(f"window_attention_topk: topk must be a positive int; got {topk!r}.")
-    return min(topk, m)
+# Top-k selection has no Pallas kernel (the kernel's mask is per window, not per head and
+# query row), so XLA is the one implementation and "auto" picks it on every platform.
+TOPK_IMPLS = ("xla",)
 
 
-def _window_attention_topk_xla(q, k, v, bias, mask, topk):
-    # Padding / shift-region masks apply BEFORE selection, so a masked key is never chosen.
-    logits = _logits(q, k, bias, mask)
-    if topk < k.shape[2]:
+def _keep_topk(topk: int):
+    """A logits map `[W, H, N, M] -> [W, H, N, M]` dropping keys below each row's top-k."""
+
+    def select(logits):
+        m = logits.shape[-1]
+        if topk >= m:
+            return logits
         # The k-th largest logit of each query row is the threshold; keys below it are dropped.
         # Selection is piecewise constant, so no gradient flows through the threshold.
         kth = jax.lax.top_k(jax.lax.stop_gradient(logits), topk)[0][..., topk - 1 : topk]
-        logits = jnp.where(logits >= kth, logits, jnp.float32(-1e30))
-    return _softmax_values(logits, v, q.dtype)
+        return jnp.where(logits >= kth, logits, jnp.float32(-1e30))
+
+    return select
 
 
 def window_attention_topk(q, k, v, bias=None, mask=None, *, topk: int, impl: str = "auto"):
@@ -129,22 +87,19 @@ def window_attention_topk(q, k, v, bias=None, mask=None, *, topk: int, impl: str
 
     Same layout and conventions as `window_attention` (q `[W, H, N, D]`, k, v `[W, H, M, D]`,
     unscaled logits, bias `[H, N, M]`, additive mask `[Wi, N, M]`, softmax in float32). Per
-    query row, the logits (after bias and mask) below the row's `topk`-th largest are masked
-    out; ties at the threshold keep every tied key, so a row may keep more than `topk` keys.
-    `topk >= M` is dense attention.
+    query row, the logits (after bias and mask, so a masked key is never chosen) below the
+    row's `topk`-th largest are masked out; ties at the threshold keep every tied key, so a
+    row may keep more than `topk` keys. `topk >= M` is dense attention.
 
-    Returns `[W, H, N, D]` in `q.dtype`. impl: "auto" / "xla"; there is no Pallas kernel for
-    the sparse form yet, so "auto" is XLA on every platform and "pallas" is an error.
+    Returns `[W, H, N, D]` in `q.dtype`. impl: any of `ATTENTION_IMPLS`, so a model's one
+    `attention_impl` serves all its attention ops; the sparse form has a single
+    implementation (`TOPK_IMPLS`: XLA), which every value selects. The per-query selection
+    differs per head and row, which the window kernel's per-window mask cannot express.
     """
-    _check_shapes(q, k, v, bias, mask)
-    topk = _check_topk(topk, k.shape[2])
-    impl = resolve_impl("window_attention_topk", impl, ATTENTION_IMPLS, {"default": "xla"})
-    if impl == "xla":
-        return _window_attention_topk_xla(q, k, v, bias, mask, topk)
-    raise NotImplementedError(
-        "window_attention_topk(impl='pallas') is not implemented: there is no sparse Pallas kernel. "
-        "Use impl='xla' or impl='auto'."
-    )
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise ValueError(f"window_attention_topk: topk must be a positive int; got {topk!r}.")
+    resolve_impl("window_attention_topk", impl, ATTENTION_IMPLS, {"default": "xla"})
+    return window_kernel.window_attention_reference(q, k, v, bias, mask, logits_fn=_keep_topk(topk))
 
 
 # --------------------------------------------------------------------------- routed window attention
@@ -213,19 +168,18 @@ def window_attention_routed(
     Returns `[B * nW, H, N, D]` in `q.dtype`. impl as `window_attention` (with `topk`: as
     `window_attention_topk`, XLA only).
     """
-    w, h, n, d = q.shape
     nw = windows_per_image
     for name, val in (("windows_per_image", nw), ("topk_windows", topk_windows)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(
                 f"window_attention_routed: {name} must be a positive int; got {val!r}."
             )
-    _check_shapes(q, k, v, None, None)
-    if k.shape != q.shape or w % nw:
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape or q.shape[0] % nw:
         raise ValueError(
             f"window_attention_routed: q, k, v must be [B * nW, H, N, D] with nW = "
             f"windows_per_image = {nw}; got q{q.shape} k{k.shape} v{v.shape}."
         )
+    w, h, n, d = q.shape
     if bias is not None and bias.shape != (h, n, n):
         raise ValueError(
             f"window_attention_routed: bias must be [H, N, N] = {(h, n, n)}; got {bias.shape}."
@@ -259,24 +213,6 @@ def window_attention_routed(
 _AXIAL_AUTO = {"tpu": "pallas", "default": "xla"}
 
 
-def _check_axial_shapes(q, k, v, bias):
-    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            "axial_attention: q, k, v must all be [R, H, L, D] with the same shape; got "
-            f"q{q.shape} k{k.shape} v{v.shape}."
-        )
-    _, h, length, _ = q.shape
-    if bias is not None and bias.shape != (h, length, length):
-        raise ValueError(
-            f"axial_attention: bias must be [H, L, L] = {(h, length, length)}; got {bias.shape}."
-        )
-
-
-def _axial_attention_xla(q, k, v, bias):
-    # Rows are independent lines of the volume: the same batched matmuls as window attention.
-    return _softmax_values(_logits(q, k, bias, None), v, q.dtype)
-
-
 def axial_attention(q, k, v, bias=None, *, impl: str = "auto"):
     """Multi-head attention along one axis of a feature map (each line attends within itself).
 
@@ -285,20 +221,18 @@ def axial_attention(q, k, v, bias=None, *, impl: str = "auto"):
         caller, e.g. with `fold_axis_heads`), heads, positions along the attended axis, head
         dim. The logits are `q @ k^T` unscaled: callers scale `q` (usually by `D ** -0.5`).
       bias: optional `[H, L, L]` added to the logits of every row (relative position bias).
-      impl: "auto" (Pallas on TPU, XLA elsewhere), "xla" (einsum + softmax), "pallas"
+      impl: "auto" (Pallas on TPU, XLA elsewhere), "xla" (einsum + softmax:
+        `pallas_kernels.axial_attention.axial_attention_reference`), "pallas"
         (the flash-style TPU kernel of `pallas_kernels.axial_attention`) or
         "pallas_interpret" (that kernel in the TPU interpreter).
 
     Returns:
       `[R, H, L, D]` in `q.dtype`. Logits and softmax are computed in float32.
     """
-    _check_axial_shapes(q, k, v, bias)
     impl = resolve_impl("axial_attention", impl, ATTENTION_IMPLS, _AXIAL_AUTO)
     if impl == "xla":
-        return _axial_attention_xla(q, k, v, bias)
-    from pallas_kernels import axial_attention as kernel
-
-    return kernel.axial_attention(q, k, v, bias, interpret=impl == "pallas_interpret")
+        return axial_kernel.axial_attention_reference(q, k, v, bias)
+    return axial_kernel.axial_attention(q, k, v, bias, interpret=impl == "pallas_interpret")
 
 
 def fold_axis_heads(x, axis: int, groups: int, heads: int):

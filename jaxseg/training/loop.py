@@ -9,23 +9,22 @@ of the seed and i alone). Raising `train.steps` and rerunning extends a finished
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import os
 
 import jax
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 
-from jaxseg import evaluation
-from jaxseg.data import dataset as dataset_lib
+from jaxseg import evaluation, inference
 from jaxseg.data import pipeline
-from jaxseg.errors import ConfigError, JaxsegError
-from jaxseg.run import RunInfo, abstract_state, build_model, save_run
+from jaxseg.errors import JaxsegError
 from jaxseg.training import checkpoint
 from jaxseg.training import mesh as mesh_lib
 from jaxseg.training import optimizer as optimizer_lib
-from jaxseg.training.state import init_train_state
-from jaxseg.training.steps import make_train_step
+from jaxseg.training.setup import build_training, training_data
+from jaxseg.workdir import CHECKPOINTS_DIR, RunInfo, as_path, save_run
 
 
 class NonFiniteLossError(JaxsegError):
@@ -33,59 +32,34 @@ class NonFiniteLossError(JaxsegError):
 
 
 def train(
-    config: ml_collections.ConfigDict, workdir: str | Path, *, stop_at: int | None = None
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, stop_at: int | None = None
 ) -> dict:
     """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
 
     stop_at: leave after this step with a checkpoint, as a preemptible job would; the
     schedule still runs to `train.steps`, and rerunning continues.
     """
-    workdir = Path(workdir)
-    spec = dataset_lib.load_dataset(config.data.root)
-    if len(config.data.patch_size) != spec.dims:
-        raise ConfigError(
-            f"data.patch_size={tuple(config.data.patch_size)} has "
-            f"{len(config.data.patch_size)} axes but {spec.root} is "
-            f"{spec.dims}D"
-        )
-    splits = dataset_lib.split_cases(spec.training, seed=config.data.split_seed)
-    info = RunInfo.from_spec(spec)
+    workdir = as_path(workdir)
+    spec, splits = training_data(config)
     save_run(
-        workdir, config, info, {name: [c.case_id for c in cases] for name, cases in splits.items()}
+        workdir,
+        config,
+        RunInfo.from_spec(spec),
+        {name: [c.case_id for c in cases] for name, cases in splits.items()},
     )
-
-    model = build_model(config, info)
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.check_batch_size(config.data.batch_size, mesh, config.train.grad_accum_steps)
-    optimizer = optimizer_lib.make_optimizer(config.train)
+    setup = build_training(config, spec, splits)
+    mesh, info = setup.mesh, setup.info
     schedule = optimizer_lib.learning_rate_schedule(config.train)
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
-    abstract = abstract_state(model, optimizer, config, info, mesh)
-    state_sharding = jax.tree_util.tree_map(lambda s: s.sharding, abstract)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
-    batches = pipeline.train_batches(
-        spec,
-        splits["train"],
-        patch_size=tuple(config.data.patch_size),
-        batch_size=config.data.batch_size,
-        seed=config.seed,
-        foreground_fraction=config.data.foreground_fraction,
-        num_threads=config.data.num_threads,
-        prefetch=config.data.prefetch,
-        num_workers=config.data.num_workers,
-        ct_window=tuple(config.data.ct_window),
-    )
+    batches = setup.train_batches()
     start = ckpts.latest_step()
     if start is None:
-        sample = np.zeros((1, *config.data.patch_size, info.in_channels), np.float32)
-        state = jax.jit(
-            lambda: init_train_state(model, optimizer, init_key, sample),
-            out_shardings=state_sharding,
-        )()
+        state = setup.init_state(init_key)
         start = 0
     else:
-        state = ckpts.restore(abstract, batches)  # also moves `batches` to step `start`
+        state = ckpts.restore(setup.abstract_state, batches)  # also moves `batches` to `start`
         if jax.process_index() == 0:
             print(f"Resuming {workdir} from step {start}.")
     total = config.train.steps
@@ -99,14 +73,8 @@ def train(
         batches.close()
         return {"step": start}
 
-    replicated = mesh_lib.replicated(mesh)
-    train_step = jax.jit(
-        make_train_step(model, optimizer, config),
-        in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh), replicated),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=0,
-    )
-    validation = _Validation(config, spec, splits["val"], model, info)
+    train_step = setup.train_step
+    validation = _Validation(config, spec, splits["val"], setup.model, info)
     writer = _summary_writer(workdir)
     train_cfg = config.train
     last, metrics = {}, None
@@ -155,12 +123,12 @@ def train(
     return last
 
 
-def _finite(metrics, step: int, workdir: Path) -> dict:
+def _finite(metrics, step: int, workdir: epath.Path) -> dict:
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not all(math.isfinite(v) for v in values.values()):
         raise NonFiniteLossError(
             f"non-finite loss or gradient at step {step}: {values}. The last good checkpoint "
-            f"in {workdir / 'checkpoints'} is kept; lower train.learning_rate, raise "
+            f"in {workdir / CHECKPOINTS_DIR} is kept; lower train.learning_rate, raise "
             "train.warmup_steps or check the data, then rerun to resume from it."
         )
     return values
@@ -178,19 +146,16 @@ class _Validation:
         self.model, self.config, self.info = model, config, info
 
     def __call__(self, params) -> float:
-        predictor = evaluation.window_predictor(self.model, params)
         rows, _ = evaluation.evaluate_cases(
             self.cases,
-            predictor,
-            patch_size=self.config.data.patch_size,
-            num_classes=self.info.num_classes,
+            inference.window_predictor(self.model, params),
+            window=inference.window_options(self.config, self.info.num_classes),
             labels=self.info.labels,
-            eval_config=self.config.eval,
         )
         return float(np.mean([r["dice"] for r in rows]))
 
 
-def _summary_writer(workdir: Path):
+def _summary_writer(workdir: epath.Path):
     if jax.process_index() != 0:
         return None
     import tensorboardX  # Only the writing process needs it.

@@ -23,9 +23,26 @@ def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
     )
 
 
+# Parameter names (the last key of a parameter's path) that are weight matrices or
+# convolution kernels, and so get weight decay: Dense/Conv kernels, lightseg's low-rank
+# factors and TransMed's expert kernels. Everything else is a bias, a norm scale, a
+# relative-position table, a position embedding or a learned token, and is not decayed.
+DECAYED_PARAMS = frozenset({"kernel", "kernel_down", "kernel_up", "experts"})
+
+
 def decay_mask(params):
-    """True for the weights that get weight decay: kernels, not biases, norms or tables."""
-    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+    """True for the parameters that get weight decay: kernels (`DECAYED_PARAMS`), by name.
+
+    Biases (of any rank, e.g. DynamicConv's per-expert bias), norm scales, relative
+    position bias tables, position embeddings and global tokens are not decayed, as in
+    big_vision and timm. A new kind of parameter is not decayed until it is named here.
+    """
+
+    def decayed(path, _):
+        last = path[-1]
+        return getattr(last, "key", getattr(last, "name", None)) in DECAYED_PARAMS
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -73,13 +73,3 @@ def make_train_step(
         return new_state, metrics
 
     return step
-
-
-def make_predict_fn(model) -> Callable:
-    """Returns `predict(params, image [b, *patch, C]) -> probabilities [b, *patch, K] f32`."""
-
-    def predict(params, image):
-        logits = model.apply({"params": params}, image, train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-    return predict

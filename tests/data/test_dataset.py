@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from jaxseg.data import dataset
-from jaxseg.data.dataset import Case
 from jaxseg.errors import DataError
 
 from .conftest import save_nifti, write_msd
@@ -88,28 +87,55 @@ def test_nnunet_v2_discovered_multichannel(tmp_path):
     rng = np.random.default_rng(0)
     for cid in ("a", "b"):
         for ch in range(2):
-            save_nifti(root / "imagesTr" / f"{cid}_{ch:04d}.nii.gz", rng.normal(size=(4, 5, 1)) + 100 * ch, np.eye(4))
-        save_nifti(root / "labelsTr" / f"{cid}.nii.gz", rng.integers(0, 3, (4, 5, 1)), np.eye(4), np.uint8)
+            save_nifti(
+                root / "imagesTr" / f"{cid}_{ch:04d}.nii.gz",
+                rng.normal(size=(4, 5, 1)) + 100 * ch,
+                np.eye(4),
+            )
+        save_nifti(
+            root / "labelsTr" / f"{cid}.nii.gz", rng.integers(0, 3, (4, 5, 1)), np.eye(4), np.uint8
+        )
     save_nifti(root / "imagesTs" / "t_0000.nii.gz", np.zeros((4, 5, 1)), np.eye(4))
     save_nifti(root / "imagesTs" / "t_0001.nii.gz", np.zeros((4, 5, 1)), np.eye(4))
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T2", "1": "ct"}, "labels": {"background": 0, "liver": 1, "tumour": 2},
-        "numTraining": 2, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T2", "1": "ct"},
+                "labels": {"background": 0, "liver": 1, "tumour": 2},
+                "numTraining": 2,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     spec = dataset.load_dataset(root)
     assert spec.dims == 2  # inferred from the singleton third axis
     assert spec.channel_names == ("T2", "ct") and spec.modalities == ("MRI", "CT")
     assert spec.labels == {0: "background", 1: "liver", 2: "tumour"}
-    assert [c.case_id for c in spec.training] == ["a", "b"] and [c.case_id for c in spec.test] == ["t"]
+    assert [c.case_id for c in spec.training] == ["a", "b"] and [c.case_id for c in spec.test] == [
+        "t"
+    ]
     assert spec.test[0].label_path is None
     image, label = dataset.load_case(spec, spec.training[0])
     assert image.data.shape == (4, 5, 2) and label.shape == (4, 5)
     assert image.data[..., 1].mean() > 50
     # listed form: image as a list of per-channel files, with patient ids
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T2", "1": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2},
-        "file_ending": ".nii.gz", "dims": 2,
-        "training": [{"image": [f"./imagesTr/a_0000.nii.gz", "./imagesTr/a_0001.nii.gz"],
-                      "label": "./labelsTr/a.nii.gz", "patient": "P1"}]}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T2", "1": "CT"},
+                "labels": {"background": 0, "liver": 1, "tumour": 2},
+                "file_ending": ".nii.gz",
+                "dims": 2,
+                "training": [
+                    {
+                        "image": ["./imagesTr/a_0000.nii.gz", "./imagesTr/a_0001.nii.gz"],
+                        "label": "./labelsTr/a.nii.gz",
+                        "patient": "P1",
+                    }
+                ],
+            }
+        )
+    )
     spec = dataset.load_dataset(root)
     assert spec.training[0].case_id == "a" and spec.training[0].patient_id == "P1"
     assert len(spec.training[0].image_paths) == 2
@@ -119,7 +145,11 @@ def test_nnunet_missing_channel_and_regions(tmp_path):
     root = tmp_path / "d"
     save_nifti(root / "imagesTr" / "a_0000.nii.gz", np.zeros((3, 3, 3)), np.eye(4))
     save_nifti(root / "labelsTr" / "a.nii.gz", np.zeros((3, 3, 3)), np.eye(4), np.uint8)
-    meta = {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "x": 1}, "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {"0": "T1", "1": "T2"},
+        "labels": {"background": 0, "x": 1},
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="a_0001.nii.gz"):
         dataset.load_dataset(root)
@@ -127,31 +157,3 @@ def test_nnunet_missing_channel_and_regions(tmp_path):
     (root / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="region"):
         dataset.load_dataset(root)
-
-
-def _fake_cases(n_patients, per_patient=1):
-    return [Case(f"p{p}_{k}", (), None, f"p{p}") for p in range(n_patients) for k in range(per_patient)]
-
-
-def test_split_determinism_grouping_ratios():
-    cases = _fake_cases(50, per_patient=2)
-    a = dataset.split_cases(cases, seed=3)
-    b = dataset.split_cases(list(reversed(cases)), seed=3)
-    assert {k: {c.case_id for c in v} for k, v in a.items()} == {k: {c.case_id for c in v} for k, v in b.items()}
-    assert {k: len(v) for k, v in a.items()} == {"train": 70, "val": 10, "test": 20}
-    owner = {}
-    for split, cs in a.items():
-        for c in cs:
-            assert owner.setdefault(c.patient_id, split) == split
-    assert sum(len(v) for v in a.values()) == 100
-    c = dataset.split_cases(cases, seed=4)
-    assert {x.case_id for x in c["test"]} != {x.case_id for x in a["test"]}
-    for n in (3, 4, 5, 7):
-        s = dataset.split_cases(_fake_cases(n), seed=0)
-        assert all(len(v) >= 1 for v in s.values()), (n, s)
-
-
-def test_kfold():
-    cases = _fake_cases(10)
-    vals = [dataset.kfold_cases(cases, 5, f, seed=1)["val"] for f in range(5)]
-    assert sorted(c.case_id for v in vals for c in v) == sorted(c.case_id for c in cases)

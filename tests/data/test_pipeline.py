@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from jaxseg.data import pipeline
 
@@ -21,14 +20,19 @@ def test_shapes_and_determinism(spec2d):
     for x, y in zip(a[4:], resumed):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
-    other = next(pipeline.train_batches(spec2d, spec2d.training, patch_size=(16, 16), batch_size=4, seed=8))
+    other = next(
+        pipeline.train_batches(spec2d, spec2d.training, patch_size=(16, 16), batch_size=4, seed=8)
+    )
     assert not np.array_equal(other["image"], a[0]["image"])
 
 
 def test_padding_small_image(spec2d):
     small = [c for c in spec2d.training if c.case_id == "small"]
-    b = next(pipeline.train_batches(spec2d, small, patch_size=(24, 24), batch_size=3, seed=0,
-                                    foreground_fraction=1.0))
+    b = next(
+        pipeline.train_batches(
+            spec2d, small, patch_size=(24, 24), batch_size=3, seed=0, foreground_fraction=1.0
+        )
+    )
     assert b["image"].shape == (3, 24, 24, 1)
     assert np.all((b["label"] == 1).sum(axis=(1, 2)) == 1)  # the single fg voxel is in every patch
     img = b["image"][0, ..., 0]
@@ -55,7 +59,11 @@ def test_eval_cases(spec2d):
     out = list(pipeline.eval_cases(spec2d, spec2d.training[:2]))
     assert [o[0] for o in out] == ["c0", "c1"]
     cid, image, label = out[0]
-    assert image.data.shape == (40, 36, 1) and abs(float(image.data.mean())) < 1e-4 and label.shape == (40, 36)
+    assert (
+        image.data.shape == (40, 36, 1)
+        and abs(float(image.data.mean())) < 1e-4
+        and label.shape == (40, 36)
+    )
 
 
 def test_per_process_shards_partition_the_global_batch(spec2d, monkeypatch):
@@ -72,5 +80,5 @@ def test_per_process_shards_partition_the_global_batch(spec2d, monkeypatch):
         for k, batch in enumerate(local, start=1):
             assert batch["image"].shape == (3, 12, 12, 1)
             # Process p holds rows p*3 .. p*3+2: the rows its devices hold in the global array.
-            np.testing.assert_array_equal(batch["image"], glob[k]["image"][3 * p:3 * p + 3])
-            np.testing.assert_array_equal(batch["label"], glob[k]["label"][3 * p:3 * p + 3])
+            np.testing.assert_array_equal(batch["image"], glob[k]["image"][3 * p : 3 * p + 3])
+            np.testing.assert_array_equal(batch["label"], glob[k]["label"][3 * p : 3 * p + 3])

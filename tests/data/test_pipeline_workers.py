@@ -15,10 +15,10 @@ import pytest
 from etils import epath
 
 from jaxseg.config import load_config
-from jaxseg.data import pipeline, synthetic
+from jaxseg.data import pipeline
 from jaxseg.errors import ConfigError, DataError
-from jaxseg.run import load_trained
 from jaxseg.training.loop import train
+from jaxseg.workdir import load_trained
 
 from ..test_end_to_end import CONFIG, _cli
 
@@ -91,24 +91,30 @@ def test_bad_worker_count_and_state_are_named(spec2d):
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_training_with_workers_matches_threads(tmp_path):
+def test_training_with_workers_matches_threads(phantom_2d, tmp_path):
     """The loop with 2 workers stops and leaves no worker behind; the real command resumes
     it with workers and exits; the result is the parameters of a run with threads."""
-    root = tmp_path / "phantoms"
-    synthetic.write_dataset(root, dims=2, num_cases=10, shape=(40, 48), seed=3, num_test=1)
     config_file = tmp_path / "tiny.py"
-    config_file.write_text(CONFIG.format(root=str(root)))
+    config_file.write_text(CONFIG.format(root=str(phantom_2d)))
     fast = ["train.steps=4", "train.checkpoint_every=2", "eval.max_val_cases=0"]
     workers = tmp_path / "workers"
     train(load_config(config_file, [*fast, "data.num_workers=2"]), workers, stop_at=2)
     assert _grain_workers() == []
-    r = _cli("jaxseg.train", "--config", str(config_file), "--workdir", str(workers),
-             *(f"--config.{o}" for o in [*fast, "data.num_workers=2"]))
+    r = _cli(
+        "jaxseg.train",
+        "--config",
+        str(config_file),
+        "--workdir",
+        str(workers),
+        *(f"--config.{o}" for o in [*fast, "data.num_workers=2"]),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     state = workers / "checkpoints" / "4" / "data" / "process_0-of-1.json"
     assert json.loads(state.read_text()) == {"next_index": 4}
     threads = tmp_path / "threads"
     train(load_config(config_file, fast), threads)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                           jax.device_get(load_trained(threads)[3]),
-                           jax.device_get(load_trained(workers)[3]))
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        jax.device_get(load_trained(threads).params),
+        jax.device_get(load_trained(workers).params),
+    )

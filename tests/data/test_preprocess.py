@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from jaxseg.data.preprocess import crop_to_foreground, normalize
+from jaxseg.data.preprocess import normalization_scheme, normalize
 from jaxseg.errors import DataError
 
 
@@ -20,7 +20,9 @@ def test_zscore_ct_and_mask():
     np.testing.assert_allclose(out[..., 2][nz], (v - v.mean()) / v.std(), rtol=1e-5, atol=1e-5)
     assert np.all(out[..., 2][~nz] == 0)
     w = normalize(ct[..., None], ["ct"], ct_window=(-100, 300))
-    np.testing.assert_allclose(w[..., 0], (np.clip(ct, -100, 300) - 100) / 200, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        w[..., 0], (np.clip(ct, -100, 300) - 100) / 200, rtol=1e-6, atol=1e-6
+    )
 
 
 def test_constant_channel_and_channel_count():
@@ -30,9 +32,24 @@ def test_constant_channel_and_channel_count():
         normalize(np.zeros((4, 4, 1)), ["MRI", "CT"])
 
 
-def test_crop_to_foreground():
-    img = np.arange(10 * 12, dtype=np.float32).reshape(10, 12, 1)
-    lab = np.zeros((10, 12), np.int32)
-    lab[4:6, 5:7] = 1
-    ci, cl, sl = crop_to_foreground(img, lab, margin=2)
-    assert sl == (slice(2, 8), slice(3, 9)) and ci.shape == (6, 6, 1) and cl.sum() == 4
+def test_normalization_scheme_describes_what_normalize_does():
+    """Each channel's scheme, checked against `normalize` on a constructed image: the CT
+    window formula, identity for noNorm, /255 for rgb_to_0_1 and z-score otherwise."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1500, 1500, size=(6, 7, 4))
+    modalities = ["CT", "noNorm", "rgb_to_0_1", "T2"]
+    scheme = normalization_scheme(modalities, ct_window=(-200, 400))
+    assert [s["modality"] for s in scheme] == modalities
+    assert [s["scheme"] for s in scheme] == ["ct_window", "none", "rgb_to_0_1", "zscore"]
+    assert scheme[0]["window"] == [-200.0, 400.0]
+    out = normalize(x, modalities, ct_window=(-200, 400))
+    expected = {
+        "ct_window": (np.clip(x[..., 0], -200, 400) - 100) / 300,
+        "none": x[..., 1],
+        "rgb_to_0_1": x[..., 2] / 255,
+        "zscore": (x[..., 3] - x[..., 3].mean()) / x[..., 3].std(),
+    }
+    for s in scheme:
+        np.testing.assert_allclose(
+            out[..., s["channel"]], expected[s["scheme"]], rtol=1e-5, atol=1e-5
+        )

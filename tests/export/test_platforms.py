@@ -5,8 +5,8 @@ import numpy as np
 
 from jaxseg.export.from_workdir import platform_predict_fns
 from jaxseg.export.saved_model import export_saved_model, load_saved_model
+from jaxseg.inference import make_predict_fn
 from jaxseg.models import build_model
-from jaxseg.training.steps import make_predict_fn
 
 
 def test_cpu_and_tpu_signatures_over_shared_variables(tmp_path):

@@ -200,11 +200,10 @@ def test_config_file_builds_its_model(name):
 def test_one_train_step_through_jaxseg(name):
     """The registered name trains through `make_train_step` (augment, dice_ce_loss, AdamW),
     built the way `jaxseg.train` builds it: from a config's model.name and model.args."""
-    from jaxseg.run import RunInfo
-    from jaxseg.run import build_model as build_from_config
     from jaxseg.training.optimizer import make_optimizer
     from jaxseg.training.state import init_train_state
     from jaxseg.training.steps import make_train_step
+    from jaxseg.workdir import RunInfo, model_from_config
 
     config = base_config()
     config.model.name = name
@@ -218,7 +217,7 @@ def test_one_train_step_through_jaxseg(name):
         modalities=("MRI",),
         dataset_root="",
     )
-    model = build_from_config(config, info)
+    model = model_from_config(config, info)
     optimizer = make_optimizer(config.train)
     x, labels = _batch(2)
     batch = {"image": x[:, :32, :48], "label": labels[:, :32, :48]}

@@ -1,5 +1,6 @@
 """Models: registry, shapes, gradients, overfitting, window helpers, masks, bf16."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -8,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from jaxseg import ops
 from jaxseg.errors import ConfigError
-from jaxseg.models import available_models, build_model, layers, register_model
+from jaxseg.models import available_models, build_model, layers, register_model, registry
 
 SHAPES = {2: (2, 40, 56, 1), 3: (1, 24, 20, 16, 1)}
 NUM_CLASSES = 4
@@ -59,10 +61,39 @@ def test_unknown_kwarg_lists_valid_ones():
         build_model("lightseg_tiny", dims=2, in_channels=1, num_classes=2, embed_dim=3)
 
 
-def test_register_model_twice_fails():
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The model registry as a copy for this test: what the test registers is gone after it."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_register_model_twice_fails(scratch_registry):
     register_model("_test_dummy", lambda **kw: None)
     with pytest.raises(ValueError, match="already registered"):
         register_model("_test_dummy", lambda **kw: None)
+
+
+def test_package_docstring_lists_every_model():
+    import re
+
+    import jaxseg.models
+
+    assert set(re.findall(r'"(\w+)"', jaxseg.models.__doc__)) == set(available_models())
+
+
+def test_register_leaves_the_real_registry_alone():
+    assert "_test_dummy" not in available_models()
+
+
+def test_impl_args_are_every_models_impl_fields():
+    """`jaxseg.ops.IMPL_ARGS` names exactly the `*_impl` fields the registered models have."""
+    seen = set()
+    for name in available_models():
+        model = build_model(name, dims=2, in_channels=1, num_classes=2)
+        impl_fields = {f.name for f in dataclasses.fields(model) if f.name.endswith("_impl")}
+        assert impl_fields <= set(ops.IMPL_ARGS), name
+        seen |= impl_fields
+    assert seen == set(ops.IMPL_ARGS)
 
 
 _SLOW = pytest.mark.slow  # the larger models take ~20-40 s each to compile on 2 cores

@@ -139,14 +139,14 @@ class _Looped(nn.Module):
 
 
 @pytest.fixture
-def test_models(monkeypatch):
+def extra_models(monkeypatch):
     # Registered for this test only: other tests iterate over the registry.
     monkeypatch.setitem(registry._REGISTRY, "_one_conv", registry.model_factory(_OneConv))
     monkeypatch.setitem(registry._REGISTRY, "_looped", registry.model_factory(_Looped))
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_summary_of_a_single_conv_model(test_models, dims):
+def test_summary_of_a_single_conv_model(extra_models, dims):
     size, cin, cout = 12, 3, 5
     result = summarize_model("_one_conv", dims, size, in_channels=cin, num_classes=cout)
     assert result["params"] == 3**dims * cin * cout
@@ -155,7 +155,7 @@ def test_summary_of_a_single_conv_model(test_models, dims):
     assert result["has_loops"] is False
 
 
-def test_summary_flags_loops(test_models):
+def test_summary_flags_loops(extra_models):
     assert summarize_model("_looped", 2, 8, in_channels=2, num_classes=3)["has_loops"] is True
 
 

@@ -1,5 +1,6 @@
-"""TransMed: dynamic convolution and axial blocks against numpy/lax references, and every
-ablation variant building and training a step.
+"""TransMed: the dynamic-convolution layer and axial blocks against numpy/lax references, and
+every ablation variant building and training a step (`jaxseg.ops.dynamic_conv` itself:
+tests/ops/test_conv.py).
 
 Runtime: ~30 s on 2 shared cores without the slow tests (the per-variant training steps
 and the overfit test, ~20-100 s each under load, are marked slow).
@@ -17,7 +18,7 @@ from jax import lax
 
 from jaxseg.errors import ConfigError
 from jaxseg.models import build_model
-from jaxseg.models.transmed import AxialBlock, DynamicConv, dynamic_conv, relative_offsets
+from jaxseg.models.transmed import AxialBlock, DynamicConv, relative_offsets
 from tests.models.training_checks import assert_trains_two_steps
 
 TINY = dict(features=(8, 16, 16), head_dim=8, max_len=8, num_experts=3)
@@ -68,21 +69,6 @@ def test_dynamic_conv_layer_matches_per_sample_conv_with_numpy_mixed_kernel(dims
         w = np.tensordot(a[b], experts, axes=1).astype(np.float32)
         want = _ref_conv(np.asarray(x[b]), w) + a[b] @ np.asarray(p["bias"])
         np.testing.assert_allclose(got[b], want, rtol=1e-4, atol=1e-4)
-
-
-def test_dynamic_conv_impls_agree_and_check_shapes():
-    x = _x((2, 6, 5, 3))
-    k = _x((2, 3, 3, 3, 4), seed=1)
-    np.testing.assert_allclose(
-        np.asarray(dynamic_conv(x, k, impl="map")),
-        np.asarray(dynamic_conv(x, k, impl="grouped")),
-        rtol=1e-4,
-        atol=1e-4,
-    )
-    with pytest.raises(ValueError, match="kernels must be"):
-        dynamic_conv(x, k[:1])
-    with pytest.raises(ValueError, match="unknown impl"):
-        dynamic_conv(x, k, impl="fft")
 
 
 def test_relative_offsets_clip():

@@ -109,6 +109,26 @@ def test_impl_resolution_and_errors():
         window_attention(q, k, v, impl="cuda")
     with pytest.raises(ValueError, match="bias"):
         window_attention(q, k, v, bias=np.zeros((1, 2, 2), np.float32))
+    # Top-k selection has one implementation (XLA), which every attention impl selects, so a
+    # model's single attention_impl (e.g. "pallas" in a TPU export) serves it too.
+    np.testing.assert_array_equal(
+        window_attention_topk(q, k, v, topk=3, impl="pallas"),
+        window_attention_topk(q, k, v, topk=3, impl="xla"),
+    )
+    with pytest.raises(ValueError, match=r"window_attention_topk: unknown impl='cuda'"):
+        window_attention_topk(q, k, v, topk=3, impl="cuda")
+    with pytest.raises(ValueError, match="weights_fn has no Pallas kernel"):
+        window_attention(q, k, v, impl="pallas_interpret", weights_fn=lambda p: p)
+
+
+def test_weights_fn_maps_the_softmax_weights():
+    """weights_fn sees the f32 softmax weights: identity is plain attention, and halving
+    them halves the output (numpy reference, f32: 1e-5)."""
+    q, k, v, bias, mask = _inputs()
+    want = _reference(q, k, v, bias, mask)
+    for fn, scale in ((lambda p: p, 1.0), (lambda p: 0.5 * p, 0.5)):
+        got = window_attention(q, k, v, bias, mask, weights_fn=fn)
+        np.testing.assert_allclose(np.asarray(got), scale * want, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- M != N keys
@@ -166,7 +186,7 @@ def test_shape_errors_name_the_layout():
         window_attention(q, k, v[:, :, :20], impl="xla")
     with pytest.raises(ValueError, match=r"bias must be \[H, N, M\] = \(2, 12, 30\)"):
         window_attention(q, k, v, bias[:, :, :12], impl="xla")
-    with pytest.raises(ValueError, match=r"mask must be \[Wi, 12, 30\]"):
+    with pytest.raises(ValueError, match=r"mask must be \[Wi, N, M\] = \[Wi, 12, 30\]"):
         window_attention(q, k, v, bias, mask[:, :, :12], impl="xla")
 
 
@@ -336,5 +356,5 @@ def test_routed_argument_errors():
         window_attention_routed(q, k, v, windows_per_image=5, topk_windows=2)
     with pytest.raises(ValueError, match=r"key_mask must be \[nW, N\] = \(6, 8\)"):
         window_attention_routed(q, k, v, bias, key_mask[:, :4], windows_per_image=6, topk_windows=2)
-    with pytest.raises(NotImplementedError, match="no sparse Pallas kernel"):
-        window_attention_routed(q, k, v, windows_per_image=6, topk_windows=2, topk=3, impl="pallas")
+    with pytest.raises(ValueError, match=r"unknown impl='cuda'"):
+        window_attention_routed(q, k, v, windows_per_image=6, topk_windows=2, topk=3, impl="cuda")

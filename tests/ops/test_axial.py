@@ -67,6 +67,37 @@ def test_axial_attention_matches_full_attention_on_lines(shape, axis):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "shape,axis",
+    [((2, 3, 4, 5, 12), 1), ((2, 3, 4, 5, 12), 2), ((2, 3, 4, 5, 12), -2), ((2, 7, 3, 8), 1)],
+)
+def test_fold_axis_heads_row_order(shape, axis):
+    """Row r of `fold_axis_heads` is (batch, other spatial index) in row-major order, and its
+    [H, L, D] block is that line's channels split as (group, head, head dim): checked by
+    explicit numpy indexing, exactly."""
+    groups, heads = 2, 3 if shape[-1] == 12 else 2
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    folded = np.asarray(ops.fold_axis_heads(jnp.asarray(x), axis, groups, heads))
+    ax = axis % len(shape)  # negative axes count from the channel axis, as in ops
+    others = [i for i in range(1, len(shape) - 1) if i != ax]
+    hd = shape[-1] // (groups * heads)
+    assert folded.shape == (groups, x.size // (shape[ax] * shape[-1]), heads, shape[ax], hd)
+    lines = itertools.product(range(shape[0]), *(range(shape[i]) for i in others))
+    for r, idx in enumerate(lines):
+        sel = [slice(None)] * len(shape)
+        sel[0] = idx[0]
+        for i, j in zip(others, idx[1:]):
+            sel[i] = j
+        line = x[tuple(sel)].reshape(shape[ax], groups, heads, hd)  # [L, G, H, D]
+        np.testing.assert_array_equal(folded[:, r], line.transpose(1, 2, 0, 3))
+        np.testing.assert_array_equal(
+            np.asarray(ops.unfold_axis_heads(jnp.asarray(folded[0]), axis, shape[1:-1]))[
+                tuple(sel)
+            ],
+            line[:, 0].reshape(shape[ax], heads * hd),
+        )
+
+
 def test_fold_unfold_roundtrip_and_auto_impl():
     x = jnp.arange(2 * 3 * 4 * 5 * 6, dtype=jnp.float32).reshape(2, 3, 4, 5, 6)
     for axis in (1, 2, 3):

@@ -3,17 +3,18 @@
 References (independent of the kernel):
 - `_np_reference`: float64 numpy forward and the analytic backward of softmax attention
   (dv = p^T do; ds = p * (do v^T - rowsum(p * do v^T)); dq = ds k; dk = ds^T q;
-  d(bias) = sum over rows of ds). It is itself checked against `jax.vjp` of a plain-JAX
-  einsum+softmax in `test_numpy_reference_matches_plain_jax`.
-- `to_rows`/`from_rows` are checked against explicit numpy indexing, and axial attention
-  through them against an einsum that attends along the spatial axis directly.
+  d(bias) = sum over rows of ds). It is itself checked against `jax.vjp` of the module's
+  plain-JAX `axial_attention_reference` in `test_numpy_reference_matches_plain_jax`.
+- The kernel on rows made by `jaxseg.ops.fold_axis_heads` / `unfold_axis_heads` (the
+  layout helpers; their row order is tested in tests/ops/test_axial.py) against a numpy
+  einsum that attends along the spatial axis directly.
 
 Tolerances (max |kernel - reference| <= tol * max(1, max |reference|)):
 f32 1e-5 forward and backward; bf16 1e-2 forward, 2e-2 backward (references computed in
 float64 from the same bf16-rounded inputs).
 
 Runtime on the shared 2-core machine (noisy): the tests not marked slow take ~2.5 minutes
-(23 tests), dominated by the interpreter's compile time (~10-20 s per configuration).
+(18 tests), dominated by the interpreter's compile time (~10-20 s per configuration).
 Marked slow: the race-detector run (~30 s) and the full cartesian sweep (96 cases,
 ~19 minutes in all).
 """
@@ -28,8 +29,14 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
+from jaxseg import ops
 from pallas_kernels import axial_attention as ax
-from pallas_kernels.axial_attention import AxialBlockSizes, axial_attention, from_rows, to_rows
+from pallas_kernels import report
+from pallas_kernels.axial_attention import (
+    AxialBlockSizes,
+    axial_attention,
+    axial_attention_reference,
+)
 
 TOL = {"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 2e-2)}  # (forward, backward)
 
@@ -54,13 +61,6 @@ def _np_reference(q, k, v, bias, do):
     dk = np.einsum("rhqk,rhqd->rhkd", ds, q)
     dbias = ds.sum(0) if bias is not None else None
     return o, (dq, dk, dv, dbias)
-
-
-def _jax_reference(q, k, v, bias):
-    s = jnp.einsum("rhqd,rhkd->rhqk", q, k, precision="highest")
-    if bias is not None:
-        s = s + bias[None]
-    return jnp.einsum("rhqk,rhkd->rhqd", jax.nn.softmax(s, axis=-1), v, precision="highest")
 
 
 def _inputs(rows, heads, length, d, dtype, with_bias, seed=0):
@@ -182,7 +182,7 @@ def test_force_tpu_interpret_mode_context():
 
 def test_numpy_reference_matches_plain_jax():
     q, k, v, bias, do = _inputs(3, 2, 9, 8, jnp.float32, True, seed=5)
-    out, vjp = jax.vjp(_jax_reference, q, k, v, bias)
+    out, vjp = jax.vjp(axial_attention_reference, q, k, v, bias)
     ref_out, ref_grads = _np_reference(q, k, v, bias, do)
     _assert_close(out, ref_out, 1e-5, "out")
     for g, rg, name in zip(vjp(do), ref_grads, ("dq", "dk", "dv", "dbias")):
@@ -192,41 +192,17 @@ def test_numpy_reference_matches_plain_jax():
 # ----------------------------------------------------------------------------- layout
 
 
-@pytest.mark.parametrize(
-    "shape,axis",
-    [
-        ((2, 3, 4, 5, 2, 6), 1),
-        ((2, 3, 4, 5, 2, 6), 2),
-        ((2, 3, 4, 5, 2, 6), -3),
-        ((2, 7, 3, 2, 4), 1),
-        ((2, 7, 3, 2, 4), 2),
-    ],
-)
-def test_to_rows_from_rows(shape, axis):
-    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    rows = np.asarray(to_rows(jnp.asarray(x), axis))
-    ax_ = axis % len(shape)
-    b, heads, d, length = shape[0], shape[-2], shape[-1], shape[ax_]
-    others = [i for i in range(1, len(shape) - 2) if i != ax_]
-    assert rows.shape == (b * int(np.prod([shape[i] for i in others])), heads, length, d)
-    # Row r is (batch, other spatial index) in row-major order.
-    for r, idx in enumerate(itertools.product(range(b), *(range(shape[i]) for i in others))):
-        sel = [slice(None)] * len(shape)
-        sel[0] = idx[0]
-        for i, j in zip(others, idx[1:]):
-            sel[i] = j
-        np.testing.assert_array_equal(rows[r], np.moveaxis(x[tuple(sel)], 0, 1))
-    np.testing.assert_array_equal(np.asarray(from_rows(jnp.asarray(rows), axis, shape)), x)
-
-
 def test_axial_attention_through_rows_matches_direct_einsum():
-    """Attention along the Y axis of a [B, X, Y, Z, H, D] map, end to end."""
+    """Attention along the Y axis of a [B, X, Y, Z, H, D] map, end to end through
+    `jaxseg.ops.fold_axis_heads` / `unfold_axis_heads`; f32, tolerance 1e-5."""
     rng = np.random.default_rng(1)
     shape = (1, 3, 12, 2, 2, 16)
     q, k, v = (rng.normal(size=shape).astype(np.float32) for _ in range(3))
     bias = rng.normal(size=(2, 12, 12)).astype(np.float32)
-    rows = [to_rows(jnp.asarray(a), 2) for a in (q, k, v)]
-    out = from_rows(axial_attention(*rows, jnp.asarray(bias), interpret=True), 2, shape)
+    qkv = np.concatenate([a.reshape(*shape[:-2], -1) for a in (q, k, v)], -1)
+    rows = ops.fold_axis_heads(jnp.asarray(qkv), 2, 3, 2)
+    out = axial_attention(*rows, jnp.asarray(bias), interpret=True)
+    out = ops.unfold_axis_heads(out, 2, shape[1:-2]).reshape(shape)
     s = np.einsum("bxyzhd,bxwzhd->bxzhyw", q, k) + bias  # bias [h, y, w] broadcasts
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
@@ -246,7 +222,7 @@ def test_default_rule():
         (3, 2, 7, 16),
     ]:
         for dtype in (jnp.float32, jnp.bfloat16):
-            bs = AxialBlockSizes.default(rows, heads, length, d, dtype)
+            bs = AxialBlockSizes.get_default(rows, heads, length, d, dtype)
             l8 = -(-length // 8) * 8
             if l8 <= 512:
                 assert bs.block_q == bs.block_k == l8
@@ -255,11 +231,11 @@ def test_default_rule():
             assert 1 <= bs.block_rows <= min(64, rows)
             assert bs.block_rows * min(bs.block_q, l8) <= 1024 or bs.block_rows == 1
             assert ax.vmem_bytes(bs, length, d, dtype) <= 12 * 2**20
-    assert AxialBlockSizes.default(1152, 4, 24, 32).block_rows == 32
-    assert AxialBlockSizes.default(3, 2, 7, 16).block_rows == 3  # clamped to the row count
+    assert AxialBlockSizes.get_default(1152, 4, 24, 32).block_rows == 32
+    assert AxialBlockSizes.get_default(3, 2, 7, 16).block_rows == 3  # clamped to the row count
     # L=600: 512 -> 1024 padded, 256 -> 768, 128 -> 640: the least padding wins.
-    assert AxialBlockSizes.default(4, 2, 600, 64).block_k == 128
-    assert AxialBlockSizes.default(4, 2, 1000, 64).block_k == 512  # 1024 for all: largest
+    assert AxialBlockSizes.get_default(4, 2, 600, 64).block_k == 128
+    assert AxialBlockSizes.get_default(4, 2, 1000, 64).block_k == 512  # 1024 for all: largest
 
 
 def test_block_size_errors():
@@ -274,20 +250,18 @@ def test_block_size_errors():
 
 def test_input_errors():
     q = jnp.zeros((2, 2, 8, 16))
-    with pytest.raises(ValueError, match=r"bias must be \[heads, L, L\]"):
+    with pytest.raises(ValueError, match=r"bias must be \[H, L, L\] = \(2, 8, 8\)"):
         axial_attention(q, q, q, jnp.zeros((2, 8, 7)), interpret=True)
     with pytest.raises(ValueError, match="same shape"):
         axial_attention(q, q[:1], q, interpret=True)
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         axial_attention(q.astype(jnp.float16), q.astype(jnp.float16), q.astype(jnp.float16))
-    with pytest.raises(ValueError, match="not a spatial axis"):
-        to_rows(jnp.zeros((2, 3, 4, 2, 8)), 3)
-    with pytest.raises(ValueError, match="do not match"):
-        from_rows(jnp.zeros((6, 2, 4, 8)), 1, (2, 4, 4, 2, 8))
+    with pytest.raises(ValueError, match=r"bias must be \[H, L, L\]"):
+        axial_attention_reference(q, q, q, jnp.zeros((2, 8, 7)))
 
 
 def test_report_rows():
-    rows = ax.report_rows()
+    rows = report.axial_report_rows()
     assert len(rows) >= 6
     for row in rows:
         assert set(row) == {
@@ -304,16 +278,16 @@ def test_report_rows():
         if row["useful_mac_fraction_128"] < 0.75:
             assert "Below the 75% MXU goal" in row["note"]
     # Model check by hand: L=24, D=32, one block: (24*24*32) / (24*128*128) per matmul.
-    bs = AxialBlockSizes.default(1152, 4, 24, 32)
-    assert ax.useful_mac_fraction(24, 32, bs, 128) == pytest.approx(24 * 32 / (128 * 128))
-    assert ax.useful_mac_fraction(128, 128, AxialBlockSizes(1, 128, 128), 128) == 1.0
+    bs = AxialBlockSizes.get_default(1152, 4, 24, 32)
+    assert report.axial_mac_fraction(24, 32, bs, 128) == pytest.approx(24 * 32 / (128 * 128))
+    assert report.axial_mac_fraction(128, 128, AxialBlockSizes(1, 128, 128), 128) == 1.0
 
 
 # ----------------------------------------------------------------------------- lowering
 
 # Every default configuration of the report (rows, heads, L, D), plus a long axis that
 # uses the multi-key-block path under the default rule.
-LOWERING_CONFIGS = [(r, h, l, d) for _, r, h, l, d in ax._REPORT_CONFIGS] + [(4, 2, 600, 64)]
+LOWERING_CONFIGS = [(r, h, l, d) for _, r, h, l, d in report.AXIAL_CONFIGS] + [(4, 2, 600, 64)]
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=lambda d: jnp.dtype(d).name)

@@ -15,11 +15,12 @@ import numpy as np  # noqa: E402
 
 from jaxseg.defaults import base_config  # noqa: E402
 from jaxseg.models import build_model  # noqa: E402
-from jaxseg.run import RunInfo, abstract_state  # noqa: E402
 from jaxseg.training import mesh as mesh_lib  # noqa: E402
 from jaxseg.training import optimizer as optimizer_lib  # noqa: E402
+from jaxseg.training.setup import abstract_state  # noqa: E402
 from jaxseg.training.state import init_train_state  # noqa: E402
 from jaxseg.training.steps import make_train_step  # noqa: E402
+from jaxseg.workdir import RunInfo  # noqa: E402
 
 
 def run(mesh_cfg: dict, devices) -> tuple:

@@ -23,8 +23,8 @@ import pytest
 
 from jaxseg.config import load_config
 from jaxseg.data import synthetic
-from jaxseg.run import load_trained
 from jaxseg.training.loop import train
+from jaxseg.workdir import load_trained
 
 pytestmark = pytest.mark.multiprocess
 
@@ -82,7 +82,7 @@ def _last_json(stdout: str) -> dict:
 
 
 def _params(workdir):
-    return jax.device_get(load_trained(workdir, "latest")[3])
+    return jax.device_get(load_trained(workdir, "latest").params)
 
 
 def _assert_params_close(a, b, tol=1e-5):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from jaxseg.defaults import base_config
-from jaxseg.run import RunInfo, build_model
 from jaxseg.training import optimizer as optimizer_lib
 from jaxseg.training.state import init_train_state
 from jaxseg.training.steps import make_train_step
+from jaxseg.workdir import RunInfo, model_from_config
 
 INFO = RunInfo(
     dims=2,
@@ -41,7 +41,7 @@ def _batch(n=4):
 
 
 def _one_step(config):
-    model = build_model(config, INFO)
+    model = model_from_config(config, INFO)
     optimizer = optimizer_lib.make_optimizer(config.train)
     state = init_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
     return jax.jit(make_train_step(model, optimizer, config))(state, _batch(), jax.random.key(1))
@@ -84,4 +84,4 @@ def test_unknown_compute_dtype():
     from jaxseg.errors import ConfigError
 
     with pytest.raises(ConfigError, match="compute_dtype"):
-        build_model(_config(compute_dtype="float8"), INFO)
+        model_from_config(_config(compute_dtype="float8"), INFO)

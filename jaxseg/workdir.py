@@ -1,0 +1,295 @@
+"""A training run's workdir: what it holds, and how a trained model is read back from it.
+
+    workdir/config.json          the full config the run was trained with
+    workdir/run.json             dataset facts the model needs (dims, channels, classes,
+                                 labels, the class -> label-file value table)
+    workdir/splits.json          the case ids of the train / val / test splits
+    workdir/checkpoints/<step>/  the latest train states ("state") and input positions ("data")
+    workdir/best/<step>/         the train state with the best validation Dice ("state")
+
+evaluate, predict and export need only `--workdir`: everything else is read from here.
+Every path is an `etils.epath.Path`, orbax's own path type, so a workdir may be local or
+on a bucket (`gs://bucket/run`) alike. This module knows the layout and the reading;
+`jaxseg.training.checkpoint` writes the checkpoints into it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxseg import models, ops
+from jaxseg.config import config_from_json
+from jaxseg.data.labels import check_label_values
+from jaxseg.errors import ConfigError, JaxsegError
+
+CONFIG_FILE, RUN_FILE, SPLITS_FILE = "config.json", "run.json", "splits.json"
+CHECKPOINTS_DIR, BEST_DIR = "checkpoints", "best"
+STATE_ITEM, DATA_ITEM = "state", "data"  # the items of one checkpoint step
+LATEST, BEST, AUTO = "latest", "best", "auto"
+BEST_METRIC = "val_dice"
+
+# Model arguments that change how parameters are computed, never which parameters exist:
+# rematerialisation, and the operator implementations `jaxseg.ops` chooses between.
+COMPUTE_ONLY_ARGS = frozenset({"remat", "use_checkpoint", *ops.IMPL_ARGS})
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an epath: a URI (`gs://...`) as it is, a local path made absolute."""
+    path = epath.Path(path)
+    return path if str(path).startswith(("gs://", "s3://")) else path.absolute()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the model and the pre-processing need to know about the training data.
+
+    `labels` maps class index -> name; `label_values[k]` is the value class k has in the
+    dataset's label files, so predictions are written in those values (empty, as in
+    run.json files written before it existed: the identity).
+    """
+
+    dims: int
+    in_channels: int
+    num_classes: int
+    labels: dict[int, str]
+    modalities: tuple[str, ...]
+    dataset_root: str
+    label_values: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(
+            self,
+            "label_values",
+            check_label_values(self.label_values, self.num_classes, RUN_FILE),
+        )
+
+    @classmethod
+    def from_spec(cls, spec) -> RunInfo:
+        return cls(
+            dims=spec.dims,
+            in_channels=len(spec.modalities),
+            num_classes=spec.num_classes,
+            labels=dict(spec.labels),
+            modalities=tuple(spec.modalities),
+            dataset_root=str(spec.root),
+            label_values=tuple(spec.label_values),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunInfo:
+        d = json.loads(text)
+        d["labels"] = {int(k): v for k, v in d["labels"].items()}
+        d["modalities"] = tuple(d["modalities"])
+        d["label_values"] = tuple(d.get("label_values", ()))
+        return cls(**d)
+
+
+# Fields a rerun in the same workdir must keep, or the checkpoints and splits would not fit.
+_FIXED_FIELDS = {"model": ("name", "args"), "data": ("root", "split_seed", "patch_size", "fold")}
+
+
+def save_run(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    info: RunInfo,
+    splits: dict[str, list[str]],
+) -> None:
+    """Writes config.json, run.json and splits.json; refuses a workdir of another model.
+
+    A rerun may change training fields (more steps, another learning rate) but not the
+    model or the data, or the checkpoints would not fit. Model arguments that only choose
+    how the same parameters are computed (`COMPUTE_ONLY_ARGS`: remat, kernel choices) may
+    change, so a run trained with remat on a pod can resume without it, and vice versa.
+    """
+    workdir = as_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / CONFIG_FILE
+    if config_path.exists():
+        old = config_from_json(config_path.read_text())
+        for section, keys in _FIXED_FIELDS.items():
+            for key in keys:
+                was, now = old[section].get(key), config[section].get(key)
+                if (section, key) == ("model", "args"):
+                    was, now = _structural_args(was), _structural_args(now)
+                if _normalise(was) != _normalise(now):
+                    raise ConfigError(
+                        f"{section}.{key} is {now!r} but the run in {workdir} was trained "
+                        f"with {was!r}; use a new --workdir or the original value"
+                    )
+    if jax.process_index() == 0:
+        _write_atomic(config_path, config.to_json(indent=2))
+        _write_atomic(workdir / RUN_FILE, info.to_json())
+        _write_atomic(workdir / SPLITS_FILE, json.dumps(splits, indent=2))
+
+
+def _structural_args(args: Any) -> Any:
+    return {k: v for k, v in _normalise(args).items() if k not in COMPUTE_ONLY_ARGS}
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, ml_collections.ConfigDict):
+        return {k: _normalise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def _write_atomic(path: epath.Path, text: str) -> None:
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def load_run(workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, RunInfo]:
+    """(config, info) of the run in `workdir`."""
+    workdir = as_path(workdir)
+    for name in (CONFIG_FILE, RUN_FILE):
+        if not (workdir / name).is_file():
+            raise JaxsegError(
+                f"{workdir / name} is missing: {workdir} is not a jaxseg "
+                "training workdir (train with python -m jaxseg.train first)"
+            )
+    return (
+        config_from_json((workdir / CONFIG_FILE).read_text()),
+        RunInfo.from_json((workdir / RUN_FILE).read_text()),
+    )
+
+
+def load_splits(workdir: str | os.PathLike) -> dict[str, list[str]]:
+    """`{"train": [case ids], "val": [...], "test": [...]}` as the run was trained."""
+    path = as_path(workdir) / SPLITS_FILE
+    if not path.is_file():
+        raise JaxsegError(f"{path} is missing; it is written by python -m jaxseg.train")
+    return json.loads(path.read_text())
+
+
+def model_from_config(config: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
+    """The model `config.model` names, for the data `info` describes, computing in
+    `train.compute_dtype` (its parameters stay float32)."""
+    args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.model.args.items()}
+    dtype = config.train.get("compute_dtype", "float32")
+    if dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"train.compute_dtype={dtype!r}; use one of {COMPUTE_DTYPES}")
+    args.setdefault("dtype", jnp.dtype(dtype))
+    return models.build_model(
+        config.model.name,
+        dims=info.dims,
+        in_channels=info.in_channels,
+        num_classes=info.num_classes,
+        **args,
+    )
+
+
+def checkpoint_dir(workdir: str | os.PathLike, which: str) -> epath.Path:
+    """`workdir/checkpoints` (`which="latest"`) or `workdir/best`."""
+    if which not in (LATEST, BEST):
+        raise JaxsegError(f"unknown checkpoint {which!r}; use {LATEST!r} or {BEST!r}")
+    return as_path(workdir) / (CHECKPOINTS_DIR if which == LATEST else BEST_DIR)
+
+
+def best_options(**common) -> ocp.CheckpointManagerOptions:
+    """The best slot's options: one step kept, the one with the highest `val_dice`."""
+    return ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=lambda metrics: metrics[BEST_METRIC],
+        best_mode="max",
+        keep_checkpoints_without_metrics=False,
+        **common,
+    )
+
+
+def checkpoint_step(manager: ocp.CheckpointManager, which: str) -> int | None:
+    """The step `manager` holds for `which` (the best, or the latest), None if empty."""
+    return manager.best_step() if which == BEST else manager.latest_step()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A trained run ready for inference: its config, data facts, model and parameters."""
+
+    workdir: epath.Path
+    config: ml_collections.ConfigDict
+    info: RunInfo
+    model: nn.Module
+    params: Any
+    step: int
+    checkpoint: str  # "best" or "latest"
+
+
+def load_trained(workdir: str | os.PathLike, which: str = AUTO) -> TrainedRun:
+    """Reads a trained run's parameters onto this process's first device.
+
+    which: "best" (highest validation Dice), "latest", or "auto" (best if there is one).
+    Only the parameters are read (an orbax partial restore of the train state's
+    `params`), so neither the optimiser nor the training mesh is needed.
+    """
+    workdir = as_path(workdir)
+    config, info = load_run(workdir)
+    model = model_from_config(config, info)
+    if which not in (AUTO, LATEST, BEST):
+        raise JaxsegError(f"unknown checkpoint {which!r}; use {AUTO!r}, {LATEST!r} or {BEST!r}")
+    order = (BEST, LATEST) if which == AUTO else (which,)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    sample = jnp.zeros((1, *config.data.patch_size, info.in_channels), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False))["params"]
+    abstract = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes
+    )
+    restore_args = jax.tree_util.tree_map(lambda s: ocp.ArrayRestoreArgs(sharding=device), shapes)
+    for slot in order:
+        manager = _params_reader(workdir, slot)
+        try:
+            step = checkpoint_step(manager, slot)
+            if step is None:
+                continue
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        STATE_ITEM: ocp.args.PyTreeRestore(
+                            item={"params": abstract},
+                            restore_args={"params": restore_args},
+                            partial_restore=True,
+                        )
+                    }
+                ),
+            )
+        finally:
+            manager.close()
+        params = restored[STATE_ITEM]["params"]
+        return TrainedRun(workdir, config, info, model, params, int(step), slot)
+    what = "" if which == AUTO else f"{which} "
+    raise JaxsegError(
+        f"no {what}checkpoint in {workdir}; train first with "
+        f"python -m jaxseg.train --workdir {workdir}"
+    )
+
+
+def _params_reader(workdir: epath.Path, which: str) -> ocp.CheckpointManager:
+    # The train state was written by StandardCheckpointHandler, which stores a PyTree; the
+    # PyTree handler reads it back and can restore a part of it (the parameters). Read-only:
+    # reading creates, cleans and deletes nothing, so it never changes a workdir.
+    common = dict(read_only=True, create=False)
+    if which == BEST:
+        options = best_options(**common)
+    else:
+        options = ocp.CheckpointManagerOptions(**common)
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir, which),
+        options=options,
+        item_handlers={STATE_ITEM: ocp.PyTreeCheckpointHandler()},
+    )
