@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxseg.data.preprocess import PAD_VALUE
 from jaxseg.errors import ConfigError
 
 __all__ = [
@@ -229,7 +230,7 @@ def _padded(x: jax.Array, spatial: int, pad_mode: str, cval) -> jax.Array:
 
 
 def resample_linear(
-    image: jax.Array, coords: jax.Array, pad_mode: str = "constant", cval: float = 0.0
+    image: jax.Array, coords: jax.Array, pad_mode: str = "constant", cval: float = PAD_VALUE
 ) -> jax.Array:
     """(Bi/tri)linear interpolation of `image [*S, C]` at `coords [*T, d]` -> `[*T, C]`.
 

@@ -16,6 +16,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 8  # global batch, split over the mesh's data axis
     c.data.foreground_fraction = 0.33  # share of patches centred on foreground (nnU-Net)
     c.data.ct_window = (-1000.0, 1000.0)  # HU clip range for channels whose modality is CT
+    # Planned preprocessing (python -m jaxseg.plan writes these; docs/planning.md).
+    c.data.target_spacing = None  # mm per canonical axis to resample to; None: the files' own grid
+    c.data.crop_nonzero = False  # crop each case to its nonzero bounding box (undone on write)
+    c.data.intensity_stats = None  # per channel: (p0.5, p99.5, mean, std) of the dataset's foreground; CT channels are clipped and z-scored with them (None: ct_window)
     c.data.num_threads = 2  # grain threads computing batches (in each worker, if any)
     c.data.prefetch = 4  # batches prefetched by grain (by each worker, if any)
     c.data.num_workers = 0  # processes computing batches; 0: threads here (docs/training.md)
@@ -90,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.overlap = 0.5  # sliding-window overlap
     c.eval.batch_size = 4  # windows per forward pass
     c.eval.gaussian_sigma_scale = 0.125  # Gaussian weighting sigma / patch size
+    c.eval.tta = True  # mirror every spatial axis at test time (nnU-Net); --no-tta turns it off
     c.eval.max_val_cases = 16  # cases used for the validation Dice during training
     return c
 

@@ -4,7 +4,9 @@
     <out_dir>/summary.json   per-class means, foreground mean, inference speed
 
 Pure of workdirs: the caller supplies the cases and a window predictor
-(`jaxseg.inference.window_predictor`); `jaxseg.evaluate.evaluate_run` does it for a run.
+(`jaxseg.inference.window_predictor`); `jaxseg.evaluate.evaluate_run` does it for a run
+and `jaxseg.evaluate.cross_validate_runs` for the folds of a plan (`cross_validate`:
+pooled out-of-fold metrics and the postprocessing decision).
 """
 
 from __future__ import annotations
@@ -13,50 +15,137 @@ import csv
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+import tqdm
 from etils import epath
 
-from jaxseg import inference, metrics
+from jaxseg import inference, metrics, postprocess
+from jaxseg.data.io import Image
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import JaxsegError
 from jaxseg.metrics import METRIC_NAMES
 
 
-def evaluate_cases(
-    cases: Iterable, predictor, *, window: dict, labels: dict[int, str]
-) -> tuple[list[dict], dict]:
-    """Evaluates (case_id, Image, label) triples; returns (rows, timing).
-
-    window: `sliding_window_predict`'s settings (`inference.window_options`), `num_classes`
-    among them. rows: one dict per case and foreground class with `case`, `class`, `name`
-    and the metrics of `jaxseg.metrics.case_metrics`. timing: seconds of inference per case
-    (excluding the first case, which includes compilation) and cases per second.
-    """
-    rows, seconds = [], []
+def predict_cases(
+    cases: Iterable,
+    predictor,
+    *,
+    window: dict,
+    preprocessing: Preprocessing,
+    postprocessing: dict | None = None,
+    progress: bool = False,
+    total: int | None = None,
+    desc: str = "evaluate",
+) -> Iterator[tuple[str, Image, np.ndarray | None, np.ndarray, float]]:
+    """Yields `(case_id, image, label, prediction [*S] uint8, seconds)` for (case_id, Image
+    as read, label) triples, one case at a time: `inference.predict_case` (back on the
+    image's own grid), then the run's largest-component decision if it has one."""
+    if progress:  # a bar with an ETA over `total` cases
+        cases = tqdm.tqdm(cases, desc=desc, unit="case", total=total)
     for case_id, image, label in cases:
         start = time.perf_counter()
-        pred = inference.predict_labels(image.data, predictor, **window)
-        seconds.append(time.perf_counter() - start)
-        per_class = metrics.case_metrics(pred, label, window["num_classes"], image.spacing)
-        for cls, values in enumerate(per_class, start=1):
-            rows.append(
-                {
-                    "case": case_id,
-                    "class": cls,
-                    "name": labels.get(cls, str(cls)),
-                    **{m: float(values[m]) for m in METRIC_NAMES},
-                }
-            )
+        pred = inference.predict_case(
+            image.data, image.spacing, predictor, window=window, preprocessing=preprocessing
+        )
+        if postprocessing is not None:
+            pred = postprocess.apply_postprocessing(pred, postprocessing)
+        yield case_id, image, label, pred, time.perf_counter() - start
+
+
+def score_case(
+    case_id: str, pred: np.ndarray, label: np.ndarray, spacing, labels: dict[int, str]
+) -> list[dict]:
+    """One row per foreground class: `case`, `class`, `name` and `metrics.case_metrics`."""
+    per_class = metrics.case_metrics(pred, label, len(labels), spacing)
+    return [
+        {
+            "case": case_id,
+            "class": cls,
+            "name": labels.get(cls, str(cls)),
+            **{m: float(values[m]) for m in METRIC_NAMES},
+        }
+        for cls, values in enumerate(per_class, start=1)
+    ]
+
+
+def _timing(seconds: list[float]) -> dict:
     if not seconds:
         raise JaxsegError("no cases to evaluate: the split or fold given is empty")
-    timed = seconds[1:] or seconds
+    timed = seconds[1:] or seconds  # the first case includes compilation
     per_case = float(np.median(timed))
-    return rows, {
+    return {
         "median_seconds_per_case": per_case,
         "cases_per_second": 1.0 / per_case,
         "num_cases": len(seconds),
     }
+
+
+def evaluate_cases(
+    cases: Iterable,
+    predictor,
+    *,
+    window: dict,
+    labels: dict[int, str],
+    preprocessing: Preprocessing,
+    postprocessing: dict | None = None,
+    progress: bool = False,
+    total: int | None = None,
+) -> tuple[list[dict], dict]:
+    """Evaluates (case_id, Image as read, label) triples; returns (rows, timing).
+
+    window: `sliding_window_predict`'s settings (`inference.window_options`), `num_classes`
+    among them. preprocessing: the run's (`Preprocessing.from_config`); predictions come
+    back to each image's own grid (`inference.predict_case`) and are scored there, in mm.
+    postprocessing: a largest-component decision (`jaxseg.postprocess`) or None.
+    rows: `score_case`'s, for every case. timing: median seconds of inference per case
+    (excluding the first case, which includes compilation) and cases per second.
+    """
+    rows, seconds = [], []
+    for case_id, image, label, pred, sec in predict_cases(
+        cases,
+        predictor,
+        window=window,
+        preprocessing=preprocessing,
+        postprocessing=postprocessing,
+        progress=progress,
+        total=total,
+    ):
+        seconds.append(sec)
+        rows.extend(score_case(case_id, pred, label, image.spacing, labels))
+    return rows, _timing(seconds)
+
+
+def cross_validate(folds: Sequence[dict], *, labels: dict[int, str], progress: bool = False):
+    """Cross-validation: each fold's validation cases scored by the fold that did not train
+    on them, pooled; and the largest-component decision taken on those predictions.
+
+    folds: per fold `dict(cases=..., predictor=..., window=..., preprocessing=..., total=n)`
+    (`cases` yields (case_id, Image, label) of that fold's "val" split). Returns (rows,
+    timing, decision) with `decision` from `postprocess.decide_postprocessing` (nnU-Net's
+    rule: kept only where it raises cross-validation Dice and lowers no class).
+    """
+    rows, seconds = [], []
+
+    def predictions():
+        for k, fold in enumerate(folds):
+            stream = predict_cases(
+                fold["cases"],
+                fold["predictor"],
+                window=fold["window"],
+                preprocessing=fold["preprocessing"],
+                progress=progress,
+                total=fold.get("total"),
+                desc=f"fold {k}",
+            )
+            for case_id, image, label, pred, sec in stream:
+                seconds.append(sec)
+                rows.extend(score_case(case_id, pred, label, image.spacing, labels))
+                yield pred, label, image.spacing
+
+    decision = postprocess.decide_postprocessing(predictions(), len(labels))
+    return rows, _timing(seconds), decision
 
 
 def summarize(rows: list[dict], labels: dict[int, str]) -> dict:

@@ -2,8 +2,11 @@
 
 `make_predict_fn(model)` is what evaluate, predict, export and the benchmarks run:
 `softmax(model.apply(params, x))`; `window_predictor` jits it once per model.
-`predict_labels` is the production path from a normalised image to its class map:
-sliding windows (host loop, device predictions), then the memory-bounded `argmax_labels`.
+`predict_case` is the production path from an image as read to its class map on the same
+grid: preprocessing (`jaxseg.data.preprocess.Preprocessing`: crop, normalise, resample),
+sliding windows (host loop, device predictions, optional mirroring TTA inside the jitted
+function), resampling back, then the memory-bounded `argmax_labels`. Several folds'
+predictors average into one with `ensemble_predictor`.
 
 `sliding_window_predict` behaves like MONAI's `sliding_window_inference`:
 
@@ -11,7 +14,8 @@ sliding windows (host loop, device predictions), then the memory-bounded `argmax
   `interval = p if p == n else max(int(p * (1 - overlap)), 1)`, the starts are
   `min(i * interval, n - p)` for `i = 0 .. ceil((n - p) / interval)`; the first window
   starts at 0 and the last one is flush with the end, so every voxel is covered.
-- An image smaller than the patch along an axis is padded with zeros on both sides
+- An image smaller than the patch along an axis is padded with `preprocess.PAD_VALUE`
+  (0, what training patches are padded with) on both sides
   (`diff // 2` before, the rest after) and the result is cropped back.
 - Each window's probabilities are weighted by an importance map and accumulated;
   the result is the accumulator divided by the summed weights. `mode="gaussian"`: a
@@ -48,6 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxseg.data import preprocess
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import ConfigError, JaxsegError
 
 __all__ = [
@@ -56,9 +62,12 @@ __all__ = [
     "window_slices",
     "sliding_window_predict",
     "argmax_labels",
-    "predict_labels",
+    "predict_case",
+    "mirror_combinations",
     "make_predict_fn",
     "window_predictor",
+    "tta_axes",
+    "ensemble_predictor",
     "window_options",
 ]
 
@@ -171,13 +180,14 @@ def sliding_window_predict(
     spatial = image.shape[:-1]
     channels = image.shape[-1]
 
-    # Pad axes shorter than the patch (constant zeros, split before/after as MONAI does).
+    # Pad axes shorter than the patch with the value training patches are padded with
+    # (`preprocess.PAD_VALUE`), split before/after as MONAI does.
     pads = []
     for n, p in zip(spatial, patch_size):
         diff = max(p - n, 0)
         pads.append((diff // 2, diff - diff // 2))
     if any(before or after for before, after in pads):
-        image = np.pad(image, pads + [(0, 0)], mode="constant", constant_values=0.0)
+        image = np.pad(image, pads + [(0, 0)], constant_values=preprocess.PAD_VALUE)
     padded = image.shape[:-1]
 
     if mode == "gaussian":
@@ -229,38 +239,98 @@ def argmax_labels(probs: np.ndarray) -> np.ndarray:
     return labels
 
 
-def predict_labels(image: np.ndarray, predict_fn, **kwargs) -> np.ndarray:
-    """`argmax_labels(sliding_window_predict(image, predict_fn, **kwargs))`: `[X, Y, (Z)]`.
-
-    Peak memory is that of `sliding_window_predict`; the labels add `V` bytes (uint8) once
-    the weight map is freed.
-    """
-    return argmax_labels(sliding_window_predict(image, predict_fn, **kwargs))
-
-
 # --------------------------------------------------------------------------- a model's predictor
 
 
-def make_predict_fn(model: nn.Module) -> Callable:
-    """Returns `predict(params, image [b, *patch, C]) -> probabilities [b, *patch, K] f32`."""
+def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial `axes` (0-based), the empty one (no flip) first."""
+    axes = tuple(int(a) for a in axes)
+    return [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
+
+
+def make_predict_fn(model: nn.Module, mirror_axes: Sequence[int] = ()) -> Callable:
+    """Returns `predict(params, image [b, *patch, C]) -> probabilities [b, *patch, K] f32`.
+
+    mirror_axes: spatial axes (0-based over `patch`) for mirroring test-time augmentation:
+    the probabilities are the mean over all `2**len(mirror_axes)` combinations of flips of
+    the input, each output flipped back (nnU-Net's default TTA). `()`: no TTA.
+    """
+    combos = mirror_combinations(mirror_axes)
+
+    def probabilities(params, x):
+        logits = model.apply({"params": params}, x, train=False)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
     def predict(params, image):
-        logits = model.apply({"params": params}, image, train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        total = None
+        for combo in combos:
+            flip = tuple(a + 1 for a in combo)  # past the batch axis
+            out = probabilities(params, jnp.flip(image, flip) if flip else image)
+            out = jnp.flip(out, flip) if flip else out
+            total = out if total is None else total + out
+        return total / len(combos)
 
     return predict
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_predict(model: nn.Module) -> Callable:
-    return jax.jit(make_predict_fn(model))
+def _jitted_predict(model: nn.Module, mirror_axes: tuple[int, ...]) -> Callable:
+    return jax.jit(make_predict_fn(model, mirror_axes))
 
 
-def window_predictor(model: nn.Module, params) -> Callable[[np.ndarray], np.ndarray]:
-    """`f(windows [b, *patch, C]) -> probabilities [b, *patch, K]`; compiled once per model
-    and window-batch shape, so new params (as in validation during training) reuse it."""
-    predict = _jitted_predict(model)
+def window_predictor(
+    model: nn.Module, params, mirror_axes: Sequence[int] = ()
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`f(windows [b, *patch, C]) -> probabilities [b, *patch, K]`; compiled once per model,
+    mirroring and window-batch shape, so new params (validation during training) reuse it."""
+    predict = _jitted_predict(model, tuple(int(a) for a in mirror_axes))
     return lambda windows: np.asarray(predict(params, windows))
+
+
+def tta_axes(config, dims: int) -> tuple[int, ...]:
+    """The mirroring axes `config.eval.tta` asks for: all `dims` spatial axes when true
+    (the default, as nnU-Net), none when false."""
+    return tuple(range(dims)) if config.eval.get("tta", False) else ()
+
+
+def ensemble_predictor(predictors: Sequence[Callable]) -> Callable[[np.ndarray], np.ndarray]:
+    """The mean of several window predictors' probabilities (a fold ensemble: the folds
+    share the plan, so their windows and classes agree)."""
+    predictors = list(predictors)
+    if not predictors:
+        raise ConfigError("ensemble_predictor: no predictors given")
+    if len(predictors) == 1:
+        return predictors[0]
+
+    def predict(windows):
+        total = np.asarray(predictors[0](windows), np.float32).copy()
+        for p in predictors[1:]:
+            total += np.asarray(p(windows), np.float32)
+        return total / len(predictors)
+
+    return predict
+
+
+def predict_case(
+    image: np.ndarray,
+    spacing: Sequence[float],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    *,
+    window: dict,
+    preprocessing: Preprocessing,
+) -> np.ndarray:
+    """A case as read (`image [*S, C]` at `spacing`) -> its class map `[*S]` (uint8).
+
+    The production path of evaluate, predict and validation: `preprocessing` takes the
+    image to the model's grid (crop, normalise, resample), sliding windows predict there,
+    the probabilities go back to the file's spacing and the argmax back into the full
+    file grid (background outside a nonzero crop).
+    """
+    x, grid = preprocessing.image(image, spacing)
+    probs = sliding_window_predict(x, predictor, **window)
+    del x
+    probs = preprocessing.to_file_grid(probs, grid)
+    return grid.uncrop(argmax_labels(probs))
 
 
 def window_options(config, num_classes: int) -> dict:

@@ -1,4 +1,7 @@
-"""Segment files: python -m jaxseg.predict --workdir DIR --input PATH --output PATH
+"""Segment files: python -m jaxseg.predict --workdir DIR[,DIR2,...] --input PATH --output PATH
+
+Several workdirs (the folds of one plan) are a fold ensemble. Mirroring test-time
+augmentation is on unless --no-tta (or the run's eval.tta is false).
 
 PATH is a file (NIfTI, PNG, TIFF, GIF) or a folder of them. Each mask has its input's
 shape, affine and orientation and holds the label values of the training data's files
@@ -18,15 +21,24 @@ def main(argv) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", required=True, help="a trained run")
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        help="a trained run, or several comma-separated (a fold ensemble: probabilities averaged)",
+    )
     parser.add_argument("--input", required=True, help="an image file or a folder")
     parser.add_argument("--output", required=True, help="a mask file, or a folder")
     parser.add_argument("--checkpoint", default="auto", choices=("auto", "best", "latest"))
+    parser.add_argument(
+        "--no-tta", action="store_true", help="no mirroring test-time augmentation (eval.tta)"
+    )
     args = parser.parse_args(argv)
 
     from jaxseg.segment import Segmenter
 
-    written = Segmenter(args.workdir, args.checkpoint).segment_path(args.input, args.output)
+    workdirs = [w for w in args.workdir.split(",") if w]
+    segmenter = Segmenter(workdirs, args.checkpoint, tta=not args.no_tta)
+    written = segmenter.segment_path(args.input, args.output)
     for path in written:
         print(path)
     return 0

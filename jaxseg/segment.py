@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import tqdm
 
-from jaxseg import inference
-from jaxseg.data import io, preprocess
+from jaxseg import inference, postprocess
+from jaxseg.data import io
 from jaxseg.data.labels import classes_to_values
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import JaxsegError
-from jaxseg.workdir import load_trained
+from jaxseg.workdir import load_postprocessing, load_trained
 
 IMAGE_SUFFIXES = io.NIFTI_SUFFIXES + io.PIL_SUFFIXES
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -33,21 +36,42 @@ def _split_suffix(name: str) -> tuple[str, str]:
 
 
 class Segmenter:
-    """A trained run, ready to segment images."""
+    """One trained run, or a fold ensemble of runs, ready to segment images.
 
-    def __init__(self, workdir: str | os.PathLike, which: str = "auto"):
-        run = load_trained(workdir, which)
-        self.config, self.info, self.model, self.params = (
-            run.config,
-            run.info,
-            run.model,
-            run.params,
-        )
-        self._predictor = inference.window_predictor(self.model, self.params)
+    workdirs: a workdir, or several (comma-separated in the CLI) trained with the same plan
+    (classes, label values, modalities, preprocessing and patch): their probabilities are
+    averaged before the argmax, then the runs' postprocessing decision (if cross-validation
+    took one) is applied. tta: mirroring test-time augmentation as the first run's
+    `eval.tta` configures it; False turns it off.
+    """
+
+    def __init__(
+        self,
+        workdirs: str | os.PathLike | Sequence[str | os.PathLike],
+        which: str = "auto",
+        *,
+        tta: bool = True,
+    ):
+        if isinstance(workdirs, (str, os.PathLike)):
+            workdirs = [workdirs]
+        runs = [load_trained(w, which) for w in workdirs]
+        if not runs:
+            raise JaxsegError("no workdir given")
+        first = runs[0]
+        self.config, self.info = first.config, first.info
+        self.preprocessing = Preprocessing.from_config(self.config.data, self.info.modalities)
         self._window = inference.window_options(self.config, self.info.num_classes)
+        for run in runs[1:]:
+            _check_same_plan(first, run, self.preprocessing, self._window)
+        # The decision cross-validation wrote into the folds (the same in each).
+        self.postprocessing = load_postprocessing(first.workdir)
+        axes = inference.tta_axes(self.config, self.info.dims) if tta else ()
+        self._predictor = inference.ensemble_predictor(
+            [inference.window_predictor(r.model, r.params, axes) for r in runs]
+        )
 
     def segment(self, image: io.Image) -> np.ndarray:
-        """Label map `[X, Y, (Z)]` in the image's canonical orientation, in label-file
+        """Label map `[X, Y, (Z)]` on the image's own (canonical) grid, in label-file
         values (`classes_to_values`: uint8, or wider when a value exceeds 255)."""
         channels = image.data.shape[-1]
         if channels != self.info.in_channels:
@@ -55,10 +79,15 @@ class Segmenter:
                 f"{image.path} has {channels} channel(s); the model was "
                 f"trained on {self.info.in_channels} ({', '.join(self.info.modalities)})"
             )
-        data = preprocess.normalize(
-            image.data, self.info.modalities, ct_window=tuple(self.config.data.ct_window)
+        classes = inference.predict_case(
+            image.data,
+            image.spacing,
+            self._predictor,
+            window=self._window,
+            preprocessing=self.preprocessing,
         )
-        classes = inference.predict_labels(data, self._predictor, **self._window)
+        if self.postprocessing is not None:
+            classes = postprocess.apply_postprocessing(classes, self.postprocessing)
         return classes_to_values(classes, self.info.label_values)
 
     def segment_files(self, channel_paths: list[Path], output: Path) -> Path:
@@ -92,7 +121,27 @@ class Segmenter:
         if not cases:
             raise JaxsegError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {input_path}")
         output.mkdir(parents=True, exist_ok=True)
+        progress = tqdm.tqdm(cases.items(), desc="predict", unit="case", disable=len(cases) < 2)
         return [
             self.segment_files(paths, output / f"{case}{suffix_of[case]}")
-            for case, paths in cases.items()
+            for case, paths in progress
         ]
+
+
+def _check_same_plan(first, run, preprocessing: Preprocessing, window: dict) -> None:
+    """A fold ensemble averages window probabilities: the runs must agree on what a
+    window and a class are."""
+    theirs = Preprocessing.from_config(run.config.data, run.info.modalities)
+    checks = {
+        "classes": (first.info.labels, run.info.labels),
+        "label values": (first.info.label_values, run.info.label_values),
+        "modalities": (first.info.modalities, run.info.modalities),
+        "preprocessing": (preprocessing, theirs),
+        "patch size": (window["patch_size"], tuple(run.config.data.patch_size)),
+    }
+    for what, (a, b) in checks.items():
+        if a != b:
+            raise JaxsegError(
+                f"{run.workdir}: its {what} ({b}) differ from {first.workdir}'s ({a}); "
+                "a fold ensemble needs runs trained with the same plan"
+            )

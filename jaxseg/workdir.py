@@ -27,12 +27,15 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxseg import models, ops
+from jaxseg import models, ops, postprocess
 from jaxseg.config import config_from_json
 from jaxseg.data.labels import check_label_values
 from jaxseg.errors import ConfigError, JaxsegError
 
 CONFIG_FILE, RUN_FILE, SPLITS_FILE = "config.json", "run.json", "splits.json"
+# The largest-component decision cross-validation took (jaxseg.evaluate over the folds);
+# evaluate and predict apply it when it is there.
+POSTPROCESSING_FILE = "postprocessing.json"
 CHECKPOINTS_DIR, BEST_DIR = "checkpoints", "best"
 STATE_ITEM, DATA_ITEM = "state", "data"  # the items of one checkpoint step
 LATEST, BEST, AUTO = "latest", "best", "auto"
@@ -175,6 +178,13 @@ def load_splits(workdir: str | os.PathLike) -> dict[str, list[str]]:
     if not path.is_file():
         raise JaxsegError(f"{path} is missing; it is written by python -m jaxseg.train")
     return json.loads(path.read_text())
+
+
+def load_postprocessing(workdir: str | os.PathLike) -> dict | None:
+    """The run's postprocessing decision (`jaxseg.postprocess`), or None before one was
+    taken."""
+    path = as_path(workdir) / POSTPROCESSING_FILE
+    return postprocess.load_decision(path) if path.exists() else None
 
 
 def model_from_config(config: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from jaxseg.config import load_config
-from jaxseg.evaluate import evaluate_run
+from jaxseg.evaluate import cross_validate_runs, evaluate_run
 from jaxseg.segment import Segmenter
 from jaxseg.training.loop import train
-from jaxseg.workdir import load_trained
+from jaxseg.workdir import load_postprocessing, load_trained
 
 pytestmark = pytest.mark.e2e
 
@@ -126,6 +126,58 @@ def test_evaluate_writes_report(trained):
     assert saved["mean"]["dice"] == pytest.approx(summary["mean"]["dice"])
     assert all(np.isfinite(v) for v in saved["mean"].values())
     assert saved["inference"]["cases_per_second"] > 0
+
+
+@pytest.fixture(scope="module")
+def folds(config_file, tmp_path_factory):
+    """Two cross-validation folds of the tiny config (data.num_folds=2)."""
+    root = tmp_path_factory.mktemp("folds")
+    workdirs = []
+    for k in range(2):
+        workdirs.append(root / f"fold{k}")
+        overrides = [f"data.fold={k}", "data.num_folds=2", "train.eval_every=6"]
+        train(load_config(config_file, overrides), workdirs[-1])
+    return workdirs
+
+
+def test_cross_validation_pools_out_of_fold_cases_and_decides_postprocessing(folds):
+    summary = cross_validate_runs([str(w) for w in folds], tta=False)
+    splits = [json.loads((w / "splits.json").read_text()) for w in folds]
+    assert splits[0]["test"] == splits[1]["test"]  # the held-out test split is untouched
+    assert not set(splits[0]["val"]) & set(splits[1]["val"])
+    assert set(splits[0]["val"]) | set(splits[1]["val"]) == set(
+        splits[0]["train"] + splits[0]["val"]
+    )
+    assert summary["num_cases"] == len(splits[0]["val"]) + len(splits[1]["val"])
+    rows = (folds[0] / "crossval" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * summary["num_cases"]
+    assert {r.split(",")[0] for r in rows[1:]} == set(splits[0]["val"] + splits[1]["val"])
+    written = [json.loads((w / "postprocessing.json").read_text()) for w in folds]
+    assert written[0] == written[1] == summary["postprocessing"]
+    # evaluate applies (and records) the decision from now on
+    assert evaluate_run(folds[0], split="test", tta=False)["postprocessing"] == written[0]
+
+
+def test_fold_ensemble_averages_the_folds_probabilities(folds, phantom_2d):
+    """predict with two workdirs = the argmax of the mean of each fold's own sliding-window
+    probabilities (computed here fold by fold), then the folds' postprocessing."""
+    from jaxseg import inference, postprocess
+    from jaxseg.data import io, preprocess
+
+    source = next((phantom_2d / "imagesTs").iterdir())
+    image = io.read_image([source], dims=2)
+    got = Segmenter([str(w) for w in folds], tta=False).segment(image)
+    probs = []
+    for w in folds:
+        run = load_trained(w)
+        x = preprocess.normalize(image.data, run.info.modalities)
+        predictor = inference.window_predictor(run.model, run.params)
+        window = inference.window_options(run.config, run.info.num_classes)
+        probs.append(inference.sliding_window_predict(x, predictor, **window))
+    expected = np.argmax((probs[0] + probs[1]) / 2, -1)
+    decision = load_postprocessing(folds[0])
+    expected = postprocess.apply_postprocessing(expected, decision) if decision else expected
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_predict_overlays_a_reoriented_input(trained, phantom_2d, tmp_path):

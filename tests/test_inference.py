@@ -3,15 +3,19 @@ functions, window coverage, importance map, batch padding."""
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import ConfigError, JaxsegError
 from jaxseg.inference import (
+    ensemble_predictor,
     gaussian_importance_map,
-    predict_labels,
+    make_predict_fn,
+    predict_case,
     sliding_window_predict,
     window_slices,
     window_starts,
@@ -171,16 +175,103 @@ def test_blending_is_weighted_mean_of_window_outputs():
     np.testing.assert_allclose(probs[..., 0], num / den, rtol=1e-5)
 
 
+_IDENTITY = Preprocessing(modalities=("noNorm",) * C)
+
+
 @pytest.mark.parametrize("slab", [1 << 22, 13 * 7 * 2])  # one slab; slabs of 2 x-planes
-def test_predict_labels_uint8_argmax(slab, monkeypatch):
+def test_predict_case_uint8_argmax(slab, monkeypatch):
+    """No crop, no resampling, no normalisation: the class map is the plain argmax of the
+    voxelwise function, whatever the argmax slab size."""
     monkeypatch.setattr("jaxseg.inference._ARGMAX_SLAB_VOXELS", slab)
     rng = np.random.default_rng(2)
     image = rng.normal(size=(9, 13, 7, C)).astype(np.float32)
-    labels = predict_labels(
-        image, jax.jit(_voxelwise), patch_size=(4, 4, 4), num_classes=K, overlap=0.25
+    window = dict(patch_size=(4, 4, 4), num_classes=K, overlap=0.25)
+    labels = predict_case(
+        image, (1.0, 1.0, 1.0), jax.jit(_voxelwise), window=window, preprocessing=_IDENTITY
     )
     assert labels.dtype == np.uint8 and labels.shape == (9, 13, 7)
     np.testing.assert_array_equal(labels, np.argmax(np.asarray(_voxelwise(image)), -1))
+
+
+def test_predict_case_resamples_there_and_back():
+    """With a target spacing twice the file's, the model sees a half-size grid and the map
+    comes back on the file's grid: for a smooth image, the voxelwise argmax of the original
+    image except near class boundaries (reference: numpy on the original grid)."""
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in (24, 20, 16)], indexing="ij")
+    image = np.stack([3 * x, 3 * y + z], -1).astype(np.float32)
+    seen = []
+
+    def predictor(windows):
+        seen.append(windows.shape)
+        return np.asarray(_voxelwise(windows))
+
+    prep = Preprocessing(modalities=("noNorm",) * C, target_spacing=(2.0, 2.0, 2.0))
+    window = dict(patch_size=(8, 8, 8), num_classes=K, overlap=0.5)
+    labels = predict_case(image, (1.0, 1.0, 1.0), predictor, window=window, preprocessing=prep)
+    assert labels.shape == (24, 20, 16)
+    expected = np.argmax(np.asarray(_voxelwise(image)), -1)
+    assert np.mean(labels == expected) > 0.97
+    assert seen[0] == (4, 8, 8, 8, C)  # windows over the 12 x 10 x 8 model grid
+
+
+def test_predict_case_crop_nonzero_is_background_outside():
+    """crop_nonzero: voxels outside the nonzero box are background (0) in the map even
+    where the model would say otherwise; inside, the voxelwise argmax."""
+    rng = np.random.default_rng(4)
+    image = np.zeros((20, 18, 2), np.float32)
+    image[5:15, 3:12] = rng.normal(size=(10, 9, 2)) + 2.0
+
+    def predictor(windows):
+        probs = np.array(_voxelwise(windows))
+        probs[..., 0] = np.where(np.all(windows == 0, -1), 0.0, probs[..., 0])
+        return probs
+
+    prep = Preprocessing(modalities=("noNorm", "noNorm"), crop_nonzero=True)
+    window = dict(patch_size=(8, 8), num_classes=K, overlap=0.5)
+    labels = predict_case(image, (1.0, 1.0), predictor, window=window, preprocessing=prep)
+    inside = np.argmax(np.asarray(_voxelwise(image[5:15, 3:12])), -1)
+    np.testing.assert_array_equal(labels[5:15, 3:12], inside)
+    outside = np.ones(labels.shape, bool)
+    outside[5:15, 3:12] = False
+    assert np.all(labels[outside] == 0)
+
+
+class _Tilted(nn.Module):
+    """Not mirror-equivariant: logits depend on the voxel's position along each axis."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        pos = sum(
+            jnp.arange(n, dtype=jnp.float32).reshape([n if a == i else 1 for a in range(x.ndim)])
+            for i, n in enumerate(x.shape)
+            if 0 < i < x.ndim - 1
+        )
+        return nn.Dense(K)(x) + pos * jnp.arange(K, dtype=jnp.float32)
+
+
+def test_mirroring_tta_is_the_mean_over_flips():
+    """Reference: the mean over the four flips of a 2D input of softmax(apply(flip(x)))
+    flipped back, written out with numpy flips."""
+    model = _Tilted()
+    x = np.random.default_rng(5).normal(size=(2, 6, 5, C)).astype(np.float32)
+    params = model.init(jax.random.key(0), x)["params"]
+    plain = lambda v: np.asarray(jax.nn.softmax(model.apply({"params": params}, v), -1))
+    expected = np.mean(
+        [np.flip(plain(np.flip(x, ax)), ax) for ax in [(), (1,), (2,), (1, 2)]], axis=0
+    )
+    got = np.asarray(make_predict_fn(model, mirror_axes=(0, 1))(params, x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(got, plain(x), atol=1e-3)  # the flips matter for this model
+    np.testing.assert_allclose(np.asarray(make_predict_fn(model)(params, x)), plain(x), rtol=1e-6)
+
+
+def test_ensemble_predictor_averages():
+    a = lambda w: np.full((*w.shape[:-1], K), 0.2, np.float32)
+    b = lambda w: np.full((*w.shape[:-1], K), 0.6, np.float32)
+    out = ensemble_predictor([a, b])(np.zeros((1, 4, 4, C), np.float32))
+    np.testing.assert_allclose(out, 0.4)
+    with pytest.raises(ConfigError):
+        ensemble_predictor([])
 
 
 def test_jitted_predict_fn_traces_once():

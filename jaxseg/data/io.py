@@ -151,11 +151,26 @@ def _to_canonical(arr: np.ndarray, affine: np.ndarray, zooms3: Sequence[float]):
     return canon, new_affine, tuple(zooms), ornt
 
 
+def _check_header_spacing(path: Path, img, spatial: int) -> None:
+    """DataError naming the file when its header's spatial pixdim is zero, negative or not
+    finite. nibabel quietly replaces a 0 pixdim by 1 when it reads the header, so the raw
+    header is read again unchecked."""
+    with nib.openers.ImageOpener(str(path)) as f:
+        raw = type(img.header).from_fileobj(f, check=False)
+    pixdim = [float(v) for v in raw["pixdim"][1 : 1 + spatial]]
+    if not all(np.isfinite(v) and v > 0 for v in pixdim):
+        raise DataError(
+            f"{path}: the header's voxel spacing (pixdim) is {tuple(pixdim)}; every spacing "
+            "must be a finite number > 0 (fix pixdim in the header)."
+        )
+
+
 def _nifti_canonical(path: Path, dims: int, *, allow_channels: bool):
     """Reads a NIfTI file -> (canonical array [*spatial(dims), (C)], Image metadata kwargs)."""
     img, arr = _load_nifti(path)
     disk_shape = tuple(int(s) for s in arr.shape)
     zooms = tuple(float(z) for z in img.header.get_zooms())
+    _check_header_spacing(path, img, min(arr.ndim, 3))
     if dims == 3:
         if arr.ndim == 3:
             arr4 = arr[..., None]

@@ -28,18 +28,21 @@ the training set in host memory. The iterator's state is the index of the next b
 Patch sampling (nnU-Net style): with probability `foreground_fraction` the patch is centred,
 with a uniform jitter of up to a quarter patch per axis, on a random voxel of a random
 foreground class present in the case (the voxel is always inside the patch); otherwise
-the patch position is uniform. Images smaller than the patch are padded (image with its
-per-channel minimum after normalisation, label with 0) at a random offset.
+the patch position is uniform. Images smaller than the patch are padded at a random offset:
+the image with `preprocess.PAD_VALUE` (0 after normalisation, the value sliding-window
+inference pads with), the label with 0 (background).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import grain
 import numpy as np
+import tqdm
 
 from jaxseg.data import preprocess
 from jaxseg.data.dataset import Case, DatasetSpec, load_case
@@ -61,27 +64,37 @@ class _CaseArrays:
     case_id: str
     image: np.ndarray  # float32 [*S, C], normalised
     label: np.ndarray  # int32 [*S]
-    pad_value: np.ndarray  # float32 [C]
     fg: tuple[np.ndarray, ...]  # per present foreground class: flat voxel indices
 
 
 def load_training_arrays(
-    spec: DatasetSpec, cases: Sequence[Case], ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    spec: DatasetSpec,
+    cases: Sequence[Case],
+    preprocessing: preprocess.Preprocessing | None = None,
 ) -> list[_CaseArrays]:
-    """Loads, validates and normalises labelled cases once (kept in memory)."""
+    """Loads, validates and preprocesses labelled cases once (kept in memory): cropped,
+    normalised and resampled to the model's grid (`preprocess.Preprocessing`; default:
+    normalisation only). A class that resampling makes vanish from a case is warned about."""
+    prep = preprocessing or preprocess.Preprocessing(spec.modalities)
     out = []
-    for case in cases:
+    for case in tqdm.tqdm(cases, desc="load", unit="case", leave=False, disable=len(cases) < 20):
         image, label = load_case(spec, case)
         if label is None:
             raise DataError(
                 f"case '{case.case_id}': has no label file; training cases need labels."
             )
-        data = preprocess.normalize(image.data, spec.modalities, ct_window)
+        data, grid = prep.image(image.data, image.spacing)
+        label, vanished = prep.label(label, grid, spec.num_classes)
+        for k in vanished:
+            warnings.warn(
+                f"case '{case.case_id}': class {k} ({spec.labels.get(k, k)}) vanished when "
+                f"resampled to {grid.model_spacing} mm (smaller than one target voxel).",
+                stacklevel=2,
+            )
         flat = label.reshape(-1)
         fg = tuple(np.flatnonzero(flat == k) for k in range(1, spec.num_classes))
         fg = tuple(f for f in fg if f.size)
-        pad = data.reshape(-1, data.shape[-1]).min(axis=0).astype(np.float32)
-        out.append(_CaseArrays(case.case_id, data, label, pad, fg))
+        out.append(_CaseArrays(case.case_id, data, label, fg))
     return out
 
 
@@ -113,7 +126,7 @@ def sample_patch(
         src.append(slice(a, b))
         dst.append(slice(a - s0, b - s0))
     img = np.empty(patch + (arrays.image.shape[-1],), np.float32)
-    img[...] = arrays.pad_value
+    img[...] = preprocess.PAD_VALUE
     lab = np.zeros(patch, np.int32)
     img[tuple(dst)] = arrays.image[tuple(src)]
     lab[tuple(dst)] = arrays.label[tuple(src)]
@@ -207,7 +220,7 @@ def train_batches(
     num_threads: int = 2,
     prefetch: int = 4,
     num_workers: int = 0,
-    ct_window: tuple[float, float] = (-1000.0, 1000.0),
+    preprocessing: preprocess.Preprocessing | None = None,
 ) -> BatchIterator:
     """An endless iterator of this process's training batches.
 
@@ -239,7 +252,7 @@ def train_batches(
             f"processes ({nproc})."
         )
     per_process = batch_size // nproc
-    arrays = load_training_arrays(spec, cases, ct_window)
+    arrays = load_training_arrays(spec, cases, preprocessing)
 
     n = len(arrays)
 
@@ -288,11 +301,11 @@ def _absl_flags_parsed() -> None:
 
 
 def eval_cases(
-    spec: DatasetSpec, cases: Sequence[Case], ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    spec: DatasetSpec, cases: Sequence[Case]
 ) -> Iterator[tuple[str, Image, np.ndarray | None]]:
-    """Yields `(case_id, Image with normalised data [*S, C], label int32 [*S] or None)` per case,
-    loading lazily (one case in memory at a time)."""
+    """Yields `(case_id, Image [*S, C] as read, label int32 [*S] or None)` per case, on the
+    file's own grid, loading lazily (one case in memory at a time); inference preprocesses
+    (`inference.predict_case`) so that predictions and metrics stay on this grid."""
     for case in cases:
         image, label = load_case(spec, case)
-        data = preprocess.normalize(image.data, spec.modalities, ct_window)
-        yield case.case_id, dataclasses.replace(image, data=data), label
+        yield case.case_id, image, label

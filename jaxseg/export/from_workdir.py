@@ -8,7 +8,7 @@ import os
 from etils import epath
 
 from jaxseg import inference, ops
-from jaxseg.data import preprocess
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.export.saved_model import export_saved_model
 from jaxseg.workdir import TrainedRun, load_trained
 
@@ -31,7 +31,7 @@ def platform_predict_fns(model, platforms) -> dict:
 
 def export_metadata(run: TrainedRun) -> dict:
     """What serving code needs beside the patch signature: classes, label values, the
-    normalisation the run trained with, and the sliding-window settings."""
+    preprocessing the run trained with, and the sliding-window settings."""
     config, info = run.config, run.info
     return {
         "model": config.model.name,
@@ -40,9 +40,9 @@ def export_metadata(run: TrainedRun) -> dict:
         "labels": {str(k): v for k, v in info.labels.items()},
         "label_values": list(info.label_values),  # class k is written as label_values[k]
         "modalities": list(info.modalities),
-        "normalization": preprocess.normalization_scheme(
-            info.modalities, tuple(config.data.ct_window)
-        ),
+        # normalization (per channel), crop_nonzero and target_spacing: what a client must
+        # do to an image before the patch signature, as the run did in training.
+        **Preprocessing.from_config(config.data, info.modalities).describe(),
         "sliding_window": {
             "overlap": config.eval.overlap,
             "gaussian_sigma_scale": config.eval.gaussian_sigma_scale,

@@ -19,6 +19,7 @@ from etils import epath
 
 from jaxseg import evaluation, inference
 from jaxseg.data import pipeline
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import JaxsegError
 from jaxseg.training import checkpoint
 from jaxseg.training import mesh as mesh_lib
@@ -138,11 +139,8 @@ class _Validation:
     """Mean foreground Dice over (up to `eval.max_val_cases`) validation cases."""
 
     def __init__(self, config, spec, cases, model, info: RunInfo):
-        self.cases = list(
-            pipeline.eval_cases(
-                spec, cases[: config.eval.max_val_cases], ct_window=tuple(config.data.ct_window)
-            )
-        )
+        self.cases = list(pipeline.eval_cases(spec, cases[: config.eval.max_val_cases]))
+        self.preprocessing = Preprocessing.from_config(config.data, info.modalities)
         self.model, self.config, self.info = model, config, info
 
     def __call__(self, params) -> float:
@@ -151,6 +149,7 @@ class _Validation:
             inference.window_predictor(self.model, params),
             window=inference.window_options(self.config, self.info.num_classes),
             labels=self.info.labels,
+            preprocessing=self.preprocessing,  # no TTA: a quick pseudo-Dice, as nnU-Net's
         )
         return float(np.mean([r["dice"] for r in rows]))
 

@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from jaxseg.data import pipeline
 from jaxseg.data import splits as splits_lib
 from jaxseg.data.dataset import Case, DatasetSpec, load_dataset
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.training import mesh as mesh_lib
 from jaxseg.training import optimizer as optimizer_lib
 from jaxseg.training.state import TrainState, init_train_state
@@ -92,7 +93,7 @@ class TrainingSetup:
             num_threads=data.num_threads,
             prefetch=data.prefetch,
             num_workers=data.num_workers,
-            ct_window=tuple(data.ct_window),
+            preprocessing=Preprocessing.from_config(data, self.info.modalities),
         )
 
 

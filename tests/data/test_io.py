@@ -155,3 +155,17 @@ def test_multi_file_channels(tmp_path):
     c = save_nifti(tmp_path / "a_0002.nii.gz", np.ones((3, 4, 6)), np.eye(4))
     with pytest.raises(DataError, match="a_0002"):
         io.read_image([a, c], 3)
+
+
+@pytest.mark.parametrize("bad", [0.0, float("nan")])
+def test_zero_or_nan_spacing_names_the_file(tmp_path, bad):
+    """pixdim[2] (the y spacing) patched in the file's bytes: the NIfTI-1 header keeps
+    pixdim as 8 float32 at byte 76 (nibabel would rewrite it from the affine)."""
+    raw = tmp_path / "raw.nii"
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.eye(4)), raw)
+    data = bytearray(raw.read_bytes())
+    data[76 + 4 * 2 : 76 + 4 * 3] = np.float32(bad).tobytes()
+    path = tmp_path / "bad_spacing.nii.gz"
+    path.write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(DataError, match=r"bad_spacing\.nii\.gz.*spacing"):
+        io.read_image([path], 3)

@@ -14,6 +14,7 @@ from PIL import Image as PILImage
 from jaxseg import defaults, evaluation, inference
 from jaxseg.data import dataset, io
 from jaxseg.data.labels import classes_to_values
+from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import DataError
 from jaxseg.segment import Segmenter
 from jaxseg.workdir import RunInfo
@@ -185,6 +186,8 @@ def _fake_segmenter(info: RunInfo, patch_size, step: float) -> Segmenter:
 
     seg._predictor = predictor
     seg._window = inference.window_options(seg.config, info.num_classes)
+    seg.preprocessing = Preprocessing.from_config(seg.config.data, info.modalities)
+    seg.postprocessing = None
     return seg
 
 
@@ -224,6 +227,7 @@ def test_predict_writes_file_values_3d_and_evaluates_declared_classes(tmp_path):
         seg._predictor,
         window=seg._window,
         labels=spec.labels,
+        preprocessing=seg.preprocessing,
     )
     assert [(r["class"], r["name"]) for r in rows] == [
         (1, "necrosis"),
