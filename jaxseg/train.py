@@ -1,6 +1,10 @@
 """Train a model: python -m jaxseg.train --config configs/NAME.py --workdir DIR [--config.a.b=v]
 
 Rerunning the same command resumes from the last checkpoint in DIR.
+
+With --data DATASET instead of --config, the dataset is planned first (python -m
+jaxseg.plan: fingerprint, spacing, normalisation, patch, batch, stages) into DIR/plan/,
+and the run trains from DIR/plan/config.py; a rerun reuses that plan and resumes.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 
 from jaxseg import cli
 from jaxseg.config import load_config, split_overrides
+from jaxseg.errors import ConfigError
 
 
 def main(argv) -> int:
@@ -19,7 +24,11 @@ def main(argv) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="config file with get_config()")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="config file with get_config()")
+    source.add_argument(
+        "--data", help="a dataset folder (dataset.json) to plan on the fly instead of --config"
+    )
     parser.add_argument("--workdir", required=True, help="checkpoints, logs and reports")
     parser.add_argument(
         "--coordinator",
@@ -29,7 +38,13 @@ def main(argv) -> int:
     parser.add_argument("--num-processes", type=int, default=None)
     parser.add_argument("--process-id", type=int, default=None)
     args = parser.parse_args(rest)
-    config = load_config(args.config, overrides)
+    if args.data is not None and (args.num_processes or 1) > 1:
+        raise ConfigError(
+            "--data plans on this process's devices; for a multi-process run plan first "
+            "(python -m jaxseg.plan --data DIR --out PLAN) and pass --config PLAN/config.py"
+        )
+    config_path = args.config or _planned_config(args.data, args.workdir)
+    config = load_config(config_path, overrides)
 
     # Importing JAX after parsing keeps --help fast; joining the run precedes device use.
     from jaxseg.training import distributed
@@ -43,6 +58,21 @@ def main(argv) -> int:
     if jax.process_index() == 0:
         print(json.dumps({"workdir": args.workdir, **result}))
     return 0
+
+
+def _planned_config(data: str, workdir: str) -> str:
+    """WORKDIR/plan/config.py, planned now unless an earlier run of this command wrote it
+    (a resumed run keeps its first plan)."""
+    from pathlib import Path
+
+    from jaxseg.planning import plan_dataset
+
+    plan_dir = Path(workdir) / "plan"
+    config_path = plan_dir / "config.py"
+    if not config_path.is_file():
+        # force: an interrupted plan may have left fingerprint.json; config.py comes last.
+        _, _, config_path = plan_dataset(data, plan_dir, force=True)
+    return str(config_path)
 
 
 if __name__ == "__main__":
