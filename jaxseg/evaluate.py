@@ -196,7 +196,11 @@ def main(argv) -> int:
         kept = (["all foreground"] if decision["foreground"] else []) + [
             f"class {k}" for k in decision["classes"]
         ]
-        print(f"postprocessing (largest component): {', '.join(kept) or 'none'}")
+        print(
+            f"postprocessing (largest component): {', '.join(kept) or 'none'}; mean Dice "
+            f"{decision['mean_dice_before']:.4f} -> {decision['mean_dice_after']:.4f} "
+            "(the table is before it)"
+        )
     else:
         summary = evaluate_run(workdirs[0], split=args.split, progress=True, **options)
         what = f"{summary['split']} cases"
