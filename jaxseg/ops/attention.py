@@ -11,14 +11,14 @@ import jax.numpy as jnp
 
 import pallas_kernels.axial_attention as axial_kernel
 import pallas_kernels.window_attention as window_kernel
-from jaxseg.ops._impl import resolve_impl
+from jaxseg.ops._impl import IMPL_AUTO, resolve_impl
 
 # "pallas" compiles the Pallas TPU kernel (Mosaic): on TPU, or when exporting for TPU.
 # "pallas_interpret" runs the same kernel in the Pallas TPU interpreter, on any machine:
 # slow, for checking it against "xla" where there is no TPU.
 ATTENTION_IMPLS = ("xla", "pallas", "pallas_interpret")
-# impl="auto" by jax.default_backend().
-_AUTO = {"tpu": "pallas", "default": "xla"}
+# impl="auto" by jax.default_backend(), for window and axial attention alike (one table).
+_AUTO = IMPL_AUTO["attention_impl"]
 # The XLA path is each kernel's plain-JAX reference (`pallas_kernels.*_reference`): the
 # attention maths is written once, in `pallas_kernels._common.attention_reference`.
 
@@ -209,9 +209,6 @@ def window_attention_routed(
 
 # --------------------------------------------------------------------------- axial attention
 
-# impl="auto" for axial attention, by jax.default_backend().
-_AXIAL_AUTO = {"tpu": "pallas", "default": "xla"}
-
 
 def axial_attention(q, k, v, bias=None, *, impl: str = "auto"):
     """Multi-head attention along one axis of a feature map (each line attends within itself).
@@ -229,7 +226,7 @@ def axial_attention(q, k, v, bias=None, *, impl: str = "auto"):
     Returns:
       `[R, H, L, D]` in `q.dtype`. Logits and softmax are computed in float32.
     """
-    impl = resolve_impl("axial_attention", impl, ATTENTION_IMPLS, _AXIAL_AUTO)
+    impl = resolve_impl("axial_attention", impl, ATTENTION_IMPLS, _AUTO)
     if impl == "xla":
         return axial_kernel.axial_attention_reference(q, k, v, bias)
     return axial_kernel.axial_attention(q, k, v, bias, interpret=impl == "pallas_interpret")
