@@ -10,6 +10,7 @@ config.py into `out_dir` (`python -m jaxseg.plan` is its face).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -67,13 +68,20 @@ def plan_dataset(
     Refuses (ConfigError) a non-empty `out_dir` unless `force`, before any work.
     """
     from jaxseg.data.dataset import load_dataset
+    from jaxseg.data.splits import make_splits
 
     out = check_out_dir(out_dir, force)
     if memory_budget_gib is not None and not memory_budget_gib > 0:
         raise ConfigError(f"memory budget {memory_budget_gib} GiB: give a positive number.")
     spec = load_dataset(data_root)
     check_dims(dims, spec.dims, f"{spec.root}: ")  # before the fingerprint's minutes
-    fingerprint = fingerprint_dataset(spec, max_cases=max_cases, seed=seed, progress=progress)
+    # The held-out test split (data.split_seed 0, the written config's) stays unseen, as
+    # nnU-Net never sees imagesTs: the plan's statistics come from train + val only.
+    test = {c.case_id for c in make_splits(spec.training, seed=0)["test"]}
+    pool = dataclasses.replace(
+        spec, training=tuple(c for c in spec.training if c.case_id not in test)
+    )
+    fingerprint = fingerprint_dataset(pool, max_cases=max_cases, seed=seed, progress=progress)
     plan = make_plan(
         fingerprint,
         model=model,

@@ -10,6 +10,7 @@ from jaxseg import plan as plan_cli
 from jaxseg.config import load_config
 from jaxseg.data import pipeline
 from jaxseg.data.dataset import load_dataset
+from jaxseg.data.splits import make_splits
 from jaxseg.data.synthetic import write_dataset
 from jaxseg.workdir import RunInfo, model_from_config
 
@@ -34,7 +35,10 @@ def test_plan_writes_fingerprint_plan_and_a_loadable_config(phantoms, tmp_path, 
     assert code == 0 and "patch" in stdout
     fingerprint = json.loads((out / "fingerprint.json").read_text())
     plan = json.loads((out / "plan.json").read_text())
-    assert fingerprint["num_cases_analysed"] == 6 and plan["model"] == "unet"
+    # the held-out test split (7:1:2 of 6 patients: 1 case) is not fingerprinted
+    test = make_splits(load_dataset(phantoms).training, seed=0)["test"]
+    assert len(test) == 1 and fingerprint["num_cases_analysed"] == 6 - len(test)
+    assert plan["model"] == "unet"
     config = load_config(out / "config.py")
     assert list(config.data.patch_size) == plan["patch_size"]
     assert config.data.batch_size == plan["batch_size"]
