@@ -81,6 +81,7 @@ def main(argv) -> int:
 
     # Imported after parsing so that --help answers without loading JAX.
     from jaxseg import planning
+    from jaxseg.training.memory import measure_train_step
 
     _, plan, config_path = planning.plan_dataset(
         args.data,
@@ -94,6 +95,7 @@ def main(argv) -> int:
         seed=args.seed,
         time_step=not args.no_timing,
         force=args.force,
+        measure=measure_train_step,
     )
     print(json.dumps(plan, indent=1) if args.json else _summary(plan, config_path))
     return 0

@@ -66,12 +66,13 @@ def _planned_config(data: str, workdir: str) -> str:
     from pathlib import Path
 
     from jaxseg.planning import plan_dataset
+    from jaxseg.training.memory import measure_train_step
 
     plan_dir = Path(workdir) / "plan"
     config_path = plan_dir / "config.py"
     if not config_path.is_file():
         # force: an interrupted plan may have left fingerprint.json; config.py comes last.
-        _, _, config_path = plan_dataset(data, plan_dir, force=True)
+        _, _, config_path = plan_dataset(data, plan_dir, force=True, measure=measure_train_step)
     return str(config_path)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from jaxseg.errors import ConfigError
@@ -61,6 +62,7 @@ def plan_dataset(
     progress: bool = True,
     time_step: bool = True,
     force: bool = False,
+    measure: Callable,
 ) -> tuple[dict, dict, Path]:
     """Fingerprints the dataset at `data_root`, plans it and writes fingerprint.json,
     plan.json and config.py into `out_dir`. Returns (fingerprint, plan, config path).
@@ -91,6 +93,7 @@ def plan_dataset(
         steps=steps,
         time_step=time_step,
         progress=progress,
+        measure=measure,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=1) + "\n")

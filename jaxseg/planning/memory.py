@@ -8,7 +8,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +17,7 @@ import numpy as np
 
 from jaxseg.defaults import base_config
 from jaxseg.errors import ConfigError
-from jaxseg.training import mesh as mesh_lib
-from jaxseg.training import optimizer as optimizer_lib
-from jaxseg.training.setup import abstract_state
-from jaxseg.training.steps import make_train_step
-from jaxseg.workdir import RunInfo, model_from_config
+from jaxseg.workdir import RunInfo
 
 __all__ = [
     "GIB",
@@ -29,7 +25,6 @@ __all__ = [
     "default_memory_budget",
     "device_name",
     "fmt_shape",
-    "measure_train_step",
 ]
 
 GIB = 2**30
@@ -66,49 +61,22 @@ def default_memory_budget(platform: str | None = None) -> tuple[int, str]:
     return _BUDGETS[platform], f"the default for {platform} ({_BUDGETS[platform] / GIB:g} GiB)"
 
 
-def measure_train_step(config: ml_collections.ConfigDict, info: RunInfo) -> dict:
-    """Compiles the real train step of `config` (augment, model, loss, grads, AdamW; the
-    state donated, as in training) for one device and reads its memory analysis.
-
-    Returns {"bytes": argument + output + temp - aliased bytes, "state": the train state's
-    bytes, "compiled", "abstract" (state), "batch" (specs)}.
-    """
-    mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
-    model = model_from_config(config, info)
-    optimizer = optimizer_lib.make_optimizer(config.train)
-    state = abstract_state(model, optimizer, config, info, mesh)
-    sharding = mesh_lib.batch_sharding(mesh)
-    shape = (int(config.data.batch_size), *config.data.patch_size)
-    batch = {
-        "image": jax.ShapeDtypeStruct((*shape, info.in_channels), jnp.float32, sharding=sharding),
-        "label": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
-    }
-    step = jax.jit(make_train_step(model, optimizer, config), donate_argnums=0)
-    compiled = step.lower(state, batch, jax.eval_shape(lambda: jax.random.key(0))).compile()
-    ma = compiled.memory_analysis()
-    if ma is None:
-        raise ConfigError(
-            f"{jax.devices()[0].platform}: the compiler reports no memory analysis, so the "
-            "patch cannot be sized by measurement; set data.patch_size by hand."
-        )
-    total = (
-        ma.argument_size_in_bytes
-        + ma.output_size_in_bytes
-        + ma.temp_size_in_bytes
-        - ma.alias_size_in_bytes
-    )
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    return dict(
-        bytes=int(total), state=int(state_bytes), compiled=compiled, abstract=state, batch=batch
-    )
-
-
 class MemoryProbe:
-    """`measure_train_step` for (model args, patch, batch), each compiled once; a log of the
-    measurements, a linear predictor fitted to them, and the time of a measured step."""
+    """`measure(config, info)` (the training layer's `jaxseg.training.memory.
+    measure_train_step`, handed in by the caller: planning sits below training) for (model
+    args, patch, batch), each compiled once; a log of the measurements, a linear predictor
+    fitted to them, and the time of a measured step."""
 
-    def __init__(self, model: str, info: RunInfo, base_args: dict, progress: bool = False):
+    def __init__(
+        self,
+        model: str,
+        info: RunInfo,
+        base_args: dict,
+        measure: Callable[[ml_collections.ConfigDict, RunInfo], dict],
+        progress: bool = False,
+    ):
         self.model, self.info, self.base_args = model, info, dict(base_args)
+        self.measure_step = measure
         self.progress = progress
         self.cache: dict[str, dict] = {}
         self.log: list[dict] = []
@@ -136,7 +104,7 @@ class MemoryProbe:
                     file=sys.stderr,
                     flush=True,
                 )
-            e = measure_train_step(self.config(args, patch, batch), self.info)
+            e = self.measure_step(self.config(args, patch, batch), self.info)
             if self.progress:
                 print(
                     f" {e['bytes'] / GIB:.2f} GiB ({time.perf_counter() - t:.0f} s)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -289,9 +289,12 @@ def make_plan(
     steps: int | None = None,
     time_step: bool = False,
     progress: bool = False,
+    measure: Callable,
 ) -> dict:
     """The plan for `fingerprint` (see the module docstring and docs/planning.md).
 
+    `measure(config, info) -> {"bytes", "state", ...}` compiles and measures the train step
+    (`jaxseg.training.memory.measure_train_step`; tests pass a formula).
     `dims` must be the data's own (`check_dims`); `memory_budget` (bytes per device)
     overrides the platform's default; `steps` the default schedule; `time_step` runs the
     planned step once to report its time; `progress` reports each measurement on stderr.
@@ -326,7 +329,7 @@ def make_plan(
         budget, budget_reason = default_memory_budget(platform)
     else:
         budget, budget_reason = int(memory_budget), "given"
-    probe = MemoryProbe(model, info, model_args, progress)
+    probe = MemoryProbe(model, info, model_args, measure, progress)
     k, patch, patch_reason = _plan_patch(probe, depth, median, spacing, budget)
 
     down = {"applied": False, "factor": 1.0}

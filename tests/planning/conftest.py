@@ -11,18 +11,20 @@ from jaxseg.planning import memory
 from .helpers import PER_VOXEL, STATE
 
 
-@pytest.fixture
-def fake_memory(monkeypatch):
-    """Train-step memory = STATE + PER_VOXEL * batch * patch voxels; the calls are kept."""
-    calls = []
+class _FakeMeasure(list):
+    """Train-step memory = STATE + PER_VOXEL * batch * patch voxels; the calls are kept
+    (the list of (patch, batch) measured)."""
 
-    def measure(config, info):
+    def __call__(self, config, info):
         vox = config.data.batch_size * math.prod(config.data.patch_size)
-        calls.append((tuple(config.data.patch_size), config.data.batch_size))
+        self.append((tuple(config.data.patch_size), config.data.batch_size))
         return {"bytes": STATE + PER_VOXEL * vox, "state": STATE}
 
-    monkeypatch.setattr(memory, "measure_train_step", measure)
-    return calls
+
+@pytest.fixture
+def fake_memory():
+    """A `measure` for make_plan with a known formula (`_FakeMeasure`)."""
+    return _FakeMeasure()
 
 
 @pytest.fixture

@@ -11,13 +11,14 @@ import pytest
 from jaxseg.errors import ConfigError
 from jaxseg.planning import make_plan
 from jaxseg.planning.memory import MemoryProbe, default_memory_budget
+from jaxseg.training.memory import measure_train_step
 from jaxseg.workdir import model_from_config
 
 from .helpers import TINY_UNET, fp_dict, run_info
 
 
 def test_measured_memory_holds_the_adam_state_and_grows_with_the_batch(no_augmentation):
-    probe = MemoryProbe("unet", run_info(2), {})
+    probe = MemoryProbe("unet", run_info(2), {}, measure_train_step)
     two = probe.measure(TINY_UNET, (32, 32), 2)
     four = probe.measure(TINY_UNET, (32, 32), 4)
     model = model_from_config(probe.config(TINY_UNET, (32, 32), 2), run_info(2))
@@ -31,11 +32,15 @@ def test_measured_memory_holds_the_adam_state_and_grows_with_the_batch(no_augmen
 
 def test_patch_shrinks_to_a_measured_budget(no_augmentation):
     fp = fp_dict([(96, 96)] * 4, [(1, 1)] * 4)
-    whole = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=10**12)
+    whole = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=10**12, measure=measure_train_step
+    )
     assert whole["patch_size"] == [96, 96]
     full = whole["memory"]["train_step_bytes"]
     budget = full // 2
-    plan = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=budget)
+    plan = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=budget, measure=measure_train_step
+    )
     assert math.prod(plan["patch_size"]) < 96 * 96
     assert plan["memory"]["train_step_bytes"] <= budget
     assert any(m["bytes"] > budget for m in plan["memory"]["measurements"])

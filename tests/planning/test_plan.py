@@ -96,7 +96,7 @@ def test_nonzero_mask_and_crop_when_cropping_removes_a_quarter():
 def test_tiny_shapes_patch_is_the_median_rounded_up_with_fewer_stages(fake_memory):
     # The case: median 36 x 50 x 35 -> 40 x 56 x 40, total stride 8 (2 stages).
     fp = fp_dict([(36, 50, 35)] * 5, [(1, 1, 1)] * 5)
-    plan = make_plan(fp, model="lightseg_small", memory_budget=10**12)
+    plan = make_plan(fp, model="lightseg_small", memory_budget=10**12, measure=fake_memory)
     assert plan["dims"] == 3 and plan["patch_size"] == [40, 56, 40]
     assert plan["stages"] == 2 and plan["total_stride"] == 8
     assert plan["model_args"] == {"embed_dims": (48, 96), "depths": (2, 2), "num_heads": (3, 6)}
@@ -108,22 +108,24 @@ def test_thin_anisotropic_3d_stays_3d_and_records_the_2d_preference(fake_memory)
     # ceil(12 / 4) = 3 < 4 voxels), 200 x 200 slices four (ceil(200 / 32) = 7). The rule
     # prefers 2D on slices across axis 2; the pipeline cannot train on slices yet: 3D.
     fp = fp_dict([(200, 200, 12)] * 4, [(0.8, 0.8, 4.0)] * 4)
-    plan = make_plan(fp, model="lightseg_small", memory_budget=10**12)
+    plan = make_plan(fp, model="lightseg_small", memory_budget=10**12, measure=fake_memory)
     assert (plan["dims"], plan["preferred_slice_axis"]) == (3, 2)
     assert "1 stage(s) in 3D, the slices across axis 2 allow 4 in 2D" in plan["dims_reason"]
     assert "not supported yet" in plan["dims_reason"]
     assert plan["target_spacing"] == pytest.approx([0.8, 0.8, 4.0])
     assert plan["patch_size"] == [200, 200, 12] and plan["stages"] == 1  # stride 4
     assert "slice_axis" not in plan  # no key the pipeline would not read
-    forced = make_plan(fp, model="lightseg_small", memory_budget=10**12, dims=3)
+    forced = make_plan(
+        fp, model="lightseg_small", memory_budget=10**12, dims=3, measure=fake_memory
+    )
     assert forced["patch_size"] == plan["patch_size"]  # --dims 3 is the data's own: no change
     with pytest.raises(ConfigError, match="2D training on slices of 3D volumes is not supp"):
-        make_plan(fp, model="lightseg_small", memory_budget=10**12, dims=2)
+        make_plan(fp, model="lightseg_small", memory_budget=10**12, dims=2, measure=fake_memory)
     iso = fp_dict([(40, 50, 36)] * 4, [(1, 1, 1)] * 4)
-    iso_plan = make_plan(iso, model="lightseg_small", memory_budget=10**12)
+    iso_plan = make_plan(iso, model="lightseg_small", memory_budget=10**12, measure=fake_memory)
     assert iso_plan["dims"] == 3 and iso_plan["preferred_slice_axis"] is None
     with pytest.raises(ConfigError, match="dims=3"):
-        make_plan(fp_dict([(40, 50)], [(1, 1)]), dims=3)
+        make_plan(fp_dict([(40, 50)], [(1, 1)]), dims=3, measure=fake_memory)
 
 
 # ----------------------------------------------------------------------------- patch, batch
@@ -146,13 +148,15 @@ def test_candidates_shrink_the_axis_largest_relative_to_the_median():
 
 def test_patch_is_the_first_candidate_that_fits(fake_memory):
     fp = fp_dict([(64, 64)] * 3, [(1, 1)] * 3)
-    plan = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=_budget(48, 48))
+    plan = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=_budget(48, 48), measure=fake_memory
+    )
     # Shrinking alternates the axes (64x62, 62x62, ...); 50x48 needs more, 48x48 fits.
     assert plan["patch_size"] == [48, 48]
     assert plan["memory"]["train_step_bytes"] <= _budget(48, 48)
     assert len(fake_memory) <= 5  # guided by the fitted memory, not one compile per candidate
     with pytest.raises(ConfigError, match="smallest patch"):
-        make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=STATE)
+        make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=STATE, measure=fake_memory)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +169,9 @@ def test_patch_is_the_first_candidate_that_fits(fake_memory):
 )
 def test_batch_grows_to_memory_and_five_percent_of_the_data(fake_memory, cases, budget, batch):
     fp = fp_dict([(64, 64)] * 3, [(1, 1)] * 3, n_cases=cases)
-    plan = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=budget)
+    plan = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=budget, measure=fake_memory
+    )
     assert plan["patch_size"] == [64, 64] and plan["batch_size"] == batch
 
 
@@ -193,7 +199,9 @@ def test_large_2d_images_with_a_large_structure_are_downsampled(tmp_path, fake_m
     # At full resolution only 64 x 64 fits: 6% of the 256 x 256 median image. Spacing x2
     # makes the median 128 x 128, which the same 64 x 64 patch covers by 25%.
     fp = _large_2d(tmp_path, _disc)
-    plan = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=_budget(64, 64))
+    plan = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=_budget(64, 64), measure=fake_memory
+    )
     assert plan["downsampling"]["applied"]
     assert plan["target_spacing"] == pytest.approx([2.0, 2.0])
     assert plan["median_shape"] == [128, 128] and plan["patch_size"] == [64, 64]
@@ -202,21 +210,34 @@ def test_large_2d_images_with_a_large_structure_are_downsampled(tmp_path, fake_m
 def test_large_2d_images_with_thin_structures_keep_their_resolution(tmp_path, fake_memory):
     fp = _large_2d(tmp_path, _lines)
     assert fp["class_thickness_mm"][1] == pytest.approx(2.0)
-    plan = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=_budget(64, 64))
+    plan = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=_budget(64, 64), measure=fake_memory
+    )
     assert not plan["downsampling"]["applied"]
     assert plan["target_spacing"] == pytest.approx([1.0, 1.0]) and plan["patch_size"] == [64, 64]
 
 
 def test_training_length(fake_memory):
     fp = fp_dict([(16, 16)], [(1, 1)])
-    plan = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=10**12)
+    plan = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=10**12, measure=fake_memory
+    )
     assert plan["training"]["steps"] == 50_000  # 200 nnU-Net epochs of 250 steps
     assert (plan["training"]["warmup_steps"], plan["training"]["eval_every"]) == (500, 1000)
-    short = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=10**12, steps=300)
+    short = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=10**12, steps=300, measure=fake_memory
+    )
     assert (short["training"]["steps"], short["training"]["warmup_steps"]) == (300, 50)
     assert short["training"]["eval_every"] == 250
     with pytest.raises(ConfigError, match="steps"):
-        make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=10**12, steps=-1)
+        make_plan(
+            fp,
+            model="unet",
+            model_args=TINY_UNET,
+            memory_budget=10**12,
+            steps=-1,
+            measure=fake_memory,
+        )
 
 
 # ----------------------------------------------------------------------------- config file
@@ -242,7 +263,9 @@ def test_config_file_loads_feeds_the_preprocessing_and_says_why(tmp_path, fake_m
         rel=0.7,
         props=props,
     )
-    plan = make_plan(fp, model="unet", model_args=TINY_UNET, memory_budget=10**12, steps=400)
+    plan = make_plan(
+        fp, model="unet", model_args=TINY_UNET, memory_budget=10**12, steps=400, measure=fake_memory
+    )
     path = write_config(plan, tmp_path / "config.py")
     config = load_config(path)
     assert config.data.target_spacing == (0.7, 0.7, 2.5)
