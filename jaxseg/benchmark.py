@@ -15,6 +15,13 @@ Input pipeline (needs the config's dataset on disk):
   Keys: pipeline_batches_per_s (host grain pipeline alone), train_step_s, and
   input_wait_fraction (share of the real train step's time blocked waiting for input).
 
+Streaming (the real-time 2D path of python -m jaxseg.stream, on synthetic frames):
+    python -m jaxseg.benchmark --stream --workdir DIR [--size S ...] [--frames N]
+    python -m jaxseg.benchmark --stream --model NAME [--model-arg k=v] [--size S ...]
+  One line per frame size (default 256 and, with --workdir, the run's patch). A --model
+  has random weights and one window per frame. Keys: fps, latency_p50_ms, latency_p95_ms,
+  latency_p99_ms, fps_at_p95, first_frame_ms (compiling), model_median_ms, ...
+
 See docs/benchmarks.md for how to read the numbers.
 """
 
@@ -87,8 +94,16 @@ def main(argv) -> int:
     pipe.add_argument(
         "--pipeline-batches", type=int, default=100, help="batches timed from the pipeline alone"
     )
+    stream = parser.add_argument_group("streaming benchmark")
+    stream.add_argument("--stream", action="store_true", help="time the 2D streaming path")
+    stream.add_argument("--workdir", help="a trained 2D run (else --model, random weights)")
+    stream.add_argument("--frames", type=int, default=100, help="timed frames per size")
     args = parser.parse_args(rest)
 
+    if args.stream:
+        return _stream(parser, args)
+    if args.workdir is not None:
+        parser.error("--workdir is for --stream")
     if args.input_pipeline:
         if args.config is None:
             parser.error("--input-pipeline needs --config FILE")
@@ -136,6 +151,38 @@ def main(argv) -> int:
                 seed=args.seed,
             )
             print(json.dumps(result), flush=True)
+    return 0
+
+
+def _stream(parser, args) -> int:
+    if (args.workdir is None) == (args.model is None):
+        parser.error("--stream needs --workdir DIR or --model NAME (one of them)")
+    if args.frames < 2:
+        parser.error("--frames must be >= 2")
+    from jaxseg import streaming
+    from jaxseg.models.summary import DEFAULT_NUM_CLASSES, parse_model_args
+
+    if args.workdir is not None:
+        from jaxseg.workdir import load_trained
+
+        run = load_trained(args.workdir)
+        sizes = args.size or sorted({256, *run.config.data.patch_size})
+        predictor = lambda size: streaming.run_predictor(run)
+        what = {"workdir": args.workdir, "model": run.config.model.name}
+    else:
+        sizes = args.size or [256]
+        predictor = lambda size: streaming.random_predictor(
+            args.model,
+            size,
+            model_args=parse_model_args(args.model_arg),
+            in_channels=args.in_channels,
+            num_classes=args.num_classes or DEFAULT_NUM_CLASSES,
+            seed=args.seed,
+        )
+        what = {"model": args.model}
+    for size in sizes:
+        result = streaming.benchmark_stream(predictor(size), (size, size), args.frames)
+        print(json.dumps({**what, "size": size, **result}), flush=True)
     return 0
 
 

@@ -63,9 +63,12 @@ __all__ = [
     "sliding_window_predict",
     "argmax_labels",
     "predict_case",
+    "case_probabilities",
+    "uncrop_probabilities",
     "mirror_combinations",
     "make_predict_fn",
     "window_predictor",
+    "window_logits",
     "tta_axes",
     "ensemble_predictor",
     "window_options",
@@ -248,18 +251,24 @@ def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
 
 
-def make_predict_fn(model: nn.Module, mirror_axes: Sequence[int] = ()) -> Callable:
+def make_predict_fn(
+    model: nn.Module, mirror_axes: Sequence[int] = (), temperature: float = 1.0
+) -> Callable:
     """Returns `predict(params, image [b, *patch, C]) -> probabilities [b, *patch, K] f32`.
 
     mirror_axes: spatial axes (0-based over `patch`) for mirroring test-time augmentation:
     the probabilities are the mean over all `2**len(mirror_axes)` combinations of flips of
     the input, each output flipped back (nnU-Net's default TTA). `()`: no TTA.
+    temperature: the softmax temperature (`jaxseg.calibration`); 1 is the model as trained.
     """
     combos = mirror_combinations(mirror_axes)
+    inverse_temperature = 1.0 / float(temperature)
 
     def probabilities(params, x):
-        logits = model.apply({"params": params}, x, train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        logits = model.apply({"params": params}, x, train=False).astype(jnp.float32)
+        if inverse_temperature != 1.0:
+            logits = logits * inverse_temperature
+        return jax.nn.softmax(logits, axis=-1)
 
     def predict(params, image):
         total = None
@@ -274,17 +283,27 @@ def make_predict_fn(model: nn.Module, mirror_axes: Sequence[int] = ()) -> Callab
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_predict(model: nn.Module, mirror_axes: tuple[int, ...]) -> Callable:
-    return jax.jit(make_predict_fn(model, mirror_axes))
+def _jitted_predict(model: nn.Module, mirror_axes: tuple[int, ...], temperature: float) -> Callable:
+    return jax.jit(make_predict_fn(model, mirror_axes, temperature))
 
 
 def window_predictor(
-    model: nn.Module, params, mirror_axes: Sequence[int] = ()
+    model: nn.Module, params, mirror_axes: Sequence[int] = (), temperature: float = 1.0
 ) -> Callable[[np.ndarray], np.ndarray]:
     """`f(windows [b, *patch, C]) -> probabilities [b, *patch, K]`; compiled once per model,
-    mirroring and window-batch shape, so new params (validation during training) reuse it."""
-    predict = _jitted_predict(model, tuple(int(a) for a in mirror_axes))
+    mirroring, temperature and window-batch shape, so new params (validation during
+    training) reuse it."""
+    predict = _jitted_predict(model, tuple(int(a) for a in mirror_axes), float(temperature))
     return lambda windows: np.asarray(predict(params, windows))
+
+
+def window_logits(model: nn.Module, params) -> Callable[[np.ndarray], np.ndarray]:
+    """`f(windows [b, *patch, C]) -> logits [b, *patch, K]` f32: the raw model output that
+    `jaxseg.calibration` fits a temperature on."""
+    logits = jax.jit(
+        lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32)
+    )
+    return lambda windows: np.asarray(logits(params, windows))
 
 
 def tta_axes(config, dims: int) -> tuple[int, ...]:
@@ -326,11 +345,38 @@ def predict_case(
     the probabilities go back to the file's spacing and the argmax back into the full
     file grid (background outside a nonzero crop).
     """
+    probs, grid = case_probabilities(
+        image, spacing, predictor, window=window, preprocessing=preprocessing
+    )
+    return grid.uncrop(argmax_labels(probs))
+
+
+def case_probabilities(
+    image: np.ndarray,
+    spacing: Sequence[float],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    *,
+    window: dict,
+    preprocessing: Preprocessing,
+) -> tuple[np.ndarray, preprocess.CaseGrid]:
+    """`predict_case` before the argmax: (class probabilities `[*cropped, K]` float32 at
+    the file's spacing, the case's `CaseGrid`). `uncrop_probabilities` places them in the
+    full file grid."""
     x, grid = preprocessing.image(image, spacing)
     probs = sliding_window_predict(x, predictor, **window)
     del x
-    probs = preprocessing.to_file_grid(probs, grid)
-    return grid.uncrop(argmax_labels(probs))
+    return preprocessing.to_file_grid(probs, grid), grid
+
+
+def uncrop_probabilities(probs: np.ndarray, grid: preprocess.CaseGrid) -> np.ndarray:
+    """`[*cropped, K]` -> `[*grid.shape, K]`: background (class 0) has probability 1
+    outside the crop box, as `predict_case`'s labels are background there."""
+    if tuple(probs.shape[:-1]) == tuple(grid.shape):
+        return probs
+    out = np.zeros((*grid.shape, probs.shape[-1]), probs.dtype)
+    out[..., 0] = 1.0
+    out[grid.box] = probs
+    return out
 
 
 def window_options(config, num_classes: int) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +37,11 @@ CONFIG_FILE, RUN_FILE, SPLITS_FILE = "config.json", "run.json", "splits.json"
 # The largest-component decision cross-validation took (jaxseg.evaluate over the folds);
 # evaluate and predict apply it when it is there.
 POSTPROCESSING_FILE = "postprocessing.json"
+# The ordered postprocessing chain chosen for the run (tools/postprocessing_table.py
+# --write); when absent, the config's eval.postprocess is the chain.
+POSTPROCESS_CHAIN_FILE = "postprocess_chain.json"
+# The softmax temperature jaxseg.calibrate fitted on the validation split, for one checkpoint.
+CALIBRATION_FILE = "calibration.json"
 CHECKPOINTS_DIR, BEST_DIR = "checkpoints", "best"
 STATE_ITEM, DATA_ITEM = "state", "data"  # the items of one checkpoint step
 LATEST, BEST, AUTO = "latest", "best", "auto"
@@ -185,6 +191,48 @@ def load_postprocessing(workdir: str | os.PathLike) -> dict | None:
     taken."""
     path = as_path(workdir) / POSTPROCESSING_FILE
     return postprocess.load_decision(path) if path.exists() else None
+
+
+def load_postprocess_chain(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict, info: RunInfo
+) -> postprocess.Chain:
+    """The run's postprocessing chain (`jaxseg.postprocess.Chain`, possibly empty):
+    `postprocess_chain.json` if the run has one, else the config's `eval.postprocess`.
+    Checked against the run's classes (an undeclared class or step is a ConfigError)."""
+    path = as_path(workdir) / POSTPROCESS_CHAIN_FILE
+    if path.exists():
+        return postprocess.load_chain(path, info.labels)
+    steps = config.eval.get("postprocess", ())
+    return postprocess.Chain(steps or (), info.labels, where=f"{workdir}: eval.postprocess")
+
+
+def save_calibration(workdir: str | os.PathLike, calibration: dict) -> epath.Path:
+    """Writes `calibration.json` (`jaxseg.calibrate`'s result: `temperature`, `step`,
+    `checkpoint`, ...) atomically, a temporary file renamed over the old one."""
+    path = as_path(workdir) / CALIBRATION_FILE
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(calibration, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_temperature(run: TrainedRun) -> float:
+    """The softmax temperature `jaxseg.calibrate` fitted for `run`'s checkpoint, or 1 when
+    the run was never calibrated. A temperature fitted on another checkpoint (the run
+    trained on since) is not applied: it warns and returns 1."""
+    path = run.workdir / CALIBRATION_FILE
+    if not path.exists():
+        return 1.0
+    fitted = json.loads(path.read_text())
+    if (fitted.get("step"), fitted.get("checkpoint")) != (run.step, run.checkpoint):
+        warnings.warn(
+            f"{path} was fitted on the {fitted.get('checkpoint')} checkpoint of step "
+            f"{fitted.get('step')}, not on this {run.checkpoint} checkpoint of step "
+            f"{run.step}; using temperature 1. Rerun python -m jaxseg.calibrate.",
+            stacklevel=2,
+        )
+        return 1.0
+    return float(fitted["temperature"])
 
 
 def model_from_config(config: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
