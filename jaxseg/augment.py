@@ -506,8 +506,10 @@ class _Stage:
     a select, so the cost would not scale with the probabilities.
     """
 
-    def __init__(self, name, n_draws, decide, apply):
+    def __init__(self, name, n_draws, decide, apply, geometric=False):
         self.name, self.n_draws, self.decide, self.apply = name, n_draws, decide, apply
+        # Geometric stages move voxels; `augment_batch`'s `fields` go through them only.
+        self.geometric = geometric
 
 
 def _lerp(u, lo_hi):
@@ -550,7 +552,7 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
                 resample_nearest(label, coords, c.pad_mode),
             )
 
-        stages.append(_Stage("spatial", 10, decide_spatial, apply_spatial))
+        stages.append(_Stage("spatial", 10, decide_spatial, apply_spatial, geometric=True))
 
     planes = rot90_planes(spatial)
     if c.rot90_prob > 0 and planes:
@@ -566,7 +568,7 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
                 image, label = rot90(image, turns[i], plane), rot90(label, turns[i], plane)
             return image, label
 
-        stages.append(_Stage("rot90", 2 * npl, decide_rot90, apply_rot90))
+        stages.append(_Stage("rot90", 2 * npl, decide_rot90, apply_rot90, geometric=True))
 
     if c.flip_prob > 0:
 
@@ -579,7 +581,7 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
                 label = jnp.where(flips[axis], jnp.flip(label, axis), label)
             return image, label
 
-        stages.append(_Stage("flip", dims, decide_flip, apply_flip))
+        stages.append(_Stage("flip", dims, decide_flip, apply_flip, geometric=True))
 
     def intensity(name, prob, n_draws, draw, fn):
         """An image-only stage: `draw(u [n_draws], key) -> params`, `fn(params, image)`."""
@@ -676,25 +678,39 @@ def _stages(c: ml_collections.ConfigDict, spatial: tuple[int, ...], channels: in
     return stages
 
 
-def augment_batch(key: jax.Array, image: jax.Array, label: jax.Array, config):
+def augment_batch(
+    key: jax.Array, image: jax.Array, label: jax.Array, config, fields: jax.Array | None = None
+):
     """Augments a batch `image [B, *S, C]`, `label [B, *S]` with one key per example.
 
     `config` is the `augment` section (ConfigDict or dict); missing keys take the
     defaults of `jaxseg.defaults`, unknown or invalid ones raise ConfigError. Pure and
     jit-friendly; example `i`'s result depends only on `(key, i)` and its own arrays.
-    Returns `(image [B, *S, C] same dtype, label [B, *S] same dtype)`.
+    fields: optional float `[B, *S, F]` maps that must stay aligned with the labels (the
+    boundary loss's signed distance maps): they take the geometric stages (rotation,
+    scaling, elastic, rot90, flips; linear interpolation, as the image) and no intensity
+    stage. Distances are not rescaled by a zoom: a boundary term's weight, not its sign,
+    changes by the zoom factor (at most the scale range).
+    Returns `(image [B, *S, C] same dtype, label [B, *S] same dtype)`, and `fields` after
+    them when given.
     """
     if image.ndim != label.ndim + 1 or image.shape[:-1] != label.shape or label.ndim not in (3, 4):
         raise ConfigError(
             f"augment_batch: expected image [B, *S, C] and label [B, *S] with 2 or 3 "
             f"spatial axes, got image {image.shape} and label {label.shape}."
         )
+    if fields is not None and fields.shape[:-1] != label.shape:
+        raise ConfigError(
+            f"augment_batch: fields {fields.shape} must be [B, *S, F] with the labels' "
+            f"[B, *S] = {label.shape}."
+        )
     c = resolve_config(config)
     stages = _stages(c, tuple(label.shape[1:]), image.shape[-1])
     if not stages:
-        return image, label
+        return (image, label) if fields is None else (image, label, fields)
     in_dtype = image.dtype
     image = image.astype(jnp.float32)
+    channels = image.shape[-1]
     starts = np.cumsum([0] + [st.n_draws for st in stages])
     keys = jax.random.split(key, image.shape[0])
     draws = jax.vmap(lambda k: jax.random.uniform(k, (int(starts[-1]),)))(keys)  # [B, n]
@@ -702,6 +718,9 @@ def augment_batch(key: jax.Array, image: jax.Array, label: jax.Array, config):
         u = draws[:, starts[i] : starts[i + 1]]
         # field keys only for the stages that need them (elastic, noise); fold_in by position
         fired, params = jax.vmap(lambda u, k: stage.decide(u, jax.random.fold_in(k, i)))(u, keys)  # noqa: B023 (called at once)
+        # The fields ride along as extra image channels through a geometric stage.
+        carried = fields is not None and stage.geometric
+        x = jnp.concatenate([image, fields.astype(jnp.float32)], -1) if carried else image
 
         def run(image, label, fired=fired, params=params, stage=stage):
             new_image, new_label = jax.vmap(stage.apply)(params, image, label)
@@ -710,8 +729,13 @@ def augment_batch(key: jax.Array, image: jax.Array, label: jax.Array, config):
             )
             return sel(new_image, image), sel(new_label, label)
 
-        image, label = jax.lax.cond(jnp.any(fired), run, lambda x, y: (x, y), image, label)
-    return image.astype(in_dtype), label
+        x, label = jax.lax.cond(jnp.any(fired), run, lambda x, y: (x, y), x, label)
+        if carried:
+            image, fields = x[..., :channels], x[..., channels:].astype(fields.dtype)
+        else:
+            image = x
+    out = (image.astype(in_dtype), label)
+    return out if fields is None else (*out, fields)
 
 
 def augment_example(key: jax.Array, image: jax.Array, label: jax.Array, config):

@@ -25,7 +25,8 @@ def calibrate_run(
     num_bins: int = 15,
     progress: bool = False,
 ) -> dict:
-    """Fits the temperature on `split` and measures ECE before and after through the whole
+    """Fits the temperature on `split` (to the mirrored passes' averaged softmax when TTA
+    is on, as inference averages them) and measures ECE before and after through the whole
     inference path (sliding windows, TTA as configured, back on each file's grid). Writes
     and returns the result."""
     import tqdm
@@ -39,15 +40,15 @@ def calibrate_run(
     config, info = run.config, run.info
     window = inference.window_options(config, info.num_classes)
     preprocessing = Preprocessing.from_config(config.data, info.modalities)
+    axes = inference.tta_axes(config, info.dims) if tta else ()
     logits, labels = calibration.sample_window_logits(
         _cases(spec, wanted),
-        inference.window_logits(run.model, run.params),
+        inference.window_logits(run.model, run.params, axes),
         window=window,
         preprocessing=preprocessing,
         voxels_per_window=voxels_per_window,
     )
     temperature = calibration.fit_temperature(logits, labels)
-    axes = inference.tta_axes(config, info.dims) if tta else ()
     measured = {}
     for name, t in (("before", 1.0), ("after", temperature)):
         every = calibration.Reliability.empty(num_bins)

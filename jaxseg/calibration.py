@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+from scipy import optimize, special
 
 from jaxseg import inference
 from jaxseg.data.preprocess import PAD_VALUE, Preprocessing
@@ -121,17 +122,30 @@ def expected_calibration_error(
 def _check_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     logits = np.asarray(logits)
     labels = np.asarray(labels).reshape(-1)
-    if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
+    if logits.ndim not in (2, 3) or len(logits) != len(labels) or len(labels) == 0:
         raise JaxsegError(
-            f"calibration: logits {logits.shape} must be [N, K] with N = {len(labels)} labels "
-            "and N > 0"
+            f"calibration: logits {logits.shape} must be [N, K] or [N, F, K] with N = "
+            f"{len(labels)} labels and N > 0"
         )
-    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+    if labels.min() < 0 or labels.max() >= logits.shape[-1]:
         raise JaxsegError(
             f"calibration: label values {labels.min()}..{labels.max()} outside the "
-            f"{logits.shape[1]} classes"
+            f"{logits.shape[-1]} classes"
         )
     return logits, labels
+
+
+def _mixture_nll(temperature: float, logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean NLL of `mean_f softmax(logits [N, F, K] / T)` (F mirrored passes averaged, as
+    TTA does) at the true classes."""
+    total = 0.0
+    for start in range(0, len(logits), _CHUNK):
+        z = logits[start : start + _CHUNK].astype(np.float64) / temperature
+        y = labels[start : start + _CHUNK]
+        log_p = z - special.logsumexp(z, axis=-1, keepdims=True)  # [n, F, K]
+        log_py = log_p[np.arange(len(z)), :, y]  # [n, F]
+        total -= float((special.logsumexp(log_py, axis=1) - np.log(z.shape[1])).sum())
+    return total / len(logits)
 
 
 def _nll_derivatives(beta: float, logits: np.ndarray, labels: np.ndarray):
@@ -155,19 +169,32 @@ def _nll_derivatives(beta: float, logits: np.ndarray, labels: np.ndarray):
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean NLL of `softmax(logits [N, K] / temperature)` at the true classes `labels [N]`."""
+    """Mean NLL at the true classes `labels [N]` of `softmax(logits [N, K] / temperature)`,
+    or for `[N, F, K]` of the mean over the F mirrored passes of their softmaxes."""
     logits, labels = _check_logits(logits, labels)
+    if logits.ndim == 3:
+        return _mixture_nll(float(temperature), logits, labels)
     return _nll_derivatives(1.0 / float(temperature), logits, labels)[0]
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, iterations: int = 100) -> float:
-    """The temperature `T` in `TEMPERATURE_RANGE` minimising the mean NLL of
-    `softmax(logits [N, K] / T)` against `labels [N]`.
+    """The temperature `T` in `TEMPERATURE_RANGE` minimising `negative_log_likelihood`.
 
-    Newton steps on `beta = 1/T`, kept inside a bracket that shrinks with the sign of the
-    derivative (the NLL is convex in beta, so its derivative is increasing).
+    `[N, K]` logits: Newton steps on `beta = 1/T`, kept inside a bracket that shrinks with
+    the sign of the derivative (the NLL is convex in beta, so its derivative is
+    increasing). `[N, F, K]` (TTA: the mean of F softmaxes, which is not convex in beta):
+    a bounded Brent search over log T.
     """
     logits, labels = _check_logits(logits, labels)
+    if logits.ndim == 3 and logits.shape[1] > 1:
+        best = optimize.minimize_scalar(
+            lambda log_t: _mixture_nll(float(np.exp(log_t)), logits, labels),
+            bounds=tuple(np.log(TEMPERATURE_RANGE)),
+            method="bounded",
+            options={"xatol": 1e-6, "maxiter": iterations * 5},
+        )
+        return float(np.exp(best.x))
+    logits = logits.reshape(len(logits), -1)
     lo, hi = 1.0 / TEMPERATURE_RANGE[1], 1.0 / TEMPERATURE_RANGE[0]
     beta = 1.0
     for _ in range(iterations):
@@ -194,10 +221,11 @@ def sample_window_logits(
     voxels_per_window: int = 2048,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits `[N, K]` float32 and true classes `[N]` int32 sampled from the windows that
-    sliding-window inference would run over `cases` ((case_id, Image, label) triples).
+    """Logits `[N, F, K]` float32 and true classes `[N]` int32 sampled from the windows
+    that sliding-window inference would run over `cases` ((case_id, Image, label) triples).
 
-    logits_fn: `windows [b, *patch, C] -> logits [b, *patch, K]` (the raw model output).
+    logits_fn: `windows [b, *patch, C] -> logits [F, b, *patch, K]`, the raw model output
+    of the F mirrored passes (`inference.window_logits`; F = 1 without TTA).
     Within each window, `voxels_per_window` voxels are drawn with probability proportional
     to the Gaussian importance map; padding outside the image is never drawn.
     """
@@ -227,7 +255,8 @@ def sample_window_logits(
                 weight = (importance * valid[sl]).reshape(-1).astype(np.float64)
                 k = min(voxels_per_window, int(np.count_nonzero(weight)))
                 pick = rng.choice(weight.size, size=k, replace=False, p=weight / weight.sum())
-                all_logits.append(out[i].reshape(-1, out.shape[-1])[pick])
+                flat = out[:, i].reshape(out.shape[0], -1, out.shape[-1])  # [F, P, K]
+                all_logits.append(np.swapaxes(flat[:, pick], 0, 1))  # [k, F, K]
                 all_labels.append(y[sl].reshape(-1)[pick])
     if not all_logits:
         raise JaxsegError("calibration: no cases to fit the temperature on")

@@ -20,9 +20,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.target_spacing = None  # mm per canonical axis to resample to; None: the files' own grid
     c.data.crop_nonzero = False  # crop each case to its nonzero bounding box (undone on write)
     c.data.intensity_stats = None  # per channel: (p0.5, p99.5, mean, std) of the dataset's foreground; CT channels are clipped and z-scored with them (None: ct_window)
+    # Per-channel preprocessing (docs/data.md#preprocessing).
+    # data.normalize: None/"auto" (by modality), zscore, minmax01, minmax11, ct_window, none or
+    # percentile_clip[+zscore|minmax01|minmax11|ct_window]; one name, or one per channel.
+    c.data.normalize = None  # per-channel intensity normalisation (docs/data.md)
+    c.data.window_level = None  # HU; with window_width replaces ct_window: level -+ width/2
+    c.data.window_width = None  # HU, > 0; give both or neither
+    c.data.clip_percentiles = (0.5, 99.5)  # per-image percentiles for the percentile_clip methods
+    c.data.denoise = None  # None or "nl_means" (skimage, sigma from estimate_sigma; cached)
+    c.data.denoise_patch_size = 5  # nl_means patch side, voxels
+    c.data.denoise_patch_distance = 6  # nl_means search radius, voxels
+    c.data.denoise_h = 0.8  # nl_means filter strength h, as a multiple of the estimated sigma
+    c.data.denoise_channels = None  # channel indices to denoise; None: all
+    c.data.clahe = False  # skimage equalize_adapthist per channel, output in [0, 1] (cached)
+    c.data.clahe_kernel_mm = None  # region, mm (one or per axis); None: 1/8 of each axis
+    c.data.clahe_clip_limit = 0.01  # CLAHE clip limit, (0, 1]
+    c.data.clahe_nbins = 256  # CLAHE histogram bins
+    c.data.clahe_channels = None  # channel indices to equalise; None: all
+    c.data.cache_dir = None  # denoise/CLAHE result cache; None: ~/.cache/jaxseg/preprocess
     c.data.num_threads = 2  # grain threads computing batches (in each worker, if any)
     c.data.prefetch = 4  # batches prefetched by grain (by each worker, if any)
     c.data.num_workers = 0  # processes computing batches; 0: threads here (docs/training.md)
+    c.data.max_image_bytes = 4 * 2**30  # largest image (header shape x dtype) read; caps gunzip too
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "lightseg_tiny"  # a name from `jaxseg.models.available_models()`
@@ -31,6 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.dice_weight = 1.0  # soft Dice term (batch Dice over foreground classes)
     c.loss.ce_weight = 1.0  # cross-entropy term
+    # Weighted terms, e.g. "dice:1,ce:1,boundary:0.01" (dice, ce, focal, iou, tversky,
+    # boundary; jaxseg/losses/terms.py); "": dice_weight * Dice + ce_weight * CE, as before.
+    c.loss.terms = ""
+    c.loss.focal_gamma = 2.0  # focal term's gamma, >= 0 (Lin et al.; 0 is CE)
+    c.loss.tversky_alpha = 0.3  # Tversky weight of false positives, [0, 1] (Salehi et al.)
+    c.loss.tversky_beta = 0.7  # Tversky weight of false negatives, [0, 1]
+    c.loss.boundary_ramp_steps = 1000  # boundary weight rises linearly from 0 over these steps
 
     # On-device augmentation (jaxseg.augment), per example; each *_prob is the chance that
     # the transform fires. Probabilities follow nnU-Net's defaults where it has the transform.
@@ -96,6 +122,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.gaussian_sigma_scale = 0.125  # Gaussian weighting sigma / patch size
     c.eval.tta = True  # mirror every spatial axis at test time (nnU-Net); --no-tta turns it off
     c.eval.max_val_cases = 16  # cases used for the validation Dice during training
+    c.eval.nsd_tolerance_mm = 1.0  # surface Dice tolerance tau, mm, > 0 (docs/evaluation.md)
+    # e.g. ({"step": "fill_holes"},); a workdir's postprocess_chain.json takes precedence.
+    c.eval.postprocess = ()  # postprocessing steps, in order (docs/postprocessing.md); () none
     return c
 
 

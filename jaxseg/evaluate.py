@@ -1,7 +1,11 @@
 """Evaluate a trained run: python -m jaxseg.evaluate --workdir DIR [--split test]
 
-Writes DIR/eval_<split>/metrics.csv and summary.json and prints a table. The run's
-postprocessing decision (DIR/postprocessing.json), when there is one, is applied.
+Writes DIR/eval_<split>/metrics.csv, summary.json (with the expected calibration error and
+reliability-diagram data at the run's calibrated temperature) and reliability.png, and
+prints a table. The run's
+postprocessing decision (DIR/postprocessing.json), when there is one, is applied, then the
+run's postprocessing chain (DIR/postprocess_chain.json, else the config's eval.postprocess;
+docs/postprocessing.md); summary.json records both.
 
 Cross-validation: python -m jaxseg.evaluate --workdir DIR_F0,DIR_F1,...  (the folds of one
 plan, trained with --config.data.fold=k) scores each fold's validation cases with that
@@ -19,6 +23,8 @@ import os
 from jaxseg import cli
 from jaxseg.errors import JaxsegError
 
+RELIABILITY_PNG = "reliability.png"  # the split's reliability diagram, in the report folder
+
 
 def evaluate_run(
     workdir: str | os.PathLike,
@@ -28,42 +34,62 @@ def evaluate_run(
     data_root: str | None = None,
     tta: bool = True,
     progress: bool = False,
+    max_image_bytes: int | None = None,
 ) -> dict:
     """Evaluates a trained run on one of its splits; writes and returns the summary.
 
     tta: mirroring test-time augmentation as `eval.tta` configures it (on by default);
     False turns it off. The report goes to `workdir/eval_<split>/`
-    (`jaxseg.evaluation.write_report`); the summary records whether TTA was used.
+    (`jaxseg.evaluation.write_report`), checked before any inference; the summary records
+    whether TTA was used. max_image_bytes: the largest image read (None: the run's
+    `data.max_image_bytes`).
     """
-    from jaxseg import evaluation, inference
+    from jaxseg import calibration, evaluation, inference
+    from jaxseg.data import io, outputs
     from jaxseg.data.preprocess import Preprocessing
-    from jaxseg.workdir import load_postprocessing
+    from jaxseg.workdir import load_postprocess_chain, load_postprocessing, load_temperature
 
     run, spec, split, wanted = _run_split(workdir, split, which, data_root)
+    out_dir = run.workdir / f"eval_{split}"
+    outputs.check_output_dir(out_dir, what="report folder")  # before the inference's minutes
     config, info = run.config, run.info
     cases = _cases(spec, wanted)
     axes = inference.tta_axes(config, info.dims) if tta else ()
     postprocessing = load_postprocessing(run.workdir)
-    rows, timing = evaluation.evaluate_cases(
-        cases,
-        inference.window_predictor(run.model, run.params, axes),
-        window=inference.window_options(config, info.num_classes),
-        labels=info.labels,
-        preprocessing=Preprocessing.from_config(config.data, info.modalities),
-        postprocessing=postprocessing,
-        progress=progress,
-        total=len(wanted),
-    )
-    out_dir = run.workdir / f"eval_{split}"
+    chain = load_postprocess_chain(run.workdir, config, info)
+    temperature = load_temperature(run)  # 1 unless jaxseg.calibrate fitted one
+    reliability = calibration.Reliability.empty()
+    with io.limit_image_bytes(_max_image_bytes(max_image_bytes, config)):
+        rows, timing = evaluation.evaluate_cases(
+            cases,
+            inference.window_predictor(run.model, run.params, axes, temperature=temperature),
+            window=inference.window_options(config, info.num_classes),
+            labels=info.labels,
+            preprocessing=Preprocessing.from_config(config.data, info.modalities),
+            postprocessing=postprocessing,
+            chain=chain,
+            progress=progress,
+            total=len(wanted),
+            nsd_tolerance_mm=evaluation.nsd_tolerance(config),
+            reliability=reliability,
+        )
+    diagram = reliability.diagram()
     summary = {
         **evaluation.summarize(rows, info.labels),
+        "nsd_tolerance_mm": evaluation.nsd_tolerance(config),
         "split": split,
         "inference": timing,
         "tta_mirror_axes": list(axes),
         "postprocessing": postprocessing,
+        "postprocess_chain": chain.to_json(),
+        # Top-label ECE over every voxel of the split, at the run's temperature.
+        "calibration": {"temperature": temperature, "ece": diagram["ece"], "reliability": diagram},
         "report_dir": str(out_dir),
     }
     evaluation.write_report(rows, summary, out_dir)
+    calibration.write_reliability_png(
+        [(f"{split}, T={temperature:.3g}", diagram)], out_dir / RELIABILITY_PNG
+    )
     return summary
 
 
@@ -74,10 +100,12 @@ def cross_validate_runs(
     data_root: str | None = None,
     tta: bool = True,
     progress: bool = False,
+    max_image_bytes: int | None = None,
 ) -> dict:
     """Cross-validation over the fold runs of one plan (see the module docstring); writes
     `workdirs[0]/crossval/` and every fold's postprocessing decision; returns the summary."""
     from jaxseg import evaluation, inference, postprocess
+    from jaxseg.data import io, outputs
     from jaxseg.data.preprocess import Preprocessing
     from jaxseg.workdir import POSTPROCESSING_FILE
 
@@ -109,9 +137,18 @@ def cross_validate_runs(
             )
         )
         runs.append(run)
-    labels = runs[0].info.labels
-    rows, timing, decision = evaluation.cross_validate(folds, labels=labels, progress=progress)
     out_dir = runs[0].workdir / "crossval"
+    outputs.check_output_dir(out_dir, what="report folder")  # before the inference's minutes
+    for run in runs:
+        outputs.check_output_file(run.workdir / POSTPROCESSING_FILE, what="decision file")
+    labels = runs[0].info.labels
+    with io.limit_image_bytes(_max_image_bytes(max_image_bytes, runs[0].config)):
+        rows, timing, decision = evaluation.cross_validate(
+            folds,
+            labels=labels,
+            progress=progress,
+            nsd_tolerance_mm=evaluation.nsd_tolerance(runs[0].config),
+        )
     summary = {
         **evaluation.summarize(rows, labels),
         "folds": {str(k): str(w) for k, w in sorted(seen.items())},
@@ -125,15 +162,33 @@ def cross_validate_runs(
     return summary
 
 
+def _max_image_bytes(flag: int | None, config) -> int:
+    from jaxseg.data import io
+
+    return flag or config.data.get("max_image_bytes", io.DEFAULT_MAX_IMAGE_BYTES)
+
+
 def _run_split(workdir, split, which, data_root):
     """(trained run, dataset, split name, case ids) for one split of a run."""
     from jaxseg.data import dataset as dataset_lib
-    from jaxseg.workdir import load_splits, load_trained
+    from jaxseg.data.splits import split_requirement
+    from jaxseg.workdir import SPLITS_FILE, load_splits, load_trained
 
     run = load_trained(workdir, which)
     split = split or run.config.eval.split
     spec = dataset_lib.load_dataset(data_root or run.config.data.root)
-    wanted = load_splits(run.workdir)[split]
+    recorded = load_splits(run.workdir)
+    wanted = recorded.get(split) or []
+    if not wanted:
+        # An empty split would be scored as "nan over 0 cases": say why and what it needs.
+        data = run.config.data
+        state = "is empty" if split in recorded else f"is missing from {SPLITS_FILE}"
+        raise JaxsegError(
+            f"the {split} split of {run.workdir} {state} ({len(spec.training)} training cases "
+            f"in {spec.root}); "
+            + split_requirement(data.get("fold"), data.get("num_folds", 5))
+            + "; retrain with more cases, or evaluate another split with --split"
+        )
     by_id = {c.case_id for c in spec.training}
     missing = [c for c in wanted if c not in by_id]
     if missing:
@@ -141,11 +196,6 @@ def _run_split(workdir, split, which, data_root):
             f"{len(missing)} {split} cases of {run.workdir} are not in "
             f"{spec.root}/dataset.json (first: {missing[0]}); pass the "
             "dataset the run was trained on with --data-root"
-        )
-    if not wanted:
-        raise JaxsegError(
-            f"the {split} split of {run.workdir} is empty ({len(spec.training)} training "
-            f"cases in {spec.root}); evaluate another split with --split"
         )
     return run, spec, split, wanted
 
@@ -183,12 +233,24 @@ def main(argv) -> int:
     parser.add_argument(
         "--data-root", default=None, help="dataset folder, if it moved since training"
     )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=None,
+        help="refuse an image whose header claims more bytes (shape x dtype); default: the "
+        "run's data.max_image_bytes (4 GiB)",
+    )
     args = parser.parse_args(argv)
 
     from jaxseg import evaluation
 
     workdirs = [w for w in args.workdir.split(",") if w]
-    options = dict(which=args.checkpoint, data_root=args.data_root, tta=not args.no_tta)
+    options = dict(
+        which=args.checkpoint,
+        data_root=args.data_root,
+        tta=not args.no_tta,
+        max_image_bytes=args.max_image_bytes,
+    )
     if len(workdirs) > 1:
         summary = cross_validate_runs(workdirs, progress=True, **options)
         what = f"cross-validation cases ({len(summary['folds'])} folds)"
@@ -211,6 +273,11 @@ def main(argv) -> int:
         f"inference: {speed['cases_per_second']:.2f} cases/s "
         f"({speed['median_seconds_per_case'] * 1000:.1f} ms median per case)"
     )
+    if "calibration" in summary:
+        cal = summary["calibration"]
+        print(
+            f"expected calibration error: {cal['ece']:.4f} (temperature {cal['temperature']:.3g})"
+        )
     print(f"report: {summary['report_dir']}")
     return 0
 

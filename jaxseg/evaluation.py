@@ -21,10 +21,10 @@ import numpy as np
 import tqdm
 from etils import epath
 
-from jaxseg import inference, metrics, postprocess
+from jaxseg import calibration, inference, metrics, postprocess
 from jaxseg.data.io import Image
-from jaxseg.data.preprocess import Preprocessing
-from jaxseg.errors import JaxsegError
+from jaxseg.data.preprocess import CaseGrid, Preprocessing
+from jaxseg.errors import ConfigError, JaxsegError
 from jaxseg.metrics import METRIC_NAMES
 
 
@@ -35,30 +35,112 @@ def predict_cases(
     window: dict,
     preprocessing: Preprocessing,
     postprocessing: dict | None = None,
+    chain: postprocess.Chain | None = None,
     progress: bool = False,
     total: int | None = None,
     desc: str = "evaluate",
+    reliability: calibration.Reliability | None = None,
 ) -> Iterator[tuple[str, Image, np.ndarray | None, np.ndarray, float]]:
     """Yields `(case_id, image, label, prediction [*S] uint8, seconds)` for (case_id, Image
-    as read, label) triples, one case at a time: `inference.predict_case` (back on the
-    image's own grid), then the run's largest-component decision if it has one."""
+    as read, label) triples, one case at a time: `predict_labels` (back on the image's
+    own grid, the run's largest-component decision and `eval.postprocess` chain applied).
+    reliability: when given, each case's softmax (before postprocessing) is added to it
+    against the label, over the whole image grid (outside the time reported)."""
     if progress:  # a bar with an ETA over `total` cases
         cases = tqdm.tqdm(cases, desc=desc, unit="case", total=total)
     for case_id, image, label in cases:
         start = time.perf_counter()
-        pred = inference.predict_case(
-            image.data, image.spacing, predictor, window=window, preprocessing=preprocessing
+        probs = None
+        if reliability is not None:
+            probs = inference.case_probabilities(
+                image.data,
+                image.spacing,
+                predictor,
+                window=window,
+                preprocessing=preprocessing,
+                case=case_id,
+            )
+        pred = predict_labels(
+            image,
+            predictor,
+            window=window,
+            preprocessing=preprocessing,
+            postprocessing=postprocessing,
+            chain=chain,
+            case=case_id,
+            probabilities=probs,
         )
-        if postprocessing is not None:
-            pred = postprocess.apply_postprocessing(pred, postprocessing)
-        yield case_id, image, label, pred, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        if probs is not None and label is not None:
+            reliability.add(inference.uncrop_probabilities(*probs), label)
+        del probs
+        yield case_id, image, label, pred, seconds
+
+
+def predict_labels(
+    image: Image,
+    predictor,
+    *,
+    window: dict,
+    preprocessing: Preprocessing,
+    postprocessing: dict | None = None,
+    chain: postprocess.Chain | None = None,
+    case: str | None = None,
+    probabilities: tuple[np.ndarray, CaseGrid] | None = None,
+) -> np.ndarray:
+    """An image as read -> its postprocessed class map `[*S]` on the image's grid, in
+    docs/postprocessing.md's order: the chain's CRF (on the softmax and the image) or the
+    argmax, then the largest-component decision, then the chain's label steps.
+    probabilities: `inference.case_probabilities`'s result for this image, when the caller
+    has it already (`predict --probabilities`); None predicts them here."""
+    if case is None and getattr(image, "path", None):
+        case = str(image.path)  # names the case in preprocessing errors
+    if probabilities is None and chain is not None and chain.crf is not None:
+        probabilities = inference.case_probabilities(
+            image.data,
+            image.spacing,
+            predictor,
+            window=window,
+            preprocessing=preprocessing,
+            case=case,
+        )
+    if probabilities is None:
+        pred = inference.predict_case(
+            image.data,
+            image.spacing,
+            predictor,
+            window=window,
+            preprocessing=preprocessing,
+            case=case,
+        )
+    else:
+        probs, grid = probabilities
+        if chain is not None and chain.crf is not None:
+            cropped = chain.labels_from_probabilities(probs, image.data[grid.box], image.spacing)
+        else:
+            cropped = inference.argmax_labels(probs)
+        pred = grid.uncrop(cropped)
+    if postprocessing is not None:
+        pred = postprocess.apply_postprocessing(pred, postprocessing)
+    if chain:
+        pred = chain.apply(pred, image.spacing)
+    return pred
 
 
 def score_case(
-    case_id: str, pred: np.ndarray, label: np.ndarray, spacing, labels: dict[int, str]
+    case_id: str,
+    pred: np.ndarray,
+    label: np.ndarray,
+    spacing,
+    labels: dict[int, str],
+    *,
+    nsd_tolerance_mm: float = metrics.DEFAULT_NSD_TOLERANCE_MM,
 ) -> list[dict]:
-    """One row per foreground class: `case`, `class`, `name` and `metrics.case_metrics`."""
-    per_class = metrics.case_metrics(pred, label, len(labels), spacing)
+    """One row per foreground class: `case`, `class`, `name` and `metrics.case_metrics`
+    (NSD at `nsd_tolerance_mm`, the run's `eval.nsd_tolerance_mm`)."""
+    per_class = metrics.case_metrics(
+        pred, label, len(labels), spacing, nsd_tolerance_mm=nsd_tolerance_mm
+    )
     return [
         {
             "case": case_id,
@@ -90,8 +172,11 @@ def evaluate_cases(
     labels: dict[int, str],
     preprocessing: Preprocessing,
     postprocessing: dict | None = None,
+    chain: postprocess.Chain | None = None,
     progress: bool = False,
     total: int | None = None,
+    nsd_tolerance_mm: float = metrics.DEFAULT_NSD_TOLERANCE_MM,
+    reliability: calibration.Reliability | None = None,
 ) -> tuple[list[dict], dict]:
     """Evaluates (case_id, Image as read, label) triples; returns (rows, timing).
 
@@ -99,6 +184,9 @@ def evaluate_cases(
     among them. preprocessing: the run's (`Preprocessing.from_config`); predictions come
     back to each image's own grid (`inference.predict_case`) and are scored there, in mm.
     postprocessing: a largest-component decision (`jaxseg.postprocess`) or None.
+    chain: the `eval.postprocess` steps (`postprocess.Chain`) or None.
+    reliability: a `calibration.Reliability` that collects every case's voxels (ECE and
+    the reliability diagram), or None.
     rows: `score_case`'s, for every case. timing: median seconds of inference per case
     (excluding the first case, which includes compilation) and cases per second.
     """
@@ -109,15 +197,27 @@ def evaluate_cases(
         window=window,
         preprocessing=preprocessing,
         postprocessing=postprocessing,
+        chain=chain,
         progress=progress,
         total=total,
+        reliability=reliability,
     ):
         seconds.append(sec)
-        rows.extend(score_case(case_id, pred, label, image.spacing, labels))
+        rows.extend(
+            score_case(
+                case_id, pred, label, image.spacing, labels, nsd_tolerance_mm=nsd_tolerance_mm
+            )
+        )
     return rows, _timing(seconds)
 
 
-def cross_validate(folds: Sequence[dict], *, labels: dict[int, str], progress: bool = False):
+def cross_validate(
+    folds: Sequence[dict],
+    *,
+    labels: dict[int, str],
+    progress: bool = False,
+    nsd_tolerance_mm: float = metrics.DEFAULT_NSD_TOLERANCE_MM,
+):
     """Cross-validation: each fold's validation cases scored by the fold that did not train
     on them, pooled; and the largest-component decision taken on those predictions.
 
@@ -141,11 +241,51 @@ def cross_validate(folds: Sequence[dict], *, labels: dict[int, str], progress: b
             )
             for case_id, image, label, pred, sec in stream:
                 seconds.append(sec)
-                rows.extend(score_case(case_id, pred, label, image.spacing, labels))
+                rows.extend(
+                    score_case(
+                        case_id,
+                        pred,
+                        label,
+                        image.spacing,
+                        labels,
+                        nsd_tolerance_mm=nsd_tolerance_mm,
+                    )
+                )
                 yield pred, label, image.spacing
 
     decision = postprocess.decide_postprocessing(predictions(), len(labels))
     return rows, _timing(seconds), decision
+
+
+def nsd_tolerance(config) -> float:
+    """`eval.nsd_tolerance_mm` of a run's config (runs saved before the key: its default);
+    ConfigError unless it is a finite number > 0."""
+    value = config.eval.get("nsd_tolerance_mm", metrics.DEFAULT_NSD_TOLERANCE_MM)
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        tau = float("nan")
+    if not (np.isfinite(tau) and tau > 0):
+        raise ConfigError(
+            f"eval.nsd_tolerance_mm = {value!r}: the surface Dice tolerance must be a "
+            "number of millimetres > 0 (e.g. 1.0)."
+        )
+    return tau
+
+
+def metric_columns(rows: list[dict]) -> list[str]:
+    """The `METRIC_NAMES` the rows carry, in that order: every one for `score_case`'s rows;
+    rows scored before a metric existed (an older metrics.csv) lack it. A metric that only
+    some rows carry is an error, since its mean would silently cover fewer cases."""
+    names = [m for m in METRIC_NAMES if any(m in r for r in rows)]
+    for r in rows:
+        missing = [m for m in names if m not in r]
+        if missing:
+            raise JaxsegError(
+                f"metric row of case {r.get('case')!r}, class {r.get('class')!r} lacks "
+                f"{', '.join(missing)}, which other rows carry; score every case the same way."
+            )
+    return names
 
 
 def summarize(rows: list[dict], labels: dict[int, str]) -> dict:
@@ -157,13 +297,14 @@ def summarize(rows: list[dict], labels: dict[int, str]) -> dict:
     """
     if not rows:
         raise JaxsegError("summarize: no metric rows (no cases were evaluated)")
+    names = metric_columns(rows)
     per_class = {}
     for cls in sorted({r["class"] for r in rows}):
         mine = [r for r in rows if r["class"] == cls]
         per_class[labels.get(cls, str(cls))] = {
-            m: float(np.mean([r[m] for r in mine])) for m in METRIC_NAMES
+            m: float(np.mean([r[m] for r in mine])) for m in names
         }
-    mean = {m: float(np.mean([v[m] for v in per_class.values()])) for m in METRIC_NAMES}
+    mean = {m: float(np.mean([v[m] for v in per_class.values()])) for m in names}
     return {"per_class": per_class, "mean": mean, "num_cases": len({r["case"] for r in rows})}
 
 
@@ -171,7 +312,7 @@ def write_report(rows: list[dict], summary: dict, out_dir: str | os.PathLike) ->
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "metrics.csv").open("w") as f:
-        writer = csv.DictWriter(f, fieldnames=["case", "class", "name", *METRIC_NAMES])
+        writer = csv.DictWriter(f, fieldnames=["case", "class", "name", *metric_columns(rows)])
         writer.writeheader()
         writer.writerows(rows)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -179,8 +320,10 @@ def write_report(rows: list[dict], summary: dict, out_dir: str | os.PathLike) ->
 
 def format_table(summary: dict) -> str:
     """The summary as a fixed-width text table, one line per class and the mean."""
-    header = f"{'class':<16}" + "".join(f"{m:>10}" for m in METRIC_NAMES)
+    names = [m for m in METRIC_NAMES if m in summary["mean"]]  # older summaries lack some
+    widths = [max(10, len(m) + 1) for m in names]
+    header = f"{'class':<16}" + "".join(f"{m:>{w}}" for m, w in zip(names, widths))
     lines = [header, "-" * len(header)]
     for name, values in [*summary["per_class"].items(), ("mean", summary["mean"])]:
-        lines.append(f"{name:<16}" + "".join(f"{values[m]:>10.4f}" for m in METRIC_NAMES))
+        lines.append(f"{name:<16}" + "".join(f"{values[m]:>{w}.4f}" for m, w in zip(names, widths)))
     return "\n".join(lines)

@@ -20,8 +20,9 @@ predictors average into one with `ensemble_predictor`.
 - Each window's probabilities are weighted by an importance map and accumulated;
   the result is the accumulator divided by the summed weights. `mode="gaussian"`: a
   separable Gaussian centred on the patch, `sigma = gaussian_sigma_scale * patch_size` per
-  axis, normalised to a peak of 1 and clipped below at 1e-3 so no voxel has zero weight;
-  `mode="constant"`: all ones (plain averaging).
+  axis, clipped below at 1e-3 (as MONAI's `compute_importance_map`, on the unnormalised
+  product, so no voxel has zero weight) and then scaled to a peak of 1, which leaves the
+  blend unchanged; `mode="constant"`: all ones (plain averaging).
 - Windows go to `predict_fn` `batch_size` at a time; the last batch is padded with zero
   windows to a full batch (their outputs are discarded), so a jitted `predict_fn` sees one
   shape and compiles once.
@@ -81,9 +82,12 @@ _ARGMAX_SLAB_VOXELS = 1 << 22  # voxels per argmax slab in argmax_labels
 def gaussian_importance_map(
     patch_size: Sequence[int], sigma_scale: float = 0.125, min_weight: float = MIN_WEIGHT
 ) -> np.ndarray:
-    """Separable Gaussian weights `[*patch_size]` float32, peak 1, clipped below at `min_weight`.
+    """Separable Gaussian weights `[*patch_size]` float32, peak 1.
 
-    Centred at `(p - 1) / 2` per axis with `sigma = sigma_scale * p`.
+    Centred at `(p - 1) / 2` per axis with `sigma = sigma_scale * p`. The unnormalised
+    product is clipped below at `min_weight` before it is scaled to a peak of 1, as MONAI
+    clips it: for an even patch the product's peak is below 1, and clipping after the
+    scaling would weight window borders differently from MONAI's blend.
     """
     grids = []
     for p in patch_size:
@@ -93,8 +97,8 @@ def gaussian_importance_map(
     g = grids[0]
     for axis_g in grids[1:]:
         g = np.multiply.outer(g, axis_g)
-    g = g / g.max()
-    return np.maximum(g, min_weight).astype(np.float32)
+    g = np.maximum(g, min_weight)
+    return (g / g.max()).astype(np.float32)
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -297,13 +301,23 @@ def window_predictor(
     return lambda windows: np.asarray(predict(params, windows))
 
 
-def window_logits(model: nn.Module, params) -> Callable[[np.ndarray], np.ndarray]:
-    """`f(windows [b, *patch, C]) -> logits [b, *patch, K]` f32: the raw model output that
-    `jaxseg.calibration` fits a temperature on."""
-    logits = jax.jit(
-        lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32)
-    )
-    return lambda windows: np.asarray(logits(params, windows))
+def window_logits(
+    model: nn.Module, params, mirror_axes: Sequence[int] = ()
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`f(windows [b, *patch, C]) -> logits [F, b, *patch, K]` f32: the raw model output of
+    each of the F = 2**len(mirror_axes) mirrored passes, flipped back (F = 1 without TTA),
+    which `jaxseg.calibration` fits a temperature on."""
+
+    def logits(p, x):
+        out = []
+        for combo in mirror_combinations(mirror_axes):
+            flip = tuple(a + 1 for a in combo)
+            z = model.apply({"params": p}, jnp.flip(x, flip) if flip else x, train=False)
+            out.append(jnp.flip(z, flip) if flip else z)
+        return jnp.stack(out).astype(jnp.float32)
+
+    jitted = jax.jit(logits)
+    return lambda windows: np.asarray(jitted(params, windows))
 
 
 def tta_axes(config, dims: int) -> tuple[int, ...]:
@@ -337,6 +351,7 @@ def predict_case(
     *,
     window: dict,
     preprocessing: Preprocessing,
+    case: str | None = None,
 ) -> np.ndarray:
     """A case as read (`image [*S, C]` at `spacing`) -> its class map `[*S]` (uint8).
 
@@ -346,7 +361,7 @@ def predict_case(
     file grid (background outside a nonzero crop).
     """
     probs, grid = case_probabilities(
-        image, spacing, predictor, window=window, preprocessing=preprocessing
+        image, spacing, predictor, window=window, preprocessing=preprocessing, case=case
     )
     return grid.uncrop(argmax_labels(probs))
 
@@ -358,11 +373,12 @@ def case_probabilities(
     *,
     window: dict,
     preprocessing: Preprocessing,
+    case: str | None = None,
 ) -> tuple[np.ndarray, preprocess.CaseGrid]:
     """`predict_case` before the argmax: (class probabilities `[*cropped, K]` float32 at
     the file's spacing, the case's `CaseGrid`). `uncrop_probabilities` places them in the
     full file grid."""
-    x, grid = preprocessing.image(image, spacing)
+    x, grid = preprocessing.image(image, spacing, case=case)  # case: for errors
     probs = sliding_window_predict(x, predictor, **window)
     del x
     return preprocessing.to_file_grid(probs, grid), grid

@@ -79,6 +79,12 @@ def main(argv) -> int:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
 
+    from jaxseg.data import outputs
+
+    # Before the fingerprint's minutes; never into the dataset, even with --force.
+    outputs.check_not_dataset(args.out, args.data, what="--out")
+    outputs.check_output_dir(args.out, what="--out")
+
     # Imported after parsing so that --help answers without loading JAX.
     from jaxseg import planning
     from jaxseg.training.memory import measure_train_step

@@ -3,9 +3,15 @@
 Several workdirs (the folds of one plan) are a fold ensemble. Mirroring test-time
 augmentation is on unless --no-tta (or the run's eval.tta is false).
 
-PATH is a file (NIfTI, PNG, TIFF, GIF) or a folder of them. Each mask has its input's
-shape, affine and orientation and holds the label values of the training data's files
-(0/255 for a model trained on 0/255 masks), as uint8 (uint16 when a value exceeds 255).
+PATH is a file (NIfTI, PNG, TIFF, GIF, a .dcm multi-frame) or a folder of them; a folder
+of DICOM files is one series, a folder of series folders one case each. Each mask has its
+input's shape, affine and orientation and holds the label values of the training data's
+files (0/255 for a model trained on 0/255 masks), as uint8 (uint16 when a value exceeds
+255). --output-format dicom-seg writes a DICOM-SEG referencing the input series instead.
+
+--probabilities PATH also writes each case's class probabilities (16-bit NIfTI on the
+input's grid, classes on the last axis), at the temperature python -m jaxseg.calibrate
+fitted (none: the raw softmax): a file for one input file, else a folder of CASE.nii.gz.
 """
 
 from __future__ import annotations
@@ -32,13 +38,38 @@ def main(argv) -> int:
     parser.add_argument(
         "--no-tta", action="store_true", help="no mirroring test-time augmentation (eval.tta)"
     )
+    parser.add_argument(
+        "--output-format",
+        default="auto",
+        choices=("auto", "dicom-seg"),
+        help="auto: a mask like the input (NIfTI for DICOM input); dicom-seg: a DICOM-SEG "
+        "(.dcm) referencing the input DICOM series, one segment per class",
+    )
+    parser.add_argument(
+        "--probabilities",
+        default=None,
+        metavar="PATH",
+        help="also write calibrated class probabilities (16-bit NIfTI, classes last): a "
+        ".nii.gz file for one input file, else a folder",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=None,
+        help="refuse an image whose header claims more bytes (shape x dtype); default: the "
+        "run's data.max_image_bytes (4 GiB)",
+    )
     args = parser.parse_args(argv)
 
     from jaxseg.segment import Segmenter
 
     workdirs = [w for w in args.workdir.split(",") if w]
-    segmenter = Segmenter(workdirs, args.checkpoint, tta=not args.no_tta)
-    written = segmenter.segment_path(args.input, args.output)
+    segmenter = Segmenter(
+        workdirs, args.checkpoint, tta=not args.no_tta, max_image_bytes=args.max_image_bytes
+    )
+    written = segmenter.segment_path(
+        args.input, args.output, args.output_format, probabilities=args.probabilities
+    )
     for path in written:
         print(path)
     return 0

@@ -1,6 +1,8 @@
 """Train a model: python -m jaxseg.train --config configs/NAME.py --workdir DIR [--config.a.b=v]
 
-Rerunning the same command resumes from the last checkpoint in DIR.
+Rerunning the same command resumes from the last checkpoint in DIR. On SIGTERM (a TPU VM's
+or GKE node's preemption notice) every process saves a checkpoint at the same step, prints
+where, and exits 0; rerunning resumes from that step with the same data order.
 
 With --data DATASET instead of --config, the dataset is planned first (python -m
 jaxseg.plan: fingerprint, spacing, normalisation, patch, batch, stages) into DIR/plan/,
@@ -43,16 +45,25 @@ def main(argv) -> int:
             "--data plans on this process's devices; for a multi-process run plan first "
             "(python -m jaxseg.plan --data DIR --out PLAN) and pass --config PLAN/config.py"
         )
+    from jaxseg.data import outputs
+
+    # Before planning or training: the workdir is writable and is not the dataset.
+    outputs.check_output_dir(args.workdir, what="--workdir")
+    if args.data is not None:
+        outputs.check_not_dataset(args.workdir, args.data, what="--workdir")
     config_path = args.config or _planned_config(args.data, args.workdir)
     config = load_config(config_path, overrides)
+    outputs.check_not_dataset(args.workdir, config.data.root, what="--workdir")
 
     # Importing JAX after parsing keeps --help fast; joining the run precedes device use.
     from jaxseg.training import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    from jaxseg.data import io
     from jaxseg.training.loop import train
 
-    result = train(config, args.workdir)
+    with io.limit_image_bytes(config.data.get("max_image_bytes", io.DEFAULT_MAX_IMAGE_BYTES)):
+        result = train(config, args.workdir)
     import jax
 
     if jax.process_index() == 0:

@@ -32,6 +32,7 @@ from jaxseg import models, ops, postprocess
 from jaxseg.config import config_from_json
 from jaxseg.data.labels import check_label_values
 from jaxseg.errors import ConfigError, JaxsegError
+from jaxseg.models.quantized import QuantizedModel
 
 CONFIG_FILE, RUN_FILE, SPLITS_FILE = "config.json", "run.json", "splits.json"
 # The largest-component decision cross-validation took (jaxseg.evaluate over the folds);
@@ -51,6 +52,8 @@ BEST_METRIC = "val_dice"
 # rematerialisation, and the operator implementations `jaxseg.ops` chooses between.
 COMPUTE_ONLY_ARGS = frozenset({"remat", "use_checkpoint", *ops.IMPL_ARGS})
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# The config block that marks an int8 workdir: weights, activations and act_scales.
+QUANTIZATION_KEY = "quantization"
 
 
 def as_path(path: str | os.PathLike) -> epath.Path:
@@ -243,13 +246,23 @@ def model_from_config(config: ml_collections.ConfigDict, info: RunInfo) -> nn.Mo
     if dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"train.compute_dtype={dtype!r}; use one of {COMPUTE_DTYPES}")
     args.setdefault("dtype", jnp.dtype(dtype))
-    return models.build_model(
+    model = models.build_model(
         config.model.name,
         dims=info.dims,
         in_channels=info.in_channels,
         num_classes=info.num_classes,
         **args,
     )
+    if is_quantized(config):  # written by python -m jaxseg.compress quantize
+        scales = tuple((str(k), float(v)) for k, v in config[QUANTIZATION_KEY].act_scales)
+        model = QuantizedModel(inner=model, act_scales=scales)
+    return model
+
+
+def is_quantized(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run's weights are stored int8 (`config.quantization`, set by
+    `python -m jaxseg.compress quantize`; `jaxseg.models.quantized`)."""
+    return config.get(QUANTIZATION_KEY) is not None
 
 
 def checkpoint_dir(workdir: str | os.PathLike, which: str) -> epath.Path:

@@ -13,6 +13,7 @@ from jaxseg import calibration, inference
 from jaxseg.data.io import Image
 from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import ConfigError
+from tests.tiny_config import write_tiny_config
 
 
 def _ece_reference(probs, labels, num_bins):
@@ -101,6 +102,30 @@ def test_a_known_temperature_is_recovered():
     assert calibration.fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.05)
 
 
+def test_with_tta_the_fit_targets_the_averaged_softmax():
+    # Two mirrored passes that disagree: their averaged softmax is less confident than
+    # either, so the best temperature differs from the single-pass one. Reference: the
+    # mixture NLL written with scipy, minimised on a fine grid.
+    rng = np.random.default_rng(7)
+    base = 4.0 * rng.normal(size=(4000, 3))
+    logits = np.stack([base, base + 2.0 * rng.normal(size=base.shape)], axis=1)
+    labels = base.argmax(1)
+    flip = rng.random(len(labels)) < 0.3
+    labels[flip] = rng.integers(0, 3, flip.sum())
+
+    def nll(t):
+        p = special.softmax(logits / t, axis=-1).mean(axis=1)
+        return -np.log(p[np.arange(len(labels)), labels]).mean()
+
+    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 2001))
+    best = grid[np.argmin([nll(t) for t in grid])]
+    fitted = calibration.fit_temperature(logits, labels)
+    assert fitted == pytest.approx(best, rel=2e-3)
+    assert calibration.negative_log_likelihood(logits, labels, fitted) == pytest.approx(
+        nll(fitted), rel=1e-9
+    )
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(ConfigError, match="temperature"):
         calibration.check_temperature(0.0, "calibration.json")
@@ -124,8 +149,8 @@ def test_window_sampling_keeps_logits_and_labels_aligned_and_skips_padding():
     )
     prep = Preprocessing(modalities=("noNorm",))  # the model sees the labels as they are
 
-    def logits_fn(x):
-        return 10.0 * np.eye(3, dtype=np.float32)[np.rint(x[..., 0]).astype(int)]
+    def logits_fn(x):  # [F=1, b, *patch, K]
+        return 10.0 * np.eye(3, dtype=np.float32)[np.rint(x[..., 0]).astype(int)][None]
 
     window = dict(
         patch_size=(16, 16), num_classes=3, overlap=0.5, batch_size=2, gaussian_sigma_scale=0.125
@@ -134,7 +159,8 @@ def test_window_sampling_keeps_logits_and_labels_aligned_and_skips_padding():
         [("c", image, label)], logits_fn, window=window, preprocessing=prep, voxels_per_window=50
     )
     assert len(labels) == 2 * 50  # 21 > 16: two windows along y, one (padded) along x
-    np.testing.assert_array_equal(logits.argmax(1), labels)
+    assert logits.shape == (100, 1, 3)
+    np.testing.assert_array_equal(logits[:, 0].argmax(1), labels)
     assert labels.min() >= 1
 
 
@@ -147,29 +173,18 @@ def test_temperature_divides_the_logits_of_every_window(phantom_2d):
     x = np.random.default_rng(6).normal(size=(2, 16, 16, 1)).astype(np.float32)
     params = model.init(jax.random.PRNGKey(0), x, train=False)["params"]
     logits = inference.window_logits(model, params)(x)
+    assert logits.shape == (1, 2, 16, 16, 3)
     for t in (1.0, 0.5, 3.0):
         got = inference.window_predictor(model, params, temperature=t)(x)
-        np.testing.assert_allclose(got, special.softmax(logits / t, axis=-1), atol=1e-6)
-
-
-CONFIG = """
-from jaxseg.defaults import base_config
-
-def get_config():
-    c = base_config()
-    c.data.root = {root!r}
-    c.data.patch_size = (32, 32)
-    c.data.batch_size = 2
-    c.data.num_threads = 1
-    c.model.name = "unet"
-    c.model.args.features = (8, 16)
-    c.train.steps = 8
-    c.train.warmup_steps = 2
-    c.train.eval_every = 8
-    c.train.checkpoint_every = 8
-    c.eval.max_val_cases = 1
-    return c
-"""
+        np.testing.assert_allclose(got, special.softmax(logits[0] / t, axis=-1), atol=1e-6)
+    # With TTA: each pass's logits flipped back; their mean softmax is the TTA predictor.
+    mirrored = inference.window_logits(model, params, (0, 1))(x)
+    assert mirrored.shape[0] == 4
+    np.testing.assert_allclose(mirrored[0], logits[0], atol=1e-6)
+    z = model.apply({"params": params}, x[:, ::-1], train=False)
+    np.testing.assert_allclose(mirrored[1], np.asarray(z)[:, ::-1], atol=1e-5)
+    tta = inference.window_predictor(model, params, (0, 1), temperature=2.0)(x)
+    np.testing.assert_allclose(tta, special.softmax(mirrored / 2.0, axis=-1).mean(0), atol=1e-6)
 
 
 @pytest.mark.e2e
@@ -180,10 +195,10 @@ def test_calibrate_fits_stores_and_is_applied(phantom_2d, tmp_path):
     from jaxseg.workdir import CALIBRATION_FILE, load_temperature, load_trained
 
     cfg = tmp_path / "c.py"
-    cfg.write_text(CONFIG.format(root=str(phantom_2d)))
+    write_tiny_config(cfg, phantom_2d, steps=8, warmup=2)
     workdir = tmp_path / "w"
     train(load_config(cfg), workdir)
-    assert calibrate.main(["--workdir", str(workdir), "--no-tta"]) == 0
+    assert calibrate.main(["--workdir", str(workdir)]) == 0
     saved = json.loads((workdir / CALIBRATION_FILE).read_text())
     assert saved["nll_sampled_after"] <= saved["nll_sampled_before"] + 1e-12
     assert (workdir / "reliability.png").stat().st_size > 0
@@ -197,3 +212,50 @@ def test_calibrate_fits_stores_and_is_applied(phantom_2d, tmp_path):
         warnings.simplefilter("always")
         assert load_temperature(run) == 1.0
     assert any("jaxseg.calibrate" in str(w.message) for w in caught)
+    # Restored: the fitted temperature applies again to evaluate and predict.
+    saved["step"] -= 1
+    (workdir / CALIBRATION_FILE).write_text(json.dumps(saved))
+    _check_probabilities_and_evaluation(workdir, phantom_2d, tmp_path, saved["temperature"])
+
+
+def _check_probabilities_and_evaluation(workdir, root, tmp_path, temperature):
+    """predict --probabilities writes softmax maps whose argmax is the mask; evaluate's ECE
+    equals Guo et al.'s formula (`_ece_reference`) over those maps and the label files."""
+    import nibabel as nib
+
+    from jaxseg import evaluate, predict
+    from jaxseg.data import dataset
+    from jaxseg.workdir import load_splits
+
+    summary = evaluate.evaluate_run(workdir, split="test")
+    assert summary["calibration"]["temperature"] == pytest.approx(temperature)
+    assert (workdir / "eval_test" / evaluate.RELIABILITY_PNG).stat().st_size > 0
+    spec = dataset.load_dataset(root)
+    by_id = {c.case_id: c for c in spec.training}
+    cases = [by_id[c] for c in load_splits(workdir)["test"]]
+    images = tmp_path / "test_images"
+    images.mkdir()
+    for c in cases:
+        (images / f"{c.case_id}.nii.gz").symlink_to(c.image_paths[0])
+    argv = ["--workdir", str(workdir), "--input", str(images), "--output", str(tmp_path / "m")]
+    assert predict.main([*argv, "--probabilities", str(tmp_path / "p")]) == 0
+    all_probs, all_labels = [], []
+    for c in cases:
+        stored = nib.load(tmp_path / "p" / f"{c.case_id}.nii.gz")
+        probs = np.asarray(stored.dataobj, np.float32)  # scl_slope applied
+        mask = np.asarray(nib.load(tmp_path / "m" / f"{c.case_id}.nii.gz").dataobj)
+        label = np.asarray(nib.load(c.label_path).dataobj)
+        assert stored.get_data_dtype() == np.uint16 and probs.shape == (
+            *label.shape,
+            spec.num_classes,
+        )
+        np.testing.assert_allclose(probs.sum(-1), 1.0, atol=3e-5)
+        # 16-bit steps can tie two classes that float32 told apart: compare where they differ.
+        top2 = np.sort(probs, -1)[..., -2:]
+        clear = top2[..., 1] - top2[..., 0] > 1e-4
+        np.testing.assert_array_equal(np.argmax(probs, -1)[clear], mask[clear])
+        np.testing.assert_allclose(stored.affine, nib.load(c.label_path).affine)
+        all_probs.append(probs.astype(np.float64).reshape(-1, spec.num_classes))
+        all_labels.append(label.reshape(-1))
+    expected = _ece_reference(np.concatenate(all_probs), np.concatenate(all_labels), 15)
+    assert summary["calibration"]["ece"] == pytest.approx(expected, abs=2e-3)

@@ -20,36 +20,25 @@ from jaxseg.evaluate import cross_validate_runs, evaluate_run
 from jaxseg.segment import Segmenter
 from jaxseg.training.loop import train
 from jaxseg.workdir import load_postprocessing, load_trained
+from tests.tiny_config import write_tiny_config
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CONFIG = """
-from jaxseg.defaults import base_config
-
-def get_config():
-    c = base_config()
-    c.data.root = {root!r}
-    c.data.patch_size = (32, 32)
-    c.data.batch_size = 2
-    c.data.num_threads = 1
-    c.model.name = "unet"
-    c.model.args.features = (8, 16)
-    c.train.steps = 6
-    c.train.warmup_steps = 2
-    c.train.log_every = 2
-    c.train.eval_every = 3
-    c.train.checkpoint_every = 3
-    c.eval.max_val_cases = 2
-    return c
-"""
-
 
 @pytest.fixture(scope="module")
 def config_file(phantom_2d, tmp_path_factory):
     path = tmp_path_factory.mktemp("configs") / "tiny.py"
-    path.write_text(CONFIG.format(root=str(phantom_2d)))
+    write_tiny_config(
+        path,
+        phantom_2d,
+        steps=6,
+        warmup=2,
+        every=3,
+        max_val_cases=2,
+        settings={"train.log_every": 2},
+    )
     return path
 
 

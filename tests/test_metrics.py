@@ -11,6 +11,22 @@ from jaxseg.errors import JaxsegError
 from jaxseg.evaluation import summarize
 from jaxseg.metrics import METRIC_NAMES, case_metrics, surface_voxels
 
+# Identical (or both empty) masks: the best value of every metric.
+PERFECT = dict(
+    dice=1.0,
+    iou=1.0,
+    precision=1.0,
+    recall=1.0,
+    specificity=1.0,
+    fpr=0.0,
+    hd=0.0,
+    hd95=0.0,
+    asd=0.0,
+    nsd=1.0,
+    vol_diff_mm3=0.0,
+    vol_diff_rel=0.0,
+)
+
 
 def _blob(shape, rng, n_seeds=3, radius=0.25):
     """A random smooth blob: a thresholded sum of Gaussian bumps."""
@@ -108,7 +124,7 @@ def test_identical_masks_give_zero_distance_and_unit_overlap():
     label[3:8, 2:9, 1:4] = 1
     label[9:11, 9:11, 4:6] = 2
     for row in case_metrics(label, label, 3, (1.0, 1.0, 2.5)):
-        assert row == dict(dice=1.0, iou=1.0, precision=1.0, recall=1.0, hd95=0.0, asd=0.0)
+        assert row == dict(PERFECT)
 
 
 @pytest.mark.parametrize("shape", [(17, 23), (9, 11, 7)])
@@ -142,15 +158,46 @@ def test_empty_mask_policy(shape, spacing):
     empty = np.zeros(shape, np.int32)
     penalty = _diag(shape, spacing)
 
+    n_all = int(np.prod(shape))
+    n_fg = int(present.sum())
+    voxel = float(np.prod(spacing))
+
     (both,) = case_metrics(empty, empty, 2, spacing)
-    assert both == dict(dice=1.0, iou=1.0, precision=1.0, recall=1.0, hd95=0.0, asd=0.0)
+    assert both == dict(PERFECT)
 
     (missed,) = case_metrics(empty, present, 2, spacing)  # structure missed
-    assert missed == dict(dice=0.0, iou=0.0, precision=0.0, recall=0.0, hd95=penalty, asd=penalty)
+    assert missed == dict(
+        dice=0.0,
+        iou=0.0,
+        precision=0.0,
+        recall=0.0,
+        specificity=1.0,  # no false positive among the N - |G| negatives
+        fpr=0.0,
+        hd=penalty,
+        hd95=penalty,
+        asd=penalty,
+        nsd=0.0,
+        vol_diff_mm3=-n_fg * voxel,
+        vol_diff_rel=-2.0,
+    )
 
     (false_pos,) = case_metrics(present, empty, 2, spacing)  # predicted where there is none
-    assert false_pos == dict(
-        dice=0.0, iou=0.0, precision=0.0, recall=0.0, hd95=penalty, asd=penalty
+    assert false_pos == pytest.approx(
+        dict(
+            dice=0.0,
+            iou=0.0,
+            precision=0.0,
+            recall=0.0,
+            specificity=(n_all - n_fg) / n_all,
+            fpr=n_fg / n_all,
+            hd=penalty,
+            hd95=penalty,
+            asd=penalty,
+            nsd=0.0,
+            vol_diff_mm3=n_fg * voxel,
+            vol_diff_rel=2.0,
+        ),
+        rel=1e-12,
     )
 
     # Disjoint non-empty masks: formulas give 0 without any 0/0; distances finite, < penalty.
@@ -158,7 +205,8 @@ def test_empty_mask_policy(shape, spacing):
     other[(slice(5, 7),) * len(shape)] = 1
     (disjoint,) = case_metrics(other, present, 2, spacing)
     assert disjoint["dice"] == disjoint["iou"] == disjoint["precision"] == disjoint["recall"] == 0.0
-    assert 0 < disjoint["hd95"] < penalty and 0 < disjoint["asd"] < penalty
+    assert 0 < disjoint["hd95"] <= disjoint["hd"] < penalty and 0 < disjoint["asd"] < penalty
+    assert 0 <= disjoint["nsd"] < 1
 
 
 def test_never_nan_over_random_cases_and_summary_counts_missed():
@@ -237,3 +285,82 @@ def test_input_validation():
         case_metrics(a.astype(np.float32), a, 2, (1, 1))
     with pytest.raises(JaxsegError, match="no cases"):
         summarize([], {})
+
+
+@pytest.mark.parametrize("shape,spacing", [((17, 23), (0.5, 1.5)), ((9, 11, 7), (1.0, 0.8, 2.5))])
+def test_specificity_fpr_and_volume_against_formulas(shape, spacing):
+    rng = np.random.default_rng(8)
+    k = 4
+    pred = rng.integers(0, k, size=shape)
+    label = rng.integers(0, k, size=shape)
+    label[label == 3] = 0  # class 3 absent from the reference: a false positive
+    voxel_mm3 = np.prod(np.asarray(spacing, np.float64))
+    for c, row in enumerate(case_metrics(pred, label, k, spacing), start=1):
+        p, g = pred == c, label == c
+        tn = np.sum(~p & ~g)
+        fp = np.sum(p & ~g)
+        assert row["specificity"] == pytest.approx(tn / (tn + fp), rel=1e-12)
+        assert row["fpr"] == pytest.approx(fp / (tn + fp), rel=1e-12)
+        v_p, v_g = p.sum() * voxel_mm3, g.sum() * voxel_mm3
+        assert row["vol_diff_mm3"] == pytest.approx(v_p - v_g, rel=1e-12)
+        assert row["vol_diff_rel"] == pytest.approx((v_p - v_g) / ((v_p + v_g) / 2), rel=1e-12)
+    assert rows_class3_is_fp(pred, label, k, spacing)
+
+
+def rows_class3_is_fp(pred, label, k, spacing):
+    row = case_metrics(pred, label, k, spacing)[2]
+    return row["vol_diff_rel"] == 2.0 and row["dice"] == 0.0 and 0 < row["fpr"] < 1
+
+
+def test_specificity_when_the_reference_fills_the_image():
+    # ~G is empty: TN + FP = 0. Specificity is the recall of ~G, so the empty-mask rule of
+    # recall applies: 1 if ~P is empty too, else 0.
+    full = np.ones((5, 6), np.int32)
+    (row,) = case_metrics(full, full, 2, (1.0, 1.0))
+    assert row == dict(PERFECT)
+    partial = full.copy()
+    partial[0, 0] = 0
+    (row,) = case_metrics(partial, full, 2, (1.0, 1.0))
+    assert (row["specificity"], row["fpr"]) == (0.0, 1.0)
+    assert row["vol_diff_mm3"] == -1.0
+
+
+def test_report_columns_and_table_carry_every_metric(tmp_path):
+    from jaxseg import evaluation
+
+    labels = {0: "background", 1: "organ"}
+    label = np.zeros((12, 10), np.int32)
+    label[2:7, 3:8] = 1
+    pred = np.roll(label, 1, axis=0)
+    rows = evaluation.score_case("c0", pred, label, (1.0, 2.0), labels, nsd_tolerance_mm=0.5)
+    rows += evaluation.score_case("c1", label, label, (1.0, 2.0), labels)
+    summary = evaluation.summarize(rows, {1: "organ"})
+    assert list(summary["mean"]) == list(METRIC_NAMES)
+    (ref,) = case_metrics(pred, label, 2, (1.0, 2.0), nsd_tolerance_mm=0.5)
+    assert summary["mean"]["nsd"] == pytest.approx((ref["nsd"] + 1.0) / 2)
+    assert summary["mean"]["hd"] == pytest.approx(ref["hd"] / 2)
+    evaluation.write_report(rows, summary, tmp_path)
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header == ",".join(["case", "class", "name", *METRIC_NAMES])
+    table = evaluation.format_table(summary)
+    for m in METRIC_NAMES:
+        assert m in table.splitlines()[0]
+    # Rows from before a metric existed are summarised on the columns they have ...
+    old = [{k: v for k, v in r.items() if k not in ("nsd", "hd")} for r in rows]
+    assert "nsd" not in evaluation.summarize(old, {1: "organ"})["mean"]
+    # ... but a metric that only some rows carry would average fewer cases: an error.
+    with pytest.raises(JaxsegError, match="lacks nsd"):
+        evaluation.summarize([rows[0], {k: v for k, v in rows[1].items() if k != "nsd"}], {})
+
+
+def test_nsd_tolerance_config():
+    from jaxseg import evaluation
+    from jaxseg.defaults import base_config
+    from jaxseg.errors import ConfigError
+
+    config = base_config()
+    assert evaluation.nsd_tolerance(config) == config.eval.nsd_tolerance_mm > 0
+    for bad in (0.0, -2.0, float("inf")):
+        config.eval.nsd_tolerance_mm = bad
+        with pytest.raises(ConfigError, match="eval.nsd_tolerance_mm"):
+            evaluation.nsd_tolerance(config)

@@ -20,10 +20,11 @@ Labels (the orientation is read from the content of `labels`, not from the other
 Cases
     `"training"`: entries `{"image": file | [one file per channel], "label": file}`, with
     optional `"patient"` and `"case_id"`/`"id"`; other keys (such as a `"mask"`) are
-    ignored. `"test"`: strings or such entries (a `"label"` there is kept). A single file
-    may be 4D, its last axis the channels (MSD). Without `"training"`, a `"dataset"`
-    mapping (`{case_id: {"images": [...], "label": ...}}`) or, with `"file_ending"` (e.g.
-    ".nii.gz"), discovery from `imagesTr/{case}_{XXXX}{file_ending}` +
+    ignored. An image may be a DICOM series folder or a `.dcm` file (`jaxseg.data.dicom`;
+    its case id is the folder name). `"test"`: strings or such entries (a `"label"` there
+    is kept). A single file may be 4D, its last axis the channels (MSD). Without
+    `"training"`, a `"dataset"` mapping (`{case_id: {"images": [...], "label": ...}}`) or,
+    with `"file_ending"` (e.g. ".nii.gz"), discovery from `imagesTr/{case}_{XXXX}{file_ending}` +
     `labelsTr/{case}{file_ending}` (test cases likewise from `imagesTs/`). `numTraining` /
     `numTest`, when given, must match.
 
@@ -50,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxseg.data import io
+from jaxseg.data import dicom, io
 from jaxseg.data.labels import check_label_values, values_to_classes
 from jaxseg.errors import DataError
 
@@ -266,7 +267,8 @@ def _entry_case(root: Path, entry: Any, path: Path, where: str, need_label: bool
     first = image_paths[0].name
     case_id = str(entry.get("case_id") or entry.get("id") or "")
     if not case_id:
-        case_id = _strip_ending(first)
+        # A DICOM series folder's name is the id as it is ("1.2.840.113619" has no ending).
+        case_id = first if image_paths[0].is_dir() else _strip_ending(first)
         if len(image_paths) > 1:
             case_id = re.sub(r"_\d{4}$", "", case_id)
     label = entry.get("label")
@@ -330,7 +332,7 @@ def _check_files(cases: Sequence[Case], path: Path) -> None:
             )
         seen.add(c.case_id)
         for p in c.image_paths:
-            if not p.is_file():
+            if not (p.is_file() or p.is_dir()):  # a folder is a DICOM series
                 raise DataError(f"case '{c.case_id}': image file {p} not found (listed in {path}).")
         if c.label_path is not None and not c.label_path.is_file():
             raise DataError(
@@ -366,6 +368,8 @@ def _infer_dims(meta: dict, cases: Sequence[Case], path: Path) -> int:
     name = first.name.lower()
     if name.endswith(io.PIL_SUFFIXES):
         return 2
+    if dicom.is_dicom_path(first):
+        return dicom.series_dims(first)
     try:
         import nibabel as nib
 

@@ -27,12 +27,26 @@ PNG / TIFF / GIF (2D only)
     GIF is stored as indices 0/1 with a black/white palette); a colour palette gives the
     indices (VOC style). `write_mask` to a `.png`/`.tif` path transposes back, so a mask
     written for a PNG input overlays it pixel for pixel. GIF is read, never written.
+
+DICOM (a series folder, or a `.dcm` file)
+    Read by `jaxseg.data.dicom` into the series' voxel order (column, row, slice sorted
+    along the normal) with its RAS affine, then canonicalised exactly as a NIfTI file.
+    `original_affine` / `original_shape` are that grid, so `write_mask` writes a NIfTI
+    mask on it; `jaxseg.data.dicom_seg.write_dicom_seg` writes a DICOM-SEG instead.
+
+Size limit
+    Before any voxel is read, the header's shape x dtype gives the image's bytes; above
+    `max_bytes` (`data.max_image_bytes`, `DEFAULT_MAX_IMAGE_BYTES` = 4 GiB unless a face
+    sets `limit_image_bytes`) the file is refused with a DataError naming it, the claimed
+    shape and size. A `.nii.gz` is inflated in chunks and refused once it passes the same
+    size (a header may lie small). Pillow's decompression-bomb error is a DataError too.
+    The limit and the capped gunzip live in `jaxseg.data.size_limits`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
+import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +56,14 @@ import nibabel.wrapstruct
 import numpy as np
 from nibabel import orientations as nio
 
+from jaxseg.data.size_limits import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    check_claimed_size,
+    gunzip_capped,
+    limit_image_bytes,
+    nifti_class,
+    resolve_limit,
+)
 from jaxseg.errors import DataError
 
 __all__ = [
@@ -50,6 +72,9 @@ __all__ = [
     "read_label",
     "write_mask",
     "mask_dtype",
+    "check_mask_path",
+    "limit_image_bytes",
+    "DEFAULT_MAX_IMAGE_BYTES",
     "NIFTI_SUFFIXES",
     "PIL_SUFFIXES",
 ]
@@ -107,17 +132,19 @@ def _check_exists(path: Path) -> None:
         raise DataError(f"{path}: file not found. Check the path (and dataset.json entries).")
 
 
-def _load_nifti(path: Path):
-    """Loads a NIfTI file fully into memory, turning every read failure into DataError."""
+def _load_nifti(path: Path, max_bytes: int):
+    """Loads a NIfTI file fully into memory, turning every read failure into DataError.
+    The header's claimed size is checked against `max_bytes` before the voxels are read."""
     _check_exists(path)
     try:
         if path.name.lower().endswith(".gz"):
-            raw = gzip.decompress(path.read_bytes())  # verifies the gzip CRC and length
-            sizeof_hdr = {int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")}
-            klass = nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image
-            img = klass.from_bytes(raw)
+            raw = gunzip_capped(path, max_bytes)
+            img = nifti_class(raw).from_bytes(raw)
         else:
             img = nib.load(str(path))
+        check_claimed_size(
+            path, img.header.get_data_shape(), img.header.get_data_dtype(), max_bytes
+        )
         arr = np.asanyarray(img.dataobj)
     except (
         EOFError,
@@ -165,9 +192,9 @@ def _check_header_spacing(path: Path, img, spatial: int) -> None:
         )
 
 
-def _nifti_canonical(path: Path, dims: int, *, allow_channels: bool):
+def _nifti_canonical(path: Path, dims: int, *, allow_channels: bool, max_bytes: int):
     """Reads a NIfTI file -> (canonical array [*spatial(dims), (C)], Image metadata kwargs)."""
-    img, arr = _load_nifti(path)
+    img, arr = _load_nifti(path, max_bytes)
     disk_shape = tuple(int(s) for s in arr.shape)
     zooms = tuple(float(z) for z in img.header.get_zooms())
     _check_header_spacing(path, img, min(arr.ndim, 3))
@@ -215,7 +242,7 @@ def _nifti_canonical(path: Path, dims: int, *, allow_channels: bool):
     return canon, meta
 
 
-def _pil_array(path: Path, *, label: bool) -> np.ndarray:
+def _pil_array(path: Path, *, label: bool, max_bytes: int) -> np.ndarray:
     """Reads a PNG/TIFF -> array [X, Y] or [X, Y, 3] (x = column, y = row)."""
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
@@ -228,6 +255,10 @@ def _pil_array(path: Path, *, label: bool) -> np.ndarray:
                     f"{path}: multi-page image ({im.n_frames} pages) is not supported; "
                     "store volumes as NIfTI."
                 )
+            # The array's bytes from the header alone, before the pixels are decoded.
+            per_band = 4 if im.mode in ("I", "F") else (2 if "16" in im.mode else 1)
+            per_pixel = per_band * len(im.getbands())
+            check_claimed_size(path, im.size, im.mode, max_bytes, itemsize=per_pixel)
             im.load()
             mode = im.mode
             if mode == "P" and label:
@@ -241,6 +272,11 @@ def _pil_array(path: Path, *, label: bool) -> np.ndarray:
                 arr = np.asarray(im)
     except DataError:
         raise
+    except PILImage.DecompressionBombError as e:  # a plain Exception, raised in open()
+        raise DataError(
+            f"{path}: refused by Pillow as a possible decompression bomb ({e}). If the "
+            "image is real, store it as NIfTI or tiles."
+        ) from e
     except (OSError, ValueError, UnidentifiedImageError, SyntaxError) as e:
         raise DataError(
             f"{path}: cannot read image ({type(e).__name__}: {e}). The file is "
@@ -293,15 +329,38 @@ def _check_finite(arr: np.ndarray, path: Path) -> None:
             )
 
 
-def _read_one(path: Path, dims: int):
+def _dicom_canonical(path: Path, dims: int, max_bytes: int):
+    """Reads a DICOM series folder or `.dcm` file -> (canonical `[*spatial(dims)]`, meta),
+    canonicalised exactly like a NIfTI file with the series' RAS affine."""
+    from jaxseg.data import dicom
+
+    arr, series = dicom.read_volume(path, dims, max_bytes=max_bytes)
+    canon, affine, zooms, ornt = _to_canonical(arr, series.affine, series.zooms)
+    if dims == 2:  # the single slice axis takes part in the reorientation, then is dropped
+        single = int(ornt[2, 0])
+        canon = np.take(canon, 0, axis=single)
+        zooms = tuple(z for i, z in enumerate(zooms) if i != single)
+    meta = dict(
+        affine=affine,
+        spacing=tuple(zooms[:dims]),
+        original_affine=np.asarray(series.affine, float),
+        original_shape=tuple(int(v) for v in arr.shape),
+    )
+    return canon, meta
+
+
+def _read_one(path: Path, dims: int, max_bytes: int):
     s = _suffix(path)
-    if s in NIFTI_SUFFIXES:
-        canon, meta = _nifti_canonical(path, dims, allow_channels=True)
+    if path.is_dir() or s == ".dcm":  # a DICOM series (jaxseg.data.dicom)
+        canon, meta = _dicom_canonical(path, dims, max_bytes)
+        data = canon[..., None]
+    elif s in NIFTI_SUFFIXES:
+        canon, meta = _nifti_canonical(path, dims, allow_channels=True, max_bytes=max_bytes)
         data = canon if canon.ndim == dims + 1 else canon[..., None]
     elif s in PIL_SUFFIXES:
         if dims != 2:
             raise DataError(f"{path}: PNG/TIFF images are 2D, but the dataset has dims={dims}.")
-        arr = _pil_array(path, label=False)
+        arr = _pil_array(path, label=False, max_bytes=max_bytes)
         data = arr if arr.ndim == 3 else arr[..., None]
         meta = dict(
             affine=np.eye(4),
@@ -311,7 +370,8 @@ def _read_one(path: Path, dims: int):
         )
     else:
         raise DataError(
-            f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif."
+            f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff, .gif, "
+            "a .dcm file or a DICOM series folder."
         )
     _check_finite(data, path)
     return np.asarray(data, dtype=np.float32), meta
@@ -320,20 +380,25 @@ def _read_one(path: Path, dims: int):
 # ----------------------------------------------------------------------------- public
 
 
-def read_image(paths: Sequence[str | Path] | str | Path, dims: int) -> Image:
+def read_image(
+    paths: Sequence[str | Path] | str | Path, dims: int, *, max_bytes: int | None = None
+) -> Image:
     """Reads an image, one file per channel (nnU-Net v2) or one multi-channel file (MSD).
 
     Args:
       paths: a sequence of files (channels are concatenated in order), or a single path.
       dims: 2 or 3.
+      max_bytes: largest image a file's header may claim (shape x dtype bytes); None: the
+        `limit_image_bytes` setting, by default `DEFAULT_MAX_IMAGE_BYTES`.
 
     Returns:
       Image with `data` float32 `[X, Y, (Z,) C]` in canonical RAS order.
 
     Raises:
       DataError: missing/unreadable/truncated file, NaN or Inf voxels, wrong dimensionality,
-        or channel files that disagree in shape or affine.
+        channel files that disagree in shape or affine, or a file above `max_bytes`.
     """
+    limit = resolve_limit(max_bytes)
     if dims not in (2, 3):
         raise DataError(f"dims must be 2 or 3, got {dims!r}.")
     if isinstance(paths, (str, Path)):
@@ -343,7 +408,7 @@ def read_image(paths: Sequence[str | Path] | str | Path, dims: int) -> Image:
         raise DataError("read_image: no files given.")
     chans, meta0 = [], None
     for p in paths:
-        data, meta = _read_one(p, dims)
+        data, meta = _read_one(p, dims, limit)
         if meta0 is None:
             meta0 = meta
         else:
@@ -362,20 +427,28 @@ def read_image(paths: Sequence[str | Path] | str | Path, dims: int) -> Image:
     return Image(data=np.ascontiguousarray(data, dtype=np.float32), path=paths[0], **meta0)
 
 
-def read_label(path: str | Path, dims: int) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+def read_label(
+    path: str | Path, dims: int, *, max_bytes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Reads a label map -> (int32 `[X, Y, (Z)]` canonical, 4x4 canonical affine, spacing).
 
-    Raises DataError for unreadable files, NaN/Inf, non-integer values, or a wrong shape.
+    Raises DataError for unreadable files, NaN/Inf, non-integer values, a wrong shape, or a
+    file above `max_bytes` (as in `read_image`).
     """
     path = Path(path)
+    limit = resolve_limit(max_bytes)
     s = _suffix(path)
     if s in NIFTI_SUFFIXES:
-        canon, meta = _nifti_canonical(path, dims, allow_channels=False)
+        canon, meta = _nifti_canonical(path, dims, allow_channels=False, max_bytes=limit)
         affine, spacing = meta["affine"], meta["spacing"]
     elif s in PIL_SUFFIXES:
         if dims != 2:
             raise DataError(f"{path}: PNG/TIFF labels are 2D, but the dataset has dims={dims}.")
-        canon, affine, spacing = _pil_array(path, label=True), np.eye(4), (1.0, 1.0)
+        canon, affine, spacing = (
+            _pil_array(path, label=True, max_bytes=limit),
+            np.eye(4),
+            (1.0, 1.0),
+        )
     else:
         raise DataError(
             f"{path}: unsupported file type; use .nii.gz, .nii, .png, .tif, .tiff or .gif."
@@ -399,6 +472,23 @@ def mask_dtype(max_value: int) -> np.dtype:
         if max_value <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     raise DataError(f"mask value {max_value} does not fit int32.")
+
+
+def check_mask_path(path: str | Path, dims: int, dtype=np.uint8) -> None:
+    """DataError unless a `dims`-D mask stored as `dtype` can be written to `path`'s type:
+    .nii.gz/.nii, or .png/.tif/.tiff for 2D (PNG up to 16 bits). Called before inference
+    (`jaxseg.segment`) and again by `write_mask`."""
+    path, dtype = Path(path), np.dtype(dtype)
+    s = _suffix(path)
+    if s not in _WRITE_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported output type {s or '(no ending)'!r}; use .nii.gz, .nii, "
+            ".png or .tif."
+        )
+    if s in PIL_SUFFIXES and dims != 2:
+        raise DataError(f"{path}: cannot store a {dims}D mask as {s}; write a .nii.gz instead.")
+    if s == ".png" and dtype == np.int32:
+        raise DataError(f"{path}: PNG holds at most 16-bit values; write a .tif or .nii.gz.")
 
 
 def write_mask(
@@ -431,18 +521,9 @@ def write_mask(
         raise DataError(f"{path}: mask values must be in 0..{top} to be stored as {dtype}.")
     mask = mask.astype(dtype)
     dims = mask.ndim
-    ornt = nio.io_orientation(reference.original_affine)
-    if dims == 2:
-        mask3 = np.expand_dims(mask, int(ornt[2, 0]))
-    else:
-        mask3 = mask
-    back = nio.apply_orientation(mask3, nio.ornt_transform(_RAS, ornt))
-    disk = back.reshape(reference.original_shape)
+    disk = _to_disk_grid(mask, reference)
+    check_mask_path(path, dims, dtype)
     s = _suffix(path)
-    if s not in _WRITE_SUFFIXES:
-        raise DataError(f"{path}: unsupported output type; use .nii.gz, .nii, .png or .tif.")
-    if s == ".png" and dtype == np.int32:
-        raise DataError(f"{path}: PNG holds at most 16-bit values; write a .tif or .nii.gz.")
     path.parent.mkdir(parents=True, exist_ok=True)
     if s in PIL_SUFFIXES:
         from PIL import Image as PILImage
@@ -457,4 +538,47 @@ def write_mask(
         img.header.set_qform(reference.original_affine, code=1)
         img.header.set_sform(reference.original_affine, code=1)
         nib.save(img, str(path))
+    return path
+
+
+def _to_disk_grid(canonical: np.ndarray, reference: Image) -> np.ndarray:
+    """`[X, Y, (Z)]` in canonical order -> the reference file's on-disk voxel order and shape."""
+    ornt = nio.io_orientation(reference.original_affine)
+    as3d = np.expand_dims(canonical, int(ornt[2, 0])) if canonical.ndim == 2 else canonical
+    back = nio.apply_orientation(as3d, nio.ornt_transform(_RAS, ornt))
+    return back.reshape(reference.original_shape)
+
+
+PROBABILITY_SCALE = 65535  # probability maps: uint16 steps of 1/65535
+
+
+def write_probabilities(probs_canonical: np.ndarray, reference: Image, path: str | Path) -> Path:
+    """Writes class probabilities `[X, Y, (Z), K]` (canonical order, the reference's grid) as
+    a NIfTI of shape `(*reference's on-disk shape, K)` with the reference's affine: the last
+    axis is the class. NIfTI has no float16, so the values are 16-bit fixed point (uint16
+    with `scl_slope = 1/65535`, which every NIfTI reader applies): half the size of float32,
+    to within 7.7e-6 of each probability. Written to a temporary file renamed into place, so an
+    interrupted write leaves no partial file."""
+    path = Path(path)
+    probs = np.asarray(probs_canonical)
+    if probs.shape[:-1] != reference.data.shape[:-1]:
+        raise DataError(
+            f"{path}: probabilities of shape {probs.shape[:-1]} do not match the reference "
+            f"image {reference.path} shape {reference.data.shape[:-1]}."
+        )
+    if _suffix(path) not in NIFTI_SUFFIXES:
+        raise DataError(f"{path}: probability maps are written as NIfTI; use .nii.gz or .nii.")
+    disk = np.stack(
+        [_to_disk_grid(probs[..., k], reference) for k in range(probs.shape[-1])], axis=-1
+    )
+    fixed = np.rint(np.clip(disk, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint16)
+    img = nib.Nifti1Image(np.ascontiguousarray(fixed), reference.original_affine)
+    img.set_data_dtype(np.uint16)
+    img.header.set_slope_inter(1.0 / PROBABILITY_SCALE, 0.0)
+    img.header.set_qform(reference.original_affine, code=1)
+    img.header.set_sform(reference.original_affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial{_suffix(path)}")
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
     return path

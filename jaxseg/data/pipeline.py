@@ -46,6 +46,7 @@ import tqdm
 
 from jaxseg.data import preprocess
 from jaxseg.data.dataset import Case, DatasetSpec, load_case
+from jaxseg.data.distance_maps import signed_distance_maps
 from jaxseg.data.io import Image
 from jaxseg.errors import ConfigError, DataError
 
@@ -83,7 +84,7 @@ def load_training_arrays(
             raise DataError(
                 f"case '{case.case_id}': has no label file; training cases need labels."
             )
-        data, grid = prep.image(image.data, image.spacing)
+        data, grid = prep.image(image.data, image.spacing, case=case.case_id)
         label, vanished = prep.label(label, grid, spec.num_classes)
         for k in vanished:
             warnings.warn(
@@ -221,6 +222,7 @@ def train_batches(
     prefetch: int = 4,
     num_workers: int = 0,
     preprocessing: preprocess.Preprocessing | None = None,
+    distance_maps: bool = False,
 ) -> BatchIterator:
     """An endless iterator of this process's training batches.
 
@@ -230,7 +232,10 @@ def train_batches(
     `start_step, start_step + 1, ...` of that run. `num_workers > 0` computes the batches in
     that many worker processes (each with `num_threads` threads and `prefetch` batches
     buffered) instead of in threads of this process; the batches are the same. Close the
-    iterator (`.close()`) to stop the threads and join the workers.
+    iterator (`.close()`) to stop the threads and join the workers. `distance_maps=True`
+    (the boundary loss asks for it) adds `"distance_maps": f32 [b, *patch_size, K - 1]`, the
+    signed distance maps of each patch's label (`data.distance_maps`, in voxels); without
+    it nothing is computed.
     """
     patch = check_patch_size(patch_size, spec)
     if not 0.0 <= foreground_fraction <= 1.0:
@@ -262,9 +267,12 @@ def train_batches(
 
     def _element(g: int) -> dict:
         case = int(_epoch_permutation(seed, g // n, n)[g % n])
-        return sample_patch(
+        out = sample_patch(
             arrays[case], patch, np.random.default_rng([seed, g]), foreground_fraction
         )
+        if distance_maps:
+            out["distance_maps"] = signed_distance_maps(out["label"], spec.num_classes)
+        return out
 
     ds = (
         grain.MapDataset.range(2**62)

@@ -33,7 +33,7 @@ import numpy as np
 from jaxseg.data.dataset import Case
 from jaxseg.errors import ConfigError, DataError
 
-__all__ = ["make_splits", "split_cases"]
+__all__ = ["make_splits", "split_cases", "split_requirement"]
 
 _NAMES = ("train", "val", "test")
 
@@ -86,6 +86,17 @@ def make_splits(
     }
 
 
+def split_requirement(fold: int | None, num_folds: int = 5) -> str:
+    """What a dataset needs for every split of `fold` (None: the 7:1:2 split) to hold a
+    case, in words for an error message."""
+    if fold is None:
+        return "the 7:1:2 train/val/test split needs at least 3 patients (one per split)"
+    return (
+        f"fold {fold} of {num_folds}-fold cross-validation needs at least 3 patients and "
+        f"{num_folds} in the training pool (train + val of the 7:1:2 split)"
+    )
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -97,7 +108,7 @@ def _split_counts(n: int, fractions: Sequence[float]) -> list[int]:
     order = sorted(range(3), key=lambda i: (-(raw[i] - counts[i]), i))
     for i in order[: n - sum(counts)]:
         counts[i] += 1
-    if n >= 3:
+    if n >= sum(f > 0 for f in fractions):
         for i in range(3):
             if counts[i] == 0 and fractions[i] > 0:
                 donor = max(range(3), key=lambda j: counts[j])
@@ -112,8 +123,9 @@ def split_cases(
     """Patient-level split into {"train", "val", "test"}.
 
     Patients (not cases) are shuffled by `seed` (from their sorted ids, so the input order
-    does not matter) and divided by `fractions` (largest-remainder rounding). With >= 3
-    patients every split with a positive fraction gets at least one patient. All cases of
+    does not matter) and divided by `fractions` (largest-remainder rounding). Every split
+    with a positive fraction gets at least one patient; fewer patients than such splits is
+    a DataError (an empty split would be scored as "nan over 0 cases"). All cases of
     one patient land in one split; within a split, cases keep their input order.
     """
     fractions = tuple(float(f) for f in fractions)
@@ -122,6 +134,13 @@ def split_cases(
             f"split fractions must be three non-negative numbers summing to 1, got {fractions}."
         )
     patients = sorted({c.patient_id for c in cases})
+    wanted = sum(f > 0 for f in fractions)
+    if len(patients) < wanted:
+        raise DataError(
+            f"{len(cases)} case(s) of {len(patients)} patient(s): a split by {fractions} "
+            f"needs at least {wanted} patients (one per split with a share > 0); an empty "
+            "split would be scored as nan over 0 cases. Add cases."
+        )
     perm = np.random.default_rng(seed).permutation(len(patients))
     counts = _split_counts(len(patients), fractions)
     assign: dict[str, str] = {}

@@ -8,25 +8,31 @@ import os
 from etils import epath
 
 from jaxseg import inference, ops
+from jaxseg.data import outputs
 from jaxseg.data.preprocess import Preprocessing
-from jaxseg.export.saved_model import export_saved_model
-from jaxseg.workdir import TrainedRun, load_trained
+from jaxseg.export.pipeline import segment_function
+from jaxseg.export.saved_model import METADATA_FILENAME, export_saved_model
+from jaxseg.export.tflite import write_tflite_float16
+from jaxseg.workdir import TrainedRun, load_temperature, load_trained
 
 
-def platform_predict_fns(model, platforms) -> dict:
-    """`{platform: predict(params, x)}`, each with that platform's operator choices
-    (`jaxseg.ops.platform_choices`: Pallas kernels on TPU, XLA and CPU-fast forms elsewhere).
-
-    The functions share one parameter tree: the choices change how attention and
-    convolutions are computed, never which parameters exist. Models without an
-    implementation field ignore it.
-    """
+def platform_model(model, platform: str):
+    """`model` with `platform`'s operator choices (`jaxseg.ops.platform_choices`: Pallas
+    kernels on TPU, XLA and CPU-fast forms elsewhere). The choices change how attention
+    and convolutions are computed, never which parameters exist; models without an
+    implementation field ignore them."""
     fields = {f.name for f in dataclasses.fields(model)}
-    fns = {}
-    for platform in platforms:
-        choices = {k: v for k, v in ops.platform_choices(platform).items() if k in fields}
-        fns[platform] = inference.make_predict_fn(model.clone(**choices) if choices else model)
-    return fns
+    choices = {k: v for k, v in ops.platform_choices(platform).items() if k in fields}
+    return model.clone(**choices) if choices else model
+
+
+def platform_predict_fns(model, platforms, temperature: float = 1.0) -> dict:
+    """`{platform: predict(params, x)}` over one parameter tree, each with that
+    platform's operator choices (`platform_model`) and the run's softmax temperature."""
+    return {
+        p: inference.make_predict_fn(platform_model(model, p), temperature=temperature)
+        for p in platforms
+    }
 
 
 def export_metadata(run: TrainedRun) -> dict:
@@ -57,16 +63,61 @@ def export_run(
     *,
     platforms=("cpu",),
     which: str = "auto",
+    pipeline: bool = False,
+    tta: bool = True,
+    tflite: bool = False,
 ) -> epath.Path:
-    """Writes `output` (a SavedModel) for the run in `workdir`; returns its path."""
+    """Writes `output` (a SavedModel) for the run in `workdir`; returns its path.
+
+    pipeline: also the `segment` signature, the whole inference path in the graph
+    (`jaxseg.export.pipeline`), with mirroring TTA as `eval.tta` says unless `tta` is False.
+    Both signatures apply the run's softmax temperature (`jaxseg.calibrate`).
+    tflite: also `output/model_float16.tflite` from the patch signature (`export.tflite`).
+
+    `output` is checked before the run is loaded: a new or empty folder, or a previous
+    export (it is replaced), never the workdir, a folder holding it, or anything else.
+    """
+    outputs.check_export_dir(output, marker=METADATA_FILENAME, protect=[workdir])
     run = load_trained(workdir, which)
-    return export_saved_model(
-        platform_predict_fns(run.model, platforms),
+    temperature = load_temperature(run)
+    metadata = export_metadata(run)
+    segment_fn = target_spacing = None
+    if pipeline:
+        config, info = run.config, run.info
+        description = Preprocessing.from_config(config.data, info.modalities).describe()
+        segment_fn = segment_function(
+            platform_model(run.model, platforms[0]),
+            description=description,
+            patch_size=tuple(config.data.patch_size),
+            num_classes=info.num_classes,
+            label_values=info.label_values,
+            overlap=config.eval.overlap,
+            gaussian_sigma_scale=config.eval.gaussian_sigma_scale,
+            mirror_axes=inference.tta_axes(config, info.dims) if tta else (),
+            temperature=temperature,
+        )
+        target_spacing = description["target_spacing"]
+        metadata["segment"] = {
+            "inputs": "image [*spatial, C] float32 in the scanner's units, canonical (RAS) "
+            "voxel order; spacing [dims] float32 mm",
+            "outputs": "labels [*spatial] (label-file values), probabilities [*spatial, K]",
+            "tta_mirror_axes": list(inference.tta_axes(config, info.dims) if tta else ()),
+            "target_spacing": target_spacing,
+            "postprocessing": "not in the graph: apply postprocessing.json on the client",
+        }
+    metadata["temperature"] = temperature
+    saved = export_saved_model(
+        platform_predict_fns(run.model, platforms, temperature),
         run.params,
         output,
         patch_size=tuple(run.config.data.patch_size),
         in_channels=run.info.in_channels,
         num_classes=run.info.num_classes,
         platforms=tuple(platforms),
-        metadata=export_metadata(run),
+        metadata=metadata,
+        segment_fn=segment_fn,
+        target_spacing=target_spacing,
     )
+    if tflite:
+        write_tflite_float16(saved)
+    return saved

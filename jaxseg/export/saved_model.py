@@ -48,6 +48,7 @@ FORMAT_VERSION = 1
 SUPPORTED_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+SEGMENT_SIGNATURE = "segment"
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -220,6 +221,8 @@ def export_saved_model(
     num_classes: int | None = None,
     platforms: Sequence[str] = ("cpu",),
     metadata: Mapping[str, Any] | None = None,
+    segment_fn: Callable[[Any, jax.Array], dict] | None = None,
+    target_spacing: Sequence[float] | None = None,
 ) -> epath.Path:
     """Export ``apply_fn(params, image)`` as a TensorFlow SavedModel.
 
@@ -241,6 +244,13 @@ def export_saved_model(
         written for each. Lowering for a platform needs no such device on this machine.
       metadata: JSON-serialisable dict stored under ``"metadata"`` in
         ``jaxseg_export.json`` (model name, class names, normalisation, ...).
+      segment_fn: optional ``segment_fn(params, image [*S, C]) -> {"labels": [*S],
+        "probabilities": [*S, K]}`` with symbolic spatial sizes (``jaxseg.export.pipeline``),
+        exported as the ``segment`` signature for the first platform: inputs ``image``
+        float32 ``[*S, C]`` (any spatial size, canonical voxel order) and ``spacing``
+        float32 ``[dims]`` (mm); a wrong channel count, or a spacing other than
+        ``target_spacing`` (when given), raises a TensorFlow InvalidArgumentError that
+        says what is expected.
 
     Returns:
       ``out_dir`` as an ``etils.epath.Path`` (a local folder or a ``gs://`` URI).
@@ -263,10 +273,13 @@ def export_saved_model(
         raise JaxsegError(
             f"export: {out_dir} exists and is not a directory; choose another output path."
         )
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "saved_model.pb").exists():
+    # Only a previous jaxseg export (its metadata file) may be replaced: another tool's
+    # SavedModel in the folder would be deleted with it (jaxseg.data.outputs.check_export_dir).
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / METADATA_FILENAME).exists():
         raise JaxsegError(
-            f"export: {out_dir} is a non-empty directory that is not a SavedModel; refusing to "
-            "replace it. Choose another output path or remove it."
+            f"export: {out_dir} is a non-empty directory that is not a SavedModel written by "
+            f"jaxseg (no {METADATA_FILENAME}); refusing to replace it. Choose another output "
+            "path or remove it."
         )
 
     arrays, treedef, names = _flatten_params(params)
@@ -329,6 +342,11 @@ def export_saved_model(
     per_platform = {p: make_serving_fn(p) for p in platforms}
     signatures = {"serving_default": per_platform[platforms[0]]}
     signature_platforms = {"serving_default": platforms[0]}
+    if segment_fn is not None:
+        signatures[SEGMENT_SIGNATURE] = _segment_signature(
+            segment_fn, module, treedef, len(patch), in_channels, target_spacing, platforms[0]
+        )
+        signature_platforms[SEGMENT_SIGNATURE] = platforms[0]
     if len(platforms) > 1:
         for p in platforms:
             signatures[f"serving_{p}"] = per_platform[p]
@@ -371,6 +389,53 @@ def export_saved_model(
         if tmp_dir.exists():
             tmp_dir.rmtree(missing_ok=True)
     return out_dir
+
+
+def _segment_signature(segment_fn, module, treedef, dims, in_channels, target_spacing, platform):
+    """The `segment` concrete function: shape checks in TensorFlow, then the converted
+    JAX pipeline over the module's shared variables."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    poly = "(" + ", ".join(f"s{i}" for i in range(dims)) + f", {in_channels})"
+    converted = jax2tf.convert(
+        segment_fn,
+        polymorphic_shapes=[None, poly],
+        with_gradient=False,
+        native_serialization_platforms=(platform,),
+    )
+    specs = [
+        tf.TensorSpec([None] * dims + [None], tf.float32, name=INPUT_NAME),
+        tf.TensorSpec([dims], tf.float32, name="spacing"),
+    ]
+
+    @tf.function(input_signature=specs, autograph=False)
+    def segment(image, spacing):
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(image)[-1],
+                in_channels,
+                message=f"segment: image must be [*spatial, {in_channels}] "
+                f"(the model takes {in_channels} channel(s), channels last)",
+            )
+        ]
+        if target_spacing is not None:
+            checks.append(
+                tf.debugging.assert_near(
+                    spacing,
+                    tf.constant([float(v) for v in target_spacing], tf.float32),
+                    rtol=1e-3,
+                    atol=1e-6,
+                    message=f"segment: the model runs at spacing {list(target_spacing)} mm; "
+                    "resample the image to it first",
+                )
+            )
+        with tf.control_dependencies(checks):
+            image = tf.ensure_shape(tf.identity(image), [None] * dims + [in_channels])
+        out = converted(jax.tree_util.tree_unflatten(treedef, list(module.params)), image)
+        return {"labels": out["labels"], "probabilities": out["probabilities"]}
+
+    return segment.get_concrete_function()
 
 
 def _as_path(path) -> epath.Path:

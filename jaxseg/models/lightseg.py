@@ -164,6 +164,10 @@ class LightBlock(nn.Module):
     halo: tuple[int, ...] | None = None
     table_halo: tuple[int, ...] | None = None
     topk_windows: int | None = None
+    # Per-head width; None -> dim // num_heads. Set by structured pruning, which keeps the
+    # head width and drops heads, so the attention width num_heads * head_dim may be < dim.
+    head_dim: int | None = None
+    mlp_hidden: int | None = None  # MLP hidden channels; None -> int(dim * mlp_ratio)
 
     @nn.compact
     def __call__(
@@ -176,7 +180,8 @@ class LightBlock(nn.Module):
     ):
         d = x.ndim - 2
         shape = x.shape[1:-1]
-        head_dim = self.dim // self.num_heads
+        head_dim = self.dim // self.num_heads if self.head_dim is None else self.head_dim
+        inner = self.num_heads * head_dim  # the attention width (= dim unless heads were pruned)
         axes = tuple(range(1, d + 1))
         dense = dict(rank=self.rank, dtype=self.dtype)
         no_halo = (0,) * d
@@ -184,10 +189,10 @@ class LightBlock(nn.Module):
         h = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm1")(x)
         if any(shift):
             h = jnp.roll(h, [-s for s in shift], axis=axes)
-        qkv = LowRankDense(3 * self.dim, name="qkv", **dense)(h)
+        qkv = LowRankDense(3 * inner, name="qkv", **dense)(h)
         if any(halo):
-            q = window_partition_heads(qkv[..., : self.dim], self.window, 1, self.num_heads)[0]
-            k, v = halo_partition_heads(qkv[..., self.dim :], self.window, halo, 2, self.num_heads)
+            q = window_partition_heads(qkv[..., :inner], self.window, 1, self.num_heads)[0]
+            k, v = halo_partition_heads(qkv[..., inner:], self.window, halo, 2, self.num_heads)
         else:
             q, k, v = window_partition_heads(qkv, self.window, 3, self.num_heads)
         q = q * jnp.asarray(head_dim**-0.5, q.dtype)
@@ -231,7 +236,8 @@ class LightBlock(nn.Module):
             o = jnp.roll(o, list(shift), axis=axes)
         x = x + drop_path(self, o, drop_rate, train)
         y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm2")(x)
-        y = LowRankDense(int(self.dim * self.mlp_ratio), name="fc1", **dense)(y)
+        hidden = int(self.dim * self.mlp_ratio) if self.mlp_hidden is None else self.mlp_hidden
+        y = LowRankDense(hidden, name="fc1", **dense)(y)
         y = LowRankDense(self.dim, name="fc2", **dense)(nn.gelu(y))
         return x + drop_path(self, y, drop_rate, train)
 
@@ -375,6 +381,12 @@ class LightSeg(nn.Module):
     topk_windows: int | None = None
     share_params: bool = False  # one block's attention + MLP weights per stage, reused
     rank: int | None = None  # low-rank factorised projections; None = full rank
+    # Per-block attention heads and MLP hidden channels, one entry per block over all stages
+    # (sum(depths) ints, stage 0 first), as structured pruning (jaxseg.compress) writes them;
+    # a block's head width stays embed_dims[i] // num_heads[i]. None -> num_heads[i] heads
+    # and int(embed_dims[i] * mlp_ratio) channels in every block.
+    block_heads: tuple[int, ...] | None = None
+    block_mlp_hidden: tuple[int, ...] | None = None
     # Norm of the conv stem and decoder. "instance" by default: LayerNorm over few channels
     # at full resolution has a slow backward on XLA:CPU (~5x instance norm's).
     norm: str = "instance"
@@ -523,7 +535,35 @@ class LightSeg(nn.Module):
             )
         if self.rank is not None and self.rank < 1:
             raise ConfigError(f"{n}: rank must be None (full rank) or >= 1; got {self.rank}.")
+        for key in ("block_heads", "block_mlp_hidden"):
+            per_block = getattr(self, key)
+            if per_block is None:
+                continue
+            if len(per_block) != total or min(per_block) < 1:
+                raise ConfigError(
+                    f"{n}: {key} needs {total} ints >= 1 (one per block, depths "
+                    f"{tuple(self.depths)}); got {per_block!r}."
+                )
+            if self.share_params:
+                starts = np.cumsum((0, *self.depths))
+                for i in range(k):
+                    if len(set(per_block[starts[i] : starts[i + 1]])) > 1:
+                        raise ConfigError(
+                            f"{n}: share_params=True shares one block per stage, so {key} "
+                            f"must be the same for every block of stage {i}; got {per_block!r}."
+                        )
         check_norm(self.norm, n)
+
+    def _block_args(self, block_args: dict, block_id: int) -> dict:
+        """`block_args` with global block `block_id`'s heads and MLP width (block_heads,
+        block_mlp_hidden); the head width stays the stage's dim // num_heads."""
+        out = dict(block_args)
+        if self.block_heads is not None:
+            out["head_dim"] = out["dim"] // out["num_heads"]
+            out["num_heads"] = int(self.block_heads[block_id])
+        if self.block_mlp_hidden is not None:
+            out["mlp_hidden"] = int(self.block_mlp_hidden[block_id])
+        return out
 
     @property
     def total_stride(self) -> int:
@@ -599,14 +639,21 @@ class LightSeg(nn.Module):
             )
             # Arguments 3.. of a block call (shift, drop rate, train) are Python values: static.
             block_cls = nn.remat(LightBlock, static_argnums=(3, 4, 5)) if self.remat else LightBlock
-            shared = block_cls(**block_args, name=f"stage{i}_block") if self.share_params else None
+            # A shared block takes its stage's first entry (validated equal across the stage).
+            shared = (
+                block_cls(**self._block_args(block_args, block_id), name=f"stage{i}_block")
+                if self.share_params
+                else None
+            )
             for j in range(depth):
                 shifted = j % 2 == 1 and any(shift)
                 rate = self.drop_path * block_id / max(total_blocks - 1, 1)
                 block = (
                     shared
                     if shared is not None
-                    else block_cls(**block_args, name=f"stage{i}_block{j}")
+                    else block_cls(
+                        **self._block_args(block_args, block_id), name=f"stage{i}_block{j}"
+                    )
                 )
                 mask = masks[1] if shifted else masks[0]
                 x = block(

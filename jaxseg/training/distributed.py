@@ -13,6 +13,8 @@ come from flags or from the environment:
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import jax
 
@@ -62,3 +64,46 @@ def initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )
     return True
+
+
+class PreemptionWatch:
+    """SIGTERM (a TPU VM's or GKE node's preemption notice) -> a step to stop at that every
+    process agrees on. Use around the loop and call `reached(step)` at every step, with the
+    same step numbers on every process.
+
+    One process: a SIGTERM handler (the previous one is restored on exit) marks the notice
+    and `reached` is True from the next step on. Several processes: `jax.distributed`'s
+    preemption service already catches SIGTERM on each process and shares the notice
+    through the coordinator; `reached(step)` is True on every process at the same step
+    (one past the furthest any process had got to), so all save the same checkpoint.
+    A Python handler there would replace the service's, so none is installed.
+    """
+
+    def __init__(self):
+        self.noticed = False
+        self._previous = None
+        self._installed = False
+
+    def __enter__(self) -> PreemptionWatch:
+        self._shared = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+        if not self._shared and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._installed = True
+        return self
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.noticed = True
+
+    def reached(self, step: int) -> bool:
+        if self._shared:
+            from jax.experimental import multihost_utils
+
+            self.noticed = multihost_utils.reached_preemption_sync_point(step)
+        return self.noticed
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            # None: the old handler was not Python's; the default is the closest we can do.
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGTERM, previous)
+            self._installed = False

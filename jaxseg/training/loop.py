@@ -4,12 +4,21 @@ Rerunning `train(config, workdir)` resumes from the latest checkpoint: the step,
 optimiser state and the learning-rate schedule continue where they were, and the input
 pipeline yields exactly the batches an unbroken run would have seen (batch i is a function
 of the seed and i alone). Raising `train.steps` and rerunning extends a finished run.
+
+SIGTERM (preemption) saves a checkpoint at a step every process agrees on and returns with
+`"preempted": True` (`distributed.PreemptionWatch`). A non-finite loss stops the run at
+the step that made it; a checkpoint that cannot be written is a `CheckpointWriteError`.
+Either way the input pipeline, the writer and the checkpoint managers are closed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -21,10 +30,11 @@ from jaxseg import evaluation, inference
 from jaxseg.data import pipeline
 from jaxseg.data.preprocess import Preprocessing
 from jaxseg.errors import JaxsegError
-from jaxseg.training import checkpoint
+from jaxseg.training import checkpoint, distributed
 from jaxseg.training import mesh as mesh_lib
 from jaxseg.training import optimizer as optimizer_lib
-from jaxseg.training.setup import build_training, training_data
+from jaxseg.training.setup import TrainingSetup, build_training, training_data
+from jaxseg.training.steps import FINITE
 from jaxseg.workdir import CHECKPOINTS_DIR, RunInfo, as_path, save_run
 
 
@@ -49,79 +59,129 @@ def train(
         {name: [c.case_id for c in cases] for name, cases in splits.items()},
     )
     setup = build_training(config, spec, splits)
-    mesh, info = setup.mesh, setup.info
+    info = setup.info
     schedule = optimizer_lib.learning_rate_schedule(config.train)
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
-    ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
-    batches = setup.train_batches()
-    start = ckpts.latest_step()
-    if start is None:
-        state = setup.init_state(init_key)
-        start = 0
-    else:
-        state = ckpts.restore(setup.abstract_state, batches)  # also moves `batches` to `start`
-        if jax.process_index() == 0:
-            print(f"Resuming {workdir} from step {start}.")
-    total = config.train.steps
-    if start >= total:
-        if jax.process_index() == 0:
-            print(
-                f"{workdir} is already trained to step {start} (train.steps={total}); "
-                "raise --config.train.steps to train further."
-            )
-        ckpts.close()
-        batches.close()
-        return {"step": start}
-
-    train_step = setup.train_step
-    validation = _Validation(config, spec, splits["val"], setup.model, info)
-    writer = _summary_writer(workdir)
-    train_cfg = config.train
-    last, metrics = {}, None
-    try:
-        progress = tqdm.tqdm(
-            range(start, total),
-            initial=start,
-            total=total,
-            desc="train",
-            disable=jax.process_index() != 0,
-            mininterval=2,
-        )
-        for step in progress:
-            if stop_at is not None and step >= stop_at:
-                if metrics is not None:
-                    _finite(metrics, step, workdir)
-                ckpts.save(state, batches)
-                break
-            batch = mesh_lib.global_batch(next(batches), mesh)
-            state, metrics = train_step(state, batch, step_key)
-            done = step + 1
-            log_now = done % train_cfg.log_every == 0 or done == total
-            eval_now = (done % train_cfg.eval_every == 0 or done == total) and validation.cases
-            save_now = done % train_cfg.checkpoint_every == 0 or done == total
-            if not (log_now or eval_now or save_now):
-                continue
-            # Nothing non-finite is logged as progress or saved over a good checkpoint.
-            last = {**last, **_finite(metrics, done, workdir)}
-            if log_now:
-                last["learning_rate"] = float(schedule(done))
-                _log(writer, done, "train", last)
-                progress.set_postfix(loss=f"{last['loss']:.4f}")
-            if eval_now:
-                last["val_dice"] = validation(state.params)
-                _log(writer, done, "val", {"dice": last["val_dice"]})
-                progress.write(f"step {done}: validation Dice {last['val_dice']:.4f}")
-                ckpts.save(state, batches, val_dice=last["val_dice"], best=True)
-            if save_now:
-                ckpts.save(state, batches)
-    finally:
-        ckpts.close()
-        batches.close()  # joins grain's worker processes (data.num_workers > 0)
+    with contextlib.ExitStack() as cleanup:
+        # Everything opened is closed on every way out (a full disk included): grain's
+        # worker processes are joined and the TensorBoard writer flushed.
+        ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+        cleanup.callback(ckpts.close)
+        batches = setup.train_batches()
+        cleanup.callback(batches.close)  # joins grain's worker processes (data.num_workers)
+        start = ckpts.latest_step()
+        if start is None:
+            state = setup.init_state(init_key)
+            start = 0
+        else:
+            state = ckpts.restore(setup.abstract_state, batches)  # also moves `batches`
+            if jax.process_index() == 0:
+                print(f"Resuming {workdir} from step {start}.")
+        total = config.train.steps
+        if start >= total:
+            if jax.process_index() == 0:
+                print(
+                    f"{workdir} is already trained to step {start} (train.steps={total}); "
+                    "raise --config.train.steps to train further."
+                )
+            return {"step": start}
+        validation = _Validation(config, spec, splits["val"], setup.model, info)
+        writer = _summary_writer(workdir)
         if writer is not None:
-            writer.close()
+            cleanup.callback(writer.close)
+        preemption = cleanup.enter_context(distributed.PreemptionWatch())
+        run = _Run(setup, batches, ckpts, validation, writer, preemption, schedule, workdir)
+        last = _run_steps(run, state, start, total, step_key, stop_at)
+    if last.get("preempted"):  # every process says so: each one's log shows where it stopped
+        print(
+            f"Preempted (SIGTERM): process {jax.process_index()} saved step {last['step']} "
+            f"to {workdir / CHECKPOINTS_DIR / str(last['step'])}; rerun the same command "
+            "to resume from it.",
+            flush=True,
+        )
+    return last
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the steps of one `train` call write to and read from."""
+
+    setup: TrainingSetup
+    batches: pipeline.BatchIterator
+    ckpts: checkpoint.Checkpoints
+    validation: _Validation
+    writer: Any  # tensorboardX.SummaryWriter on process 0, else None
+    preemption: distributed.PreemptionWatch
+    schedule: Callable[[int], Any]
+    workdir: epath.Path
+
+
+def _run_steps(
+    run: _Run, state, start: int, total: int, step_key: jax.Array, stop_at: int | None
+) -> dict:
+    """Steps `start` .. `total`; returns the last logged metrics with the step reached.
+
+    Non-finite losses are caught at the step that made them without a host sync per step:
+    each step returns a device flag, read one step late, once the next step is queued.
+    """
+    mesh, train_cfg, workdir = run.setup.mesh, run.setup.config.train, run.workdir
+    last, metrics, pending = {}, None, None  # pending: (step, flag, metrics), flag unread
+    progress = tqdm.tqdm(
+        range(start, total),
+        initial=start,
+        total=total,
+        desc="train",
+        disable=jax.process_index() != 0,
+        mininterval=2,
+    )
+    for step in progress:
+        preempted = run.preemption.reached(step)
+        if preempted or (stop_at is not None and step >= stop_at):
+            _check_pending(pending, workdir)
+            run.ckpts.save(state, run.batches)
+            last["preempted"] = preempted
+            break
+        batch = mesh_lib.global_batch(next(run.batches), mesh)
+        state, metrics = run.setup.train_step(state, batch, step_key)
+        finite = metrics.pop(FINITE)
+        done = step + 1
+        # The previous step's flag is ready (or nearly): this one is queued behind it.
+        _check_pending(pending, workdir)
+        pending = (done, finite, metrics)
+        log_now = done % train_cfg.log_every == 0 or done == total
+        eval_now = (done % train_cfg.eval_every == 0 or done == total) and run.validation.cases
+        save_now = done % train_cfg.checkpoint_every == 0 or done == total
+        if not (log_now or eval_now or save_now):
+            continue
+        # Nothing non-finite is logged as progress or saved over a good checkpoint.
+        _check_pending(pending, workdir)
+        pending = None
+        last = {**last, **_finite(metrics, done, workdir)}
+        if log_now:
+            last["learning_rate"] = float(run.schedule(done))
+            _log(run.writer, done, "train", last)
+            progress.set_postfix(loss=f"{last['loss']:.4f}")
+        if eval_now:
+            last["val_dice"] = run.validation(state.params)
+            _log(run.writer, done, "val", {"dice": last["val_dice"]})
+            progress.write(f"step {done}: validation Dice {last['val_dice']:.4f}")
+            run.ckpts.save(state, run.batches, val_dice=last["val_dice"], best=True)
+        if save_now:
+            run.ckpts.save(state, run.batches)
+    else:
+        _check_pending(pending, workdir)
     last["step"] = int(jax.device_get(state.step))
     return last
+
+
+def _check_pending(pending, workdir: epath.Path) -> None:
+    """NonFiniteLossError naming the step `pending` = (step, flag, metrics) ran, if its
+    flag says the loss or a gradient was not finite."""
+    if pending is not None and not bool(pending[1]):
+        step, _, metrics = pending
+        _finite(metrics, step, workdir)
+        raise NonFiniteLossError(f"non-finite gradient at step {step}")  # inf only in grads
 
 
 def _finite(metrics, step: int, workdir: epath.Path) -> dict:

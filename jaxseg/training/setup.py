@@ -27,6 +27,7 @@ from jaxseg.data import pipeline
 from jaxseg.data import splits as splits_lib
 from jaxseg.data.dataset import Case, DatasetSpec, load_dataset
 from jaxseg.data.preprocess import Preprocessing
+from jaxseg.losses import LossConfig
 from jaxseg.training import mesh as mesh_lib
 from jaxseg.training import optimizer as optimizer_lib
 from jaxseg.training.state import TrainState, init_train_state
@@ -94,6 +95,7 @@ class TrainingSetup:
             prefetch=data.prefetch,
             num_workers=data.num_workers,
             preprocessing=Preprocessing.from_config(data, self.info.modalities),
+            distance_maps=LossConfig.from_config(self.config.loss).needs_distance_maps,
         )
 
 

@@ -53,3 +53,42 @@ def test_normalization_scheme_describes_what_normalize_does():
         np.testing.assert_allclose(
             out[..., s["channel"]], expected[s["scheme"]], rtol=1e-5, atol=1e-5
         )
+
+
+def test_old_config_without_new_keys_is_the_default_preprocessing():
+    """A workdir's config.json from before data.normalize/clahe/denoise existed rebuilds
+    the same Preprocessing (and the same numbers) as the current defaults."""
+    import json
+
+    import ml_collections
+
+    from jaxseg.data.preprocess import Preprocessing
+    from jaxseg.defaults import base_config
+
+    old = ml_collections.ConfigDict(
+        {"ct_window": (-1000.0, 1000.0), "crop_nonzero": False, "target_spacing": None}
+    )
+    mods = ("CT", "FLAIR")
+    prep = Preprocessing.from_config(old, mods)
+    assert prep == Preprocessing.from_config(base_config().data, mods) == Preprocessing(mods)
+    assert not prep.enhancement.active
+    x = np.random.default_rng(5).uniform(-1200, 1200, (7, 6, 2))
+    np.testing.assert_array_equal(prep.image(x, (1.0, 1.0))[0], normalize(x, mods))
+    described = json.loads(json.dumps(prep.describe()))
+    assert described["clahe"] is None and described["denoise"] is None
+    assert described["normalization"] == normalization_scheme(mods)
+
+
+def test_equal_plans_compare_equal_whatever_the_cache_folder(tmp_path):
+    """Fold ensembles check that their runs share one Preprocessing: the cache folder and
+    the spelling of a method do not make two plans differ; a CLAHE parameter does."""
+    from jaxseg.data.preprocess import Preprocessing
+    from jaxseg.defaults import base_config
+
+    a, b = base_config().data, base_config().data
+    a.clahe = b.clahe = True
+    a.cache_dir, b.cache_dir = str(tmp_path / "a"), str(tmp_path / "b")
+    a.normalize, b.normalize = "percentile_clip", ["Percentile_Clip+zscore"]
+    assert Preprocessing.from_config(a, ["T1"]) == Preprocessing.from_config(b, ["T1"])
+    b.clahe_clip_limit = 0.02
+    assert Preprocessing.from_config(a, ["T1"]) != Preprocessing.from_config(b, ["T1"])

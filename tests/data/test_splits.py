@@ -121,3 +121,32 @@ def test_too_few_patients_for_every_split(n_patients, per_patient, fold):
         match=rf"^{n_cases} training case\(s\) of {n_patients} patient\(s\).*at least 3 patients",
     ):
         make_splits(_fake_cases(n_patients, per_patient), seed=0, fold=fold, num_folds=2)
+
+
+@pytest.mark.parametrize("n_patients", [0, 1, 2])
+def test_split_cases_refuses_an_empty_split(n_patients):
+    """split_cases itself (not only make_splits) never returns an empty split silently."""
+    cases = _fake_cases(n_patients, per_patient=2)
+    with pytest.raises(
+        DataError,
+        match=rf"^{2 * n_patients} case\(s\) of {n_patients} patient\(s\).*at least 3 patients",
+    ):
+        split_cases(cases, seed=0)
+
+
+def test_split_cases_with_a_zero_share_needs_fewer_patients():
+    """(0.5, 0.5, 0) asks for two splits: 2 patients are enough, 1 is not."""
+    s = split_cases(_fake_cases(2), seed=0, fractions=(0.5, 0.5, 0.0))
+    assert [len(s[k]) for k in ("train", "val", "test")] == [1, 1, 0]
+    # 0.9 / 0.1 of 2 patients rounds val to 0: it must still get one.
+    s = split_cases(_fake_cases(2), seed=0, fractions=(0.9, 0.1, 0.0))
+    assert [len(s[k]) for k in ("train", "val", "test")] == [1, 1, 0]
+    with pytest.raises(DataError, match="needs at least 2 patients"):
+        split_cases(_fake_cases(1), seed=0, fractions=(0.5, 0.5, 0.0))
+
+
+def test_split_requirement_names_what_each_split_needs():
+    from jaxseg.data.splits import split_requirement
+
+    assert "at least 3 patients" in split_requirement(None)
+    assert "at least 3 patients and 4 in the training pool" in split_requirement(1, 4)

@@ -176,6 +176,22 @@ def test_overfits_one_batch(name):
     assert losses[-1] < 0.3 * losses[0], losses
 
 
+# bf16 against f32 logits of the same params: bf16 rounds each op to 8 significant bits
+# (unit roundoff 2^-9 = 0.2%), compounded over the network's ~10-30 layers. Measured
+# (2 cores, XLA:CPU): largest |difference| 1.0% (unet), 2.9% (lightseg_tiny 2D), 1.6% (3D)
+# of the largest |logit|; RMS difference 1.0-1.8% of the RMS logit; argmax agrees on 98.7-99.4%
+# of voxels. A layer computed wrongly or skipped in bf16 is off by O(100%).
+BF16_MAX_REL, BF16_RMS_REL, BF16_ARGMAX = 0.08, 0.05, 0.95
+
+
+def assert_bf16_close(logits16, logits32):
+    a, b = np.asarray(logits16, np.float64), np.asarray(logits32, np.float64)
+    assert np.isfinite(a).all()
+    assert np.abs(a - b).max() <= BF16_MAX_REL * np.abs(b).max()
+    assert np.sqrt(np.mean((a - b) ** 2)) <= BF16_RMS_REL * np.sqrt(np.mean(b**2))
+    assert np.mean(a.argmax(-1) == b.argmax(-1)) >= BF16_ARGMAX
+
+
 @pytest.mark.parametrize("name,dims", [("unet", 2), ("lightseg_tiny", 2), ("lightseg_tiny", 3)])
 def test_bf16_compute_dtype(name, dims):
     model = build_model(name, dims=dims, in_channels=1, num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
@@ -185,7 +201,8 @@ def test_bf16_compute_dtype(name, dims):
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
     logits = jax.jit(model.apply)({"params": params}, x)
     assert logits.dtype == jnp.float32 and logits.shape == x.shape[:-1] + (NUM_CLASSES,)
-    assert np.isfinite(np.asarray(logits)).all()
+    f32 = build_model(name, dims=dims, in_channels=1, num_classes=NUM_CLASSES)
+    assert_bf16_close(logits, jax.jit(f32.apply)({"params": params}, x))
 
 
 def test_lightseg_custom_config_and_validation():

@@ -1,5 +1,5 @@
-"""Model summary: parameter counts against hand formulas, XLA flop counts against the
-textbook convolution/matmul formulas, --model-arg parsing, and the CLI.
+"""Model summary: parameter counts against hand formulas and MONAI's torch models, XLA flop
+counts against the textbook convolution/matmul formulas, --model-arg parsing, and the CLI.
 
 Runtime: ~10 s on 2 idle cores (each case compiles one small function).
 """
@@ -67,6 +67,26 @@ def test_count_params_agrees_with_a_real_init():
     assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), abstract) == jax.tree_util.tree_map(
         lambda a: (a.shape, a.dtype), real
     )
+
+
+@pytest.mark.parametrize("dims,feature_size,use_v2", [(2, 24, False), (3, 12, True)])
+def test_count_params_of_swinunetr_equals_monai(dims, feature_size, use_v2):
+    """A ported model against its reference: MONAI's torch SwinUNETR, counted by torch."""
+    pytest.importorskip("torch")
+    nets = pytest.importorskip("monai.networks.nets")
+    ref = nets.SwinUNETR(
+        in_channels=1, out_channels=3, feature_size=feature_size, spatial_dims=dims, use_v2=use_v2
+    )
+    model = build_model(
+        "swinunetr",
+        dims=dims,
+        in_channels=1,
+        num_classes=3,
+        feature_size=feature_size,
+        use_v2=use_v2,
+    )
+    count, _ = count_params(model, (1, *(32,) * dims, 1))
+    assert count == sum(p.numel() for p in ref.parameters())
 
 
 class _Inline(nn.Module):

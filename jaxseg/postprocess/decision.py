@@ -1,14 +1,7 @@
-"""Postprocessing: keep the largest connected component, decided on cross-validation.
+"""nnU-Net's largest-component decision, taken on cross-validation predictions.
 
-Label maps are integer `[X, Y, (Z)]` arrays (any spatial rank), 0 = background.
-
-- `largest_component(mask)`: the largest connected component of a boolean mask.
-- `keep_largest(labels, foreground=..., classes=...)`: nnU-Net's two rules, in its order:
-  (a) `foreground=True`: the components of `labels > 0` taken together; foreground voxels
-  outside the largest one become 0; then (b) for each class `k` in `classes`: voxels of
-  class `k` outside the largest component of `labels == k` become 0.
-- `decide_postprocessing(cases, num_classes)`: which of these rules to keep, decided on
-  cross-validation predictions with nnU-Net v2's rule (`determine_postprocessing` in
+- `decide_postprocessing(cases, num_classes)`: which of `keep_largest`'s rules to keep,
+  decided with nnU-Net v2's rule (`determine_postprocessing` in
   `nnunetv2/postprocessing/remove_connected_components.py`):
 
   1. All-foreground LCC is kept iff the mean foreground Dice strictly rises
@@ -23,14 +16,6 @@ Label maps are integer `[X, Y, (Z)]` arrays (any spatial rank), 0 = background.
 
 - `apply_postprocessing(labels, decision)`, `save_decision`, `load_decision` (JSON).
 
-Connectivity: full (`generate_binary_structure(ndim, ndim)`: 8-neighbourhood in 2D,
-26 in 3D) by default, as nnU-Net (skimage `label` with `connectivity=None`).
-
-Ties: when several components share the largest size, the one with the lowest
-`scipy.ndimage.label` index is kept, i.e. the one whose first voxel comes first in C
-(raster) order. nnU-Net (acvl_utils `remove_all_but_largest_component`) keeps all tied
-components instead; the two differ only on exact ties.
-
 Dice (per case and class, `P` prediction, `G` truth): `2|P & G| / (|P| + |G|)`, and 1 when
 both are empty: the empty-mask policy of `jaxseg.metrics`, so `dice_before` equals the mean
 Dice of `jaxseg.evaluation` on the same cases. nnU-Net scores an empty-empty class as NaN
@@ -39,9 +24,6 @@ some case's prediction or truth: an LCC never changes a case whose predicted cla
 empty, so those cases add the same 1 before and after, and the sign of every class's mean
 change is the same under both. Where a class occurs nowhere, nnU-Net's NaN foreground mean
 makes step 1 always fail; here the other classes decide.
-
-Memory: each mask is cropped to its bounding box before labelling; `ndimage.label` gives
-int32 labels and component sizes are counted in slabs, so no full-volume int64 array is made.
 """
 
 from __future__ import annotations
@@ -54,125 +36,14 @@ from typing import Any
 
 import numpy as np
 from etils import epath
-from scipy import ndimage
 
 from jaxseg.errors import ConfigError, DataError
-
-__all__ = [
-    "largest_component",
-    "keep_largest",
-    "decide_postprocessing",
-    "apply_postprocessing",
-    "save_decision",
-    "load_decision",
-]
-
-_COUNT_CHUNK = 1 << 22  # voxels per bincount call: bounds its int64 temporary to 32 MB
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
-    """Slices of the bounding box of a non-empty bool mask."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
-
-
-def _component_sizes(labelled: np.ndarray, n: int) -> np.ndarray:
-    """Voxel count per label `0..n` of an int label array; int64 `[n + 1]`."""
-    flat = labelled.reshape(-1)
-    counts = np.zeros(n + 1, dtype=np.int64)
-    # np.bincount casts its input to intp; chunks keep that copy small.
-    for start in range(0, flat.size, _COUNT_CHUNK):
-        counts += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=n + 1)
-    return counts
-
-
-def largest_component(mask: np.ndarray, *, connectivity: int | None = None) -> np.ndarray:
-    """The largest connected component of `mask` (nonzero = inside).
-
-    Args:
-      mask: `[*S]` bool (other dtypes: nonzero is inside).
-      connectivity: neighbours as in `generate_binary_structure(ndim, connectivity)`,
-        1..ndim (1: face neighbours only); None (default): full, `ndim`, as nnU-Net.
-
-    Returns:
-      bool `[*S]`, True on the largest component only; ties go to the lowest
-      `ndimage.label` index (first in C order). An empty mask gives an empty mask.
-    """
-    mask = np.asarray(mask).astype(bool, copy=False)
-    conn = mask.ndim if connectivity is None else connectivity
-    if (
-        isinstance(conn, bool)
-        or not isinstance(conn, int | np.integer)
-        or not 1 <= conn <= max(mask.ndim, 1)
-    ):
-        raise ConfigError(
-            f"largest_component: connectivity={connectivity!r}; use None or an int in "
-            f"1..{mask.ndim} for a {mask.ndim}D mask."
-        )
-    out = np.zeros(mask.shape, dtype=bool)
-    if not mask.any():
-        return out
-    box = _bounding_box(mask)
-    sub = mask[box]
-    structure = ndimage.generate_binary_structure(mask.ndim, int(conn))
-    labelled, n = ndimage.label(sub, structure=structure)
-    if n == 1:
-        out[box] = sub
-        return out
-    sizes = _component_sizes(labelled, n)
-    sizes[0] = -1  # background is never a component
-    out[box] = labelled == int(np.argmax(sizes))  # argmax: first (lowest label) on ties
-    return out
-
-
-def _check_labels(labels: Any, what: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(
-            f"{what}: labels have dtype {labels.dtype}; postprocessing needs an integer label "
-            "map (take the argmax of probabilities first)."
-        )
-    return labels
-
-
-def _check_classes(classes: Any, what: str, error: type[Exception] = ConfigError) -> list[int]:
-    try:
-        out = [int(k) for k in classes]
-        ok = all(k >= 1 and float(k) == float(c) for k, c in zip(out, classes))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or isinstance(classes, str | bytes):
-        raise error(f"{what}: classes={classes!r}; expected a list of foreground labels >= 1.")
-    return out
-
-
-def keep_largest(labels: np.ndarray, *, foreground: bool, classes: Sequence[int]) -> np.ndarray:
-    """nnU-Net's largest-component rules on a label map; the input is not modified.
-
-    Args:
-      labels: int `[*S]` label map, 0 = background.
-      foreground: (a) keep only the largest component of all foreground (`labels > 0`)
-        taken together; the rest of the foreground becomes 0.
-      classes: (b) for each class `k` here, in this order, after (a): class-`k` voxels
-        outside the largest component of `labels == k` become 0.
-
-    Returns:
-      int `[*S]`, same dtype as `labels`.
-    """
-    labels = _check_labels(labels, "keep_largest")
-    classes = _check_classes(classes, "keep_largest")
-    out = labels.copy()
-    if foreground:
-        fg = out > 0
-        out[fg & ~largest_component(fg)] = 0
-    for k in classes:
-        m = out == k
-        out[m & ~largest_component(m)] = 0
-    return out
+from jaxseg.postprocess.components import (
+    check_classes,
+    check_labels,
+    keep_largest,
+    largest_component,
+)
 
 
 def _dice(p: np.ndarray, g: np.ndarray, n_g: int) -> float:
@@ -244,8 +115,8 @@ def decide_postprocessing(
             pred, truth, _spacing = case
         except (TypeError, ValueError):
             raise DataError(f"{what}: expected a (pred, truth, spacing) tuple.") from None
-        pred = _check_labels(pred, f"{what} (pred)")
-        truth = _check_labels(truth, f"{what} (truth)")
+        pred = check_labels(pred, f"{what} (pred)")
+        truth = check_labels(truth, f"{what} (truth)")
         if pred.shape != truth.shape:
             raise DataError(f"{what}: pred shape {pred.shape} != truth shape {truth.shape}.")
         for name, arr in (("pred", pred), ("truth", truth)):
@@ -311,7 +182,7 @@ def _check_decision(decision: Any, what: str, error: type[Exception]) -> tuple[b
         raise error(f"{what}: a postprocessing decision needs the keys 'foreground' and 'classes'.")
     if not isinstance(decision["foreground"], bool):
         raise error(f"{what}: 'foreground' is {decision['foreground']!r}; expected true or false.")
-    return decision["foreground"], _check_classes(decision["classes"], what, error)
+    return decision["foreground"], check_classes(decision["classes"], what, error)
 
 
 def apply_postprocessing(labels: np.ndarray, decision: Mapping[str, Any]) -> np.ndarray:
