@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every = 250  # steps between validation Dice runs
     c.train.checkpoint_every = 250  # steps between checkpoints
     c.train.keep_checkpoints = 3  # latest checkpoints kept (plus the best by val Dice)
+    # A trained workdir whose parameters start this run (fine-tuning, e.g. after pruning);
+    # the optimiser and the step start fresh. Ignored once the run has its own checkpoint.
+    c.train.init_from = ""
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel axis; -1 = the devices the other axes leave

@@ -2,14 +2,19 @@
 
     python -m jaxseg.compress prune    --workdir runs/A --out runs/A_pruned --heads 0.5 --channels 0.3
         [--channel-score taylor|l1] [--batches N] [--batch-size B] [--seed S]
+        [--finetune-steps N]
     python -m jaxseg.compress quantize --workdir runs/A --out runs/A_int8 [--calibration-cases 16]
         [--weights-only] [--seed S]
 
 prune removes attention heads and MLP hidden channels of a lightseg run (Taylor
 importance on training patches), writing a smaller architecture; quantize writes int8
 weights with per-channel scales and int8 activation scales calibrated on training patches.
-The output is an ordinary workdir: evaluate, predict, export and benchmark read it. The
-fine-tune after pruning (--finetune-steps) is not implemented yet (docs/compression.md).
+The output is an ordinary workdir: evaluate, predict, export and benchmark read it.
+
+--finetune-steps N trains the pruned model N more steps through the ordinary train loop
+(`train.init_from`: the pruned parameters, a fresh optimiser, the run's own data, loss and
+learning rate with a warm-up of N/10). The pruned model before fine-tuning stays in
+OUT/untuned/, itself a workdir; OUT is the fine-tuned run, resumable like any other.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ def main(argv) -> int:
     prune.add_argument("--batches", type=int, default=8, help="training batches for the scores")
     prune.add_argument("--batch-size", type=int, default=4)
     prune.add_argument(
-        "--finetune-steps", type=int, default=0, help="not implemented yet; must be 0"
+        "--finetune-steps", type=int, default=0, help="train the pruned model N more steps"
     )
     quant.add_argument(
         "--calibration-cases", type=int, default=16, help="training patches for activation ranges"
@@ -55,16 +60,16 @@ def main(argv) -> int:
     from jaxseg.errors import ConfigError
 
     if args.command == "prune":
-        if args.finetune_steps:
-            raise ConfigError(
-                "--finetune-steps is not implemented yet; prune with 0 and train the pruned "
-                "workdir with python -m jaxseg.train"
-            )
+        if args.finetune_steps < 0:
+            raise ConfigError(f"--finetune-steps must be >= 0; got {args.finetune_steps}")
+        from jaxseg.compress.common import check_new_workdir
         from jaxseg.compress.prune import prune_workdir
 
+        check_new_workdir(args.out, args.workdir)
+        pruned = f"{args.out}/untuned" if args.finetune_steps else args.out
         result = prune_workdir(
             args.workdir,
-            args.out,
+            pruned,
             heads=args.heads,
             channels=args.channels,
             batches=args.batches,
@@ -74,6 +79,8 @@ def main(argv) -> int:
             which=args.checkpoint,
         )
         result.pop("kept")
+        if args.finetune_steps:
+            result["finetuned"] = _finetune(pruned, args.out, args.finetune_steps)
     else:
         from jaxseg.compress.quantize import quantize_workdir
 
@@ -87,6 +94,21 @@ def main(argv) -> int:
         )
     print(json.dumps({"command": args.command, "out": args.out, **result}), flush=True)
     return 0
+
+
+def _finetune(pruned: str, out: str, steps: int) -> dict:
+    """Trains the pruned workdir's model `steps` steps into `out`; the last logged metrics."""
+    from jaxseg.training.loop import train
+    from jaxseg.workdir import load_run
+
+    config, _ = load_run(pruned)
+    with config.unlocked():
+        config.train.init_from = pruned
+        config.train.steps = steps
+        config.train.warmup_steps = max(1, steps // 10)
+        for key in ("log_every", "eval_every", "checkpoint_every"):
+            config.train[key] = min(config.train[key], steps)
+    return {k: v for k, v in train(config, out).items() if isinstance(v, (int, float))}
 
 
 if __name__ == "__main__":

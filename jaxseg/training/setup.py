@@ -27,12 +27,13 @@ from jaxseg.data import pipeline
 from jaxseg.data import splits as splits_lib
 from jaxseg.data.dataset import Case, DatasetSpec, load_dataset
 from jaxseg.data.preprocess import Preprocessing
+from jaxseg.errors import ConfigError
 from jaxseg.losses import LossConfig
 from jaxseg.training import mesh as mesh_lib
 from jaxseg.training import optimizer as optimizer_lib
 from jaxseg.training.state import TrainState, init_train_state
 from jaxseg.training.steps import make_train_step
-from jaxseg.workdir import RunInfo, model_from_config
+from jaxseg.workdir import RunInfo, load_trained, model_from_config
 
 
 def training_data(
@@ -75,10 +76,15 @@ class TrainingSetup:
         return jax.tree_util.tree_map(lambda s: s.sharding, self.abstract_state)
 
     def init_state(self, key: jax.Array) -> TrainState:
-        """A fresh train state from `key`, laid out on the mesh."""
+        """A fresh train state from `key`, laid out on the mesh; with `train.init_from`,
+        its parameters are that run's (`initial_params`)."""
         sample = np.zeros((1, *self.config.data.patch_size, self.info.in_channels), np.float32)
         init = lambda: init_train_state(self.model, self.optimizer, key, sample)
-        return jax.jit(init, out_shardings=self.state_sharding)()
+        state = jax.jit(init, out_shardings=self.state_sharding)()
+        source = self.config.train.get("init_from")
+        if not source:
+            return state
+        return state.replace(params=initial_params(source, state.params))
 
     def train_batches(self, start_step: int = 0) -> pipeline.BatchIterator:
         """This process's training batches from `start_step` (close it when done)."""
@@ -97,6 +103,29 @@ class TrainingSetup:
             preprocessing=Preprocessing.from_config(data, self.info.modalities),
             distance_maps=LossConfig.from_config(self.config.loss).needs_distance_maps,
         )
+
+
+def initial_params(source: str, like: Any) -> Any:
+    """The trained parameters of the workdir `source`, laid out as `like` (this run's
+    freshly initialised, sharded parameters): every leaf's path and shape must match."""
+    theirs = load_trained(source).params
+    flat_like = dict(jax.tree_util.tree_leaves_with_path(like))
+    flat_theirs = dict(jax.tree_util.tree_leaves_with_path(theirs))
+    for path in sorted(flat_like.keys() | flat_theirs.keys(), key=jax.tree_util.keystr):
+        a, b = flat_like.get(path), flat_theirs.get(path)
+        if a is None or b is None or a.shape != np.shape(b):
+            name = jax.tree_util.keystr(path)
+            raise ConfigError(
+                f"train.init_from={source}: parameter {name} is "
+                f"{'missing' if b is None else np.shape(b)} there but "
+                f"{'absent' if a is None else a.shape} in this model; init_from needs the "
+                "same architecture (model.name and model.args)"
+            )
+    # make_array_from_callback: each process places only its own shards (multi-host safe).
+    place = lambda path, a: jax.make_array_from_callback(
+        a.shape, a.sharding, lambda idx: np.asarray(flat_theirs[path], a.dtype)[idx]
+    )
+    return jax.tree_util.tree_map_with_path(place, like)
 
 
 def abstract_state(

@@ -171,3 +171,30 @@ def test_prune_workdir_writes_an_ordinary_smaller_run(tiny_run, tmp_path):
         prune.prune_workdir(workdir, out, heads=0.5, channels=0.0)
     with pytest.raises(ConfigError, match="\\[0, 1\\)"):
         prune.prune_workdir(workdir, tmp_path / "other", heads=1.0, channels=0.0)
+
+
+def test_finetune_after_pruning_trains_the_pruned_model(tiny_run, tmp_path, capsys):
+    """--finetune-steps: OUT/untuned is the pruned run; OUT trains it on through the loop,
+    starting from exactly its parameters (step 0 of a fine-tune with learning rate 0)."""
+    from jaxseg.compress.__main__ import main
+    from jaxseg.training.setup import build_training, training_data
+
+    workdir, _, _ = tiny_run
+    out = tmp_path / "ft"
+    args = ["prune", "--workdir", str(workdir), "--out", str(out), "--heads", "0.5"]
+    assert main([*args, "--channels", "0.3", "--batches", "1", "--finetune-steps", "2"]) == 0
+    assert '"finetuned"' in capsys.readouterr().out
+    untuned, tuned = load_trained(out / "untuned"), load_trained(out)
+    assert tuned.step == 2 and tuned.config.train.init_from == str(out / "untuned")
+    assert tuned.model.block_heads == untuned.model.block_heads == (2, 2, 1)
+    shapes = lambda p: jax.tree_util.tree_map(np.shape, p)  # noqa: E731
+    assert shapes(tuned.params) == shapes(untuned.params)
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(a - b).max()), tuned.params, untuned.params
+    )
+    assert max(jax.tree_util.tree_leaves(moved)) > 0  # it trained
+    spec, splits = training_data(tuned.config)
+    start = build_training(tuned.config, spec, splits).init_state(jax.random.key(5)).params
+    jax.tree_util.tree_map(np.testing.assert_array_equal, start, untuned.params)
+    with pytest.raises(ConfigError, match="finetune-steps must be >= 0"):
+        main([*args, "--out", str(tmp_path / "x"), "--finetune-steps", "-1"])

@@ -19,8 +19,9 @@ from jaxseg.data import pipeline
 from jaxseg.errors import ConfigError, DataError
 from jaxseg.training.loop import train
 from jaxseg.workdir import load_trained
+from tests.tiny_config import write_tiny_config
 
-from ..test_end_to_end import CONFIG, _cli
+from ..test_end_to_end import _cli
 
 KW = dict(patch_size=(16, 16), batch_size=3, seed=5)
 
@@ -94,8 +95,7 @@ def test_bad_worker_count_and_state_are_named(spec2d):
 def test_training_with_workers_matches_threads(phantom_2d, tmp_path):
     """The loop with 2 workers stops and leaves no worker behind; the real command resumes
     it with workers and exits; the result is the parameters of a run with threads."""
-    config_file = tmp_path / "tiny.py"
-    config_file.write_text(CONFIG.format(root=str(phantom_2d)))
+    config_file = write_tiny_config(tmp_path / "tiny.py", phantom_2d, steps=6, warmup=2)
     fast = ["train.steps=4", "train.checkpoint_every=2", "eval.max_val_cases=0"]
     workers = tmp_path / "workers"
     train(load_config(config_file, [*fast, "data.num_workers=2"]), workers, stop_at=2)
