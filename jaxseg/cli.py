@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -28,3 +29,14 @@ def run(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None 
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def add_max_image_bytes(parser: argparse.ArgumentParser) -> None:
+    """`--max-image-bytes N`: the largest image a command reads (`io.read_image`)."""
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=None,
+        help="refuse an image whose header claims more bytes (shape x dtype); default: the "
+        "run's data.max_image_bytes (4 GiB)",
+    )

@@ -233,13 +233,7 @@ def main(argv) -> int:
     parser.add_argument(
         "--data-root", default=None, help="dataset folder, if it moved since training"
     )
-    parser.add_argument(
-        "--max-image-bytes",
-        type=int,
-        default=None,
-        help="refuse an image whose header claims more bytes (shape x dtype); default: the "
-        "run's data.max_image_bytes (4 GiB)",
-    )
+    cli.add_max_image_bytes(parser)
     args = parser.parse_args(argv)
 
     from jaxseg import evaluation

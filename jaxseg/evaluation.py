@@ -52,13 +52,8 @@ def predict_cases(
         start = time.perf_counter()
         probs = None
         if reliability is not None:
-            probs = inference.case_probabilities(
-                image.data,
-                image.spacing,
-                predictor,
-                window=window,
-                preprocessing=preprocessing,
-                case=case_id,
+            probs = image_probabilities(
+                image, predictor, window=window, preprocessing=preprocessing, case=case_id
             )
         pred = predict_labels(
             image,
@@ -75,6 +70,26 @@ def predict_cases(
             reliability.add(inference.uncrop_probabilities(*probs), label)
         del probs
         yield case_id, image, label, pred, seconds
+
+
+def image_probabilities(
+    image: Image,
+    predictor,
+    *,
+    window: dict,
+    preprocessing: Preprocessing,
+    case: str | None = None,
+) -> tuple[np.ndarray, CaseGrid]:
+    """`inference.case_probabilities` of an image as read: (softmax `[*S', K]` on the
+    cropped grid, the grid); `case` names it in errors (default: its path)."""
+    return inference.case_probabilities(
+        image.data,
+        image.spacing,
+        predictor,
+        window=window,
+        preprocessing=preprocessing,
+        case=case or str(getattr(image, "path", "")) or None,
+    )
 
 
 def predict_labels(
@@ -96,13 +111,8 @@ def predict_labels(
     if case is None and getattr(image, "path", None):
         case = str(image.path)  # names the case in preprocessing errors
     if probabilities is None and chain is not None and chain.crf is not None:
-        probabilities = inference.case_probabilities(
-            image.data,
-            image.spacing,
-            predictor,
-            window=window,
-            preprocessing=preprocessing,
-            case=case,
+        probabilities = image_probabilities(
+            image, predictor, window=window, preprocessing=preprocessing, case=case
         )
     if probabilities is None:
         pred = inference.predict_case(

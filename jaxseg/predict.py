@@ -52,13 +52,7 @@ def main(argv) -> int:
         help="also write calibrated class probabilities (16-bit NIfTI, classes last): a "
         ".nii.gz file for one input file, else a folder",
     )
-    parser.add_argument(
-        "--max-image-bytes",
-        type=int,
-        default=None,
-        help="refuse an image whose header claims more bytes (shape x dtype); default: the "
-        "run's data.max_image_bytes (4 GiB)",
-    )
+    cli.add_max_image_bytes(parser)
     args = parser.parse_args(argv)
 
     from jaxseg.segment import Segmenter

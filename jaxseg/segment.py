@@ -116,13 +116,8 @@ class Segmenter:
             )
         probs = None
         if probabilities:
-            probs = inference.case_probabilities(
-                image.data,
-                image.spacing,
-                self._predictor,
-                window=self._window,
-                preprocessing=self.preprocessing,
-                case=str(image.path),
+            probs = evaluation.image_probabilities(
+                image, self._predictor, window=self._window, preprocessing=self.preprocessing
             )
         classes = evaluation.predict_labels(
             image,
