@@ -40,10 +40,10 @@ def calibrate_run(
     config, info = run.config, run.info
     window = inference.window_options(config, info.num_classes)
     preprocessing = Preprocessing.from_config(config.data, info.modalities)
-    axes = inference.tta_axes(config, info.dims) if tta else ()
+    augmentation = inference.tta_from_config(config, info.dims, enabled=tta)
     logits, labels = calibration.sample_window_logits(
         _cases(spec, wanted),
-        inference.window_logits(run.model, run.params, axes),
+        inference.window_logits(run.model, run.params, augmentation),
         window=window,
         preprocessing=preprocessing,
         voxels_per_window=voxels_per_window,
@@ -53,7 +53,7 @@ def calibrate_run(
     for name, t in (("before", 1.0), ("after", temperature)):
         every = calibration.Reliability.empty(num_bins)
         foreground = calibration.Reliability.empty(num_bins)
-        predictor = inference.window_predictor(run.model, run.params, axes, t)
+        predictor = inference.window_predictor(run.model, run.params, augmentation, t)
         cases = _cases(spec, wanted)
         if progress:
             cases = tqdm.tqdm(cases, desc=f"ECE {name}", unit="case", total=len(wanted))
@@ -78,7 +78,7 @@ def calibrate_run(
         "split": split,
         "num_cases": len(wanted),
         "sampled_voxels": len(labels),
-        "tta_mirror_axes": list(axes),
+        **augmentation.describe(),
         **{f"{k}_{name}": v for name, m in measured.items() for k, v in m.items()},
     }
     result["path"] = str(save_calibration(run.workdir, result))

@@ -31,6 +31,18 @@ def run(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None 
     sys.exit(code or 0)
 
 
+def add_tta_rot90(parser: argparse.ArgumentParser) -> None:
+    """`--tta-rot90`: add in-plane 90° rotations to the test-time augmentation."""
+    parser.add_argument(
+        "--tta-rot90",
+        action="store_const",
+        const=True,
+        default=None,
+        help="add 90° rotations in the plane of axes 0,1 to the TTA (eval.tta_rot90; twice "
+        "the passes with mirroring, four times without; needs a square in-plane patch)",
+    )
+
+
 def add_max_image_bytes(parser: argparse.ArgumentParser) -> None:
     """`--max-image-bytes N`: the largest image a command reads (`io.read_image`)."""
     parser.add_argument(

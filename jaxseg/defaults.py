@@ -124,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 4  # windows per forward pass
     c.eval.gaussian_sigma_scale = 0.125  # Gaussian weighting sigma / patch size
     c.eval.tta = True  # mirror every spatial axis at test time (nnU-Net); --no-tta turns it off
+    c.eval.tta_rot90 = False  # add 90° rotations in the plane of axes 0,1 (2x the passes with tta)
     c.eval.max_val_cases = 16  # cases used for the validation Dice during training
     c.eval.nsd_tolerance_mm = 1.0  # surface Dice tolerance tau, mm, > 0 (docs/evaluation.md)
     # e.g. ({"step": "fill_holes"},); a workdir's postprocess_chain.json takes precedence.

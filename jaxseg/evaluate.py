@@ -33,13 +33,14 @@ def evaluate_run(
     which: str = "auto",
     data_root: str | None = None,
     tta: bool = True,
+    tta_rot90: bool | None = None,
     progress: bool = False,
     max_image_bytes: int | None = None,
 ) -> dict:
     """Evaluates a trained run on one of its splits; writes and returns the summary.
 
     tta: mirroring test-time augmentation as `eval.tta` configures it (on by default);
-    False turns it off. The report goes to `workdir/eval_<split>/`
+    False turns it off; tta_rot90 adds 90° rotations (None: the run's `eval.tta_rot90`). The report goes to `workdir/eval_<split>/`
     (`jaxseg.evaluation.write_report`), checked before any inference; the summary records
     whether TTA was used. max_image_bytes: the largest image read (None: the run's
     `data.max_image_bytes`).
@@ -54,7 +55,7 @@ def evaluate_run(
     outputs.check_output_dir(out_dir, what="report folder")  # before the inference's minutes
     config, info = run.config, run.info
     cases = _cases(spec, wanted)
-    axes = inference.tta_axes(config, info.dims) if tta else ()
+    augmentation = inference.tta_from_config(config, info.dims, enabled=tta, rot90=tta_rot90)
     postprocessing = load_postprocessing(run.workdir)
     chain = load_postprocess_chain(run.workdir, config, info)
     temperature = load_temperature(run)  # 1 unless jaxseg.calibrate fitted one
@@ -62,7 +63,9 @@ def evaluate_run(
     with io.limit_image_bytes(_max_image_bytes(max_image_bytes, config)):
         rows, timing = evaluation.evaluate_cases(
             cases,
-            inference.window_predictor(run.model, run.params, axes, temperature=temperature),
+            inference.window_predictor(
+                run.model, run.params, augmentation, temperature=temperature
+            ),
             window=inference.window_options(config, info.num_classes),
             labels=info.labels,
             preprocessing=Preprocessing.from_config(config.data, info.modalities),
@@ -79,7 +82,7 @@ def evaluate_run(
         "nsd_tolerance_mm": evaluation.nsd_tolerance(config),
         "split": split,
         "inference": timing,
-        "tta_mirror_axes": list(axes),
+        **augmentation.describe(),
         "postprocessing": postprocessing,
         "postprocess_chain": chain.to_json(),
         # Top-label ECE over every voxel of the split, at the run's temperature.
@@ -99,6 +102,7 @@ def cross_validate_runs(
     which: str = "auto",
     data_root: str | None = None,
     tta: bool = True,
+    tta_rot90: bool | None = None,
     progress: bool = False,
     max_image_bytes: int | None = None,
 ) -> dict:
@@ -126,11 +130,11 @@ def cross_validate_runs(
         if runs and run.info.labels != runs[0].info.labels:
             raise JaxsegError(f"{run.workdir}: its classes differ from {runs[0].workdir}'s")
         config, info = run.config, run.info
-        axes = inference.tta_axes(config, info.dims) if tta else ()
+        augmentation = inference.tta_from_config(config, info.dims, enabled=tta, rot90=tta_rot90)
         folds.append(
             dict(
                 cases=_cases(spec, wanted),
-                predictor=inference.window_predictor(run.model, run.params, axes),
+                predictor=inference.window_predictor(run.model, run.params, augmentation),
                 window=inference.window_options(config, info.num_classes),
                 preprocessing=Preprocessing.from_config(config.data, info.modalities),
                 total=len(wanted),
@@ -230,6 +234,7 @@ def main(argv) -> int:
         action="store_true",
         help="no mirroring test-time augmentation (eval.tta; it costs 2^dims forward passes)",
     )
+    cli.add_tta_rot90(parser)
     parser.add_argument(
         "--data-root", default=None, help="dataset folder, if it moved since training"
     )
@@ -243,6 +248,7 @@ def main(argv) -> int:
         which=args.checkpoint,
         data_root=args.data_root,
         tta=not args.no_tta,
+        tta_rot90=args.tta_rot90,
         max_image_bytes=args.max_image_bytes,
     )
     if len(workdirs) > 1:

@@ -4,8 +4,8 @@
 `softmax(model.apply(params, x))`; `window_predictor` jits it once per model.
 `predict_case` is the production path from an image as read to its class map on the same
 grid: preprocessing (`jaxseg.data.preprocess.Preprocessing`: crop, normalise, resample),
-sliding windows (host loop, device predictions, optional mirroring TTA inside the jitted
-function), resampling back, then the memory-bounded `argmax_labels`. Several folds'
+sliding windows (host loop, device predictions, optional TTA (mirroring, 90° rotations)
+inside the jitted function), resampling back, then the memory-bounded `argmax_labels`. Several folds'
 predictors average into one with `ensemble_predictor`.
 
 `sliding_window_predict` behaves like MONAI's `sliding_window_inference`:
@@ -43,6 +43,7 @@ Example: a 512x512x300 CT (V = 78.6 M), C = 1, K = 14, 96^3 patches (P = 0.885 M
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -70,7 +71,9 @@ __all__ = [
     "make_predict_fn",
     "window_predictor",
     "window_logits",
-    "tta_axes",
+    "TTA",
+    "as_tta",
+    "tta_from_config",
     "ensemble_predictor",
     "window_options",
 ]
@@ -255,17 +258,78 @@ def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
 
 
+@dataclasses.dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation: the transforms each window is predicted under, then averaged.
+
+    mirror_axes: spatial axes (0-based) to mirror; all `2**len(mirror_axes)` flip
+      combinations are used (nnU-Net's default TTA).
+    rot90_plane: two spatial axes `(a, b)` for 90° rotations in that plane, or None. Every
+      flip combination is also run rotated by a quarter turn; when both plane axes are
+      mirrored that completes the plane's 8 symmetries (flips × {0°, 90°}: the dihedral
+      group), otherwise the quarter turns 90°, 180°, 270° are added. The window must be
+      square in the plane, since a quarter turn swaps its sides.
+    """
+
+    mirror_axes: tuple[int, ...] = ()
+    rot90_plane: tuple[int, int] | None = None
+
+    def transforms(self) -> list[tuple[tuple[int, ...], int]]:
+        """`(flip axes, quarter turns)` per pass; the identity `((), 0)` first."""
+        flips = mirror_combinations(self.mirror_axes)
+        if self.rot90_plane is None:
+            return [(f, 0) for f in flips]
+        turns = (0, 1) if set(self.rot90_plane) <= set(self.mirror_axes) else (0, 1, 2, 3)
+        return [(f, k) for k in turns for f in flips]
+
+    def check_window(self, patch_size: Sequence[int]) -> None:
+        """ConfigError unless the window is square in the rotation plane."""
+        if self.rot90_plane is not None:
+            a, b = self.rot90_plane
+            if patch_size[a] != patch_size[b]:
+                raise ConfigError(
+                    f"eval.tta_rot90: 90° rotations in the plane of axes {a},{b} need a window "
+                    f"square in that plane; data.patch_size is {tuple(patch_size)}. Set "
+                    "eval.tta_rot90=False or a square in-plane patch."
+                )
+
+    def describe(self) -> dict:
+        """What a report records of it."""
+        plane = None if self.rot90_plane is None else list(self.rot90_plane)
+        return {"tta_mirror_axes": list(self.mirror_axes), "tta_rot90_plane": plane}
+
+
+def as_tta(tta: TTA | Sequence[int]) -> TTA:
+    """A `TTA`; a plain sequence of axes means mirroring only."""
+    if isinstance(tta, TTA):
+        return tta
+    return TTA(mirror_axes=tuple(int(a) for a in tta))
+
+
+def _tta_outputs(apply: Callable, tta: TTA, params, x) -> list:
+    """`apply(params, x')` for x [b, *S, C] under each of the TTA's transforms, each output
+    transformed back onto x's grid."""
+    out = []
+    for flip, turns in tta.transforms():
+        flip = tuple(a + 1 for a in flip)  # past the batch axis
+        plane = tuple(a + 1 for a in tta.rot90_plane) if turns else None
+        z = jnp.flip(x, flip) if flip else x
+        z = apply(params, jnp.rot90(z, turns, plane) if plane else z)
+        z = jnp.rot90(z, -turns, plane) if plane else z
+        out.append(jnp.flip(z, flip) if flip else z)
+    return out
+
+
 def make_predict_fn(
-    model: nn.Module, mirror_axes: Sequence[int] = (), temperature: float = 1.0
+    model: nn.Module, tta: TTA | Sequence[int] = (), temperature: float = 1.0
 ) -> Callable:
     """Returns `predict(params, image [b, *patch, C]) -> probabilities [b, *patch, K] f32`.
 
-    mirror_axes: spatial axes (0-based over `patch`) for mirroring test-time augmentation:
-    the probabilities are the mean over all `2**len(mirror_axes)` combinations of flips of
-    the input, each output flipped back (nnU-Net's default TTA). `()`: no TTA.
+    tta: a `TTA`, or spatial axes (0-based over `patch`) to mirror: the probabilities are
+    the mean over the TTA's transforms of the input, each output transformed back. `()`:
+    no TTA.
     temperature: the softmax temperature (`jaxseg.calibration`); 1 is the model as trained.
     """
-    combos = mirror_combinations(mirror_axes)
     inverse_temperature = 1.0 / float(temperature)
 
     def probabilities(params, x):
@@ -274,56 +338,55 @@ def make_predict_fn(
             logits = logits * inverse_temperature
         return jax.nn.softmax(logits, axis=-1)
 
+    tta = as_tta(tta)
+
     def predict(params, image):
-        total = None
-        for combo in combos:
-            flip = tuple(a + 1 for a in combo)  # past the batch axis
-            out = probabilities(params, jnp.flip(image, flip) if flip else image)
-            out = jnp.flip(out, flip) if flip else out
-            total = out if total is None else total + out
-        return total / len(combos)
+        # A running sum, not a stack: F outputs of [b, *patch, K] would multiply the peak.
+        outputs = _tta_outputs(probabilities, tta, params, image)
+        return functools.reduce(jnp.add, outputs) / len(outputs)
 
     return predict
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_predict(model: nn.Module, mirror_axes: tuple[int, ...], temperature: float) -> Callable:
-    return jax.jit(make_predict_fn(model, mirror_axes, temperature))
+def _jitted_predict(model: nn.Module, tta: TTA, temperature: float) -> Callable:
+    return jax.jit(make_predict_fn(model, tta, temperature))
 
 
 def window_predictor(
-    model: nn.Module, params, mirror_axes: Sequence[int] = (), temperature: float = 1.0
+    model: nn.Module, params, tta: TTA | Sequence[int] = (), temperature: float = 1.0
 ) -> Callable[[np.ndarray], np.ndarray]:
     """`f(windows [b, *patch, C]) -> probabilities [b, *patch, K]`; compiled once per model,
-    mirroring, temperature and window-batch shape, so new params (validation during
-    training) reuse it."""
-    predict = _jitted_predict(model, tuple(int(a) for a in mirror_axes), float(temperature))
+    TTA, temperature and window-batch shape, so new params (validation during training)
+    reuse it."""
+    predict = _jitted_predict(model, as_tta(tta), float(temperature))
     return lambda windows: np.asarray(predict(params, windows))
 
 
 def window_logits(
-    model: nn.Module, params, mirror_axes: Sequence[int] = ()
+    model: nn.Module, params, tta: TTA | Sequence[int] = ()
 ) -> Callable[[np.ndarray], np.ndarray]:
     """`f(windows [b, *patch, C]) -> logits [F, b, *patch, K]` f32: the raw model output of
-    each of the F = 2**len(mirror_axes) mirrored passes, flipped back (F = 1 without TTA),
-    which `jaxseg.calibration` fits a temperature on."""
-
-    def logits(p, x):
-        out = []
-        for combo in mirror_combinations(mirror_axes):
-            flip = tuple(a + 1 for a in combo)
-            z = model.apply({"params": p}, jnp.flip(x, flip) if flip else x, train=False)
-            out.append(jnp.flip(z, flip) if flip else z)
-        return jnp.stack(out).astype(jnp.float32)
-
-    jitted = jax.jit(logits)
+    each of the TTA's F passes, transformed back (F = 1 without TTA), which
+    `jaxseg.calibration` fits a temperature on."""
+    apply = lambda p, x: model.apply({"params": p}, x, train=False).astype(jnp.float32)
+    tta = as_tta(tta)
+    jitted = jax.jit(lambda p, x: jnp.stack(_tta_outputs(apply, tta, p, x)))
     return lambda windows: np.asarray(jitted(params, windows))
 
 
-def tta_axes(config, dims: int) -> tuple[int, ...]:
-    """The mirroring axes `config.eval.tta` asks for: all `dims` spatial axes when true
-    (the default, as nnU-Net), none when false."""
-    return tuple(range(dims)) if config.eval.get("tta", False) else ()
+def tta_from_config(config, dims: int, enabled: bool = True, rot90: bool | None = None) -> TTA:
+    """The TTA the config asks for: `eval.tta` mirrors every spatial axis (the default, as
+    nnU-Net); `eval.tta_rot90` (or `rot90`, when not None) adds 90° rotations in the plane
+    of the first two spatial axes (axial for canonical RAS volumes). `enabled=False`
+    (--no-tta): none."""
+    if not enabled:
+        return TTA()
+    mirror = tuple(range(dims)) if config.eval.get("tta", False) else ()
+    rot90 = config.eval.get("tta_rot90", False) if rot90 is None else rot90
+    tta = TTA(mirror, (0, 1) if rot90 else None)
+    tta.check_window(config.data.patch_size)
+    return tta
 
 
 def ensemble_predictor(predictors: Sequence[Callable]) -> Callable[[np.ndarray], np.ndarray]:

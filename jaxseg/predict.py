@@ -38,6 +38,7 @@ def main(argv) -> int:
     parser.add_argument(
         "--no-tta", action="store_true", help="no mirroring test-time augmentation (eval.tta)"
     )
+    cli.add_tta_rot90(parser)
     parser.add_argument(
         "--output-format",
         default="auto",
@@ -59,7 +60,11 @@ def main(argv) -> int:
 
     workdirs = [w for w in args.workdir.split(",") if w]
     segmenter = Segmenter(
-        workdirs, args.checkpoint, tta=not args.no_tta, max_image_bytes=args.max_image_bytes
+        workdirs,
+        args.checkpoint,
+        tta=not args.no_tta,
+        tta_rot90=args.tta_rot90,
+        max_image_bytes=args.max_image_bytes,
     )
     written = segmenter.segment_path(
         args.input, args.output, args.output_format, probabilities=args.probabilities

@@ -51,7 +51,8 @@ class Segmenter:
     averaged before the argmax, then the runs' postprocessing decision (if cross-validation
     took one) and chain (`eval.postprocess`) are applied (`evaluation.predict_labels`).
     tta: mirroring test-time augmentation as the first run's
-    `eval.tta` configures it; False turns it off. max_image_bytes: the largest image a file
+    `eval.tta` configures it; False turns it off; tta_rot90 adds 90° rotations (None: the
+    run's `eval.tta_rot90`). max_image_bytes: the largest image a file
     may claim (`io.read_image`); None: the run's `data.max_image_bytes`. Every output path
     is checked before the first case is segmented (`jaxseg.data.outputs`).
     """
@@ -64,6 +65,7 @@ class Segmenter:
         which: str = "auto",
         *,
         tta: bool = True,
+        tta_rot90: bool | None = None,
         max_image_bytes: int | None = None,
     ):
         if isinstance(workdirs, (str, os.PathLike)):
@@ -85,13 +87,15 @@ class Segmenter:
         self.postprocessing = load_postprocessing(first.workdir)
         # The ordered eval.postprocess steps (docs/postprocessing.md), applied after it.
         self.chain = load_postprocess_chain(first.workdir, self.config, self.info)
-        axes = inference.tta_axes(self.config, self.info.dims) if tta else ()
+        augmentation = inference.tta_from_config(
+            self.config, self.info.dims, enabled=tta, rot90=tta_rot90
+        )
         # Each run's softmax at the temperature jaxseg.calibrate fitted for it (1 if none):
         # the argmax of one run is unchanged; ensembles and probability maps are calibrated.
         self.temperatures = [load_temperature(r) for r in runs]
         self._predictor = inference.ensemble_predictor(
             [
-                inference.window_predictor(r.model, r.params, axes, temperature=t)
+                inference.window_predictor(r.model, r.params, augmentation, temperature=t)
                 for r, t in zip(runs, self.temperatures, strict=True)
             ]
         )

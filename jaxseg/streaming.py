@@ -150,13 +150,13 @@ class FramePredictor:
       config: the run's config (`data.patch_size`, `eval.overlap`, sigma).
       preprocessing: the run's `Preprocessing`.
       in_channels, num_classes: the model's.
-      mirror_axes: mirroring TTA axes; `()` (the default) for real time.
+      tta: an `inference.TTA` (or mirroring axes); `()` (the default) for real time.
       temperature: the run's softmax temperature (`jaxseg.calibration`).
     """
 
     def __init__(self, model, params, config, preprocessing: Preprocessing, *, in_channels: int,
-                 num_classes: int, mirror_axes=(), temperature: float = 1.0):  # fmt: skip
-        self.predict = inference.window_predictor(model, params, mirror_axes, temperature)
+                 num_classes: int, tta=(), temperature: float = 1.0):  # fmt: skip
+        self.predict = inference.window_predictor(model, params, tta, temperature)
         self.window = inference.window_options(config, num_classes)
         self.preprocessing = preprocessing
         self.in_channels = in_channels
@@ -193,7 +193,7 @@ def run_predictor(run, *, tta: bool = False) -> FramePredictor:
         Preprocessing.from_config(run.config.data, run.info.modalities),
         in_channels=run.info.in_channels,
         num_classes=run.info.num_classes,
-        mirror_axes=inference.tta_axes(run.config, 2) if tta else (),
+        tta=inference.tta_from_config(run.config, 2, enabled=tta),
         temperature=load_temperature(run),
     )
 

@@ -203,6 +203,18 @@ def test_predict_a_folder(trained, phantom_2d, tmp_path):
     assert [p.name for p in written] == sorted(p.name for p in (phantom_2d / "imagesTs").iterdir())
 
 
+def test_predict_with_rotation_tta(trained, phantom_2d, tmp_path):
+    """--tta-rot90 reaches the predictor; the mask is written on the input's grid."""
+    from jaxseg import predict
+
+    workdir, _ = trained
+    source = sorted((phantom_2d / "imagesTs").iterdir())[0]
+    out = tmp_path / "rot.nii.gz"
+    argv = ["--workdir", str(workdir), "--input", str(source), "--output", str(out)]
+    assert predict.main([*argv, "--tta-rot90"]) == 0
+    assert nib.load(out).shape == nib.load(source).shape
+
+
 def test_export_matches_jax(trained, tmp_path):
     from jaxseg.export.from_workdir import export_run
     from jaxseg.export.saved_model import load_saved_model

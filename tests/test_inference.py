@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from scipy.signal import windows as signal_windows
 
+from jaxseg import inference
 from jaxseg.data.preprocess import Preprocessing
+from jaxseg.defaults import base_config
 from jaxseg.errors import ConfigError, JaxsegError
 from jaxseg.inference import (
     ensemble_predictor,
@@ -240,12 +242,14 @@ def test_predict_case_crop_nonzero_is_background_outside():
 
 
 class _Tilted(nn.Module):
-    """Not mirror-equivariant: logits depend on the voxel's position along each axis."""
+    """Not mirror- or rotation-equivariant: logits depend on the voxel's position along each
+    axis, with a different weight per axis."""
 
     @nn.compact
     def __call__(self, x, train=False):
         pos = sum(
-            jnp.arange(n, dtype=jnp.float32).reshape([n if a == i else 1 for a in range(x.ndim)])
+            i
+            * jnp.arange(n, dtype=jnp.float32).reshape([n if a == i else 1 for a in range(x.ndim)])
             for i, n in enumerate(x.shape)
             if 0 < i < x.ndim - 1
         )
@@ -262,10 +266,64 @@ def test_mirroring_tta_is_the_mean_over_flips():
     expected = np.mean(
         [np.flip(plain(np.flip(x, ax)), ax) for ax in [(), (1,), (2,), (1, 2)]], axis=0
     )
-    got = np.asarray(make_predict_fn(model, mirror_axes=(0, 1))(params, x))
+    got = np.asarray(make_predict_fn(model, (0, 1))(params, x))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, plain(x), atol=1e-3)  # the flips matter for this model
     np.testing.assert_allclose(np.asarray(make_predict_fn(model)(params, x)), plain(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mirror", [(0, 1), ()])
+def test_rot90_tta_averages_the_plane_symmetries(mirror):
+    """Reference, by numpy indexing: with both plane axes mirrored, the mean over the
+    plane's 8 symmetries, enumerated as (transpose or not) then flips and each inverted as
+    flips then (transpose or not); with no mirroring, the mean over np.rot90's four turns.
+    Either way each output is mapped back before averaging."""
+    model = _Tilted()
+    x = np.random.default_rng(6).normal(size=(2, 6, 6, C)).astype(np.float32)
+    params = model.init(jax.random.key(0), x)["params"]
+    plain = lambda v: np.asarray(jax.nn.softmax(model.apply({"params": params}, v), -1))
+    transpose = lambda v, t: v.transpose(0, 2, 1, 3) if t else v
+    if mirror:
+        flips = [(), (1,), (2,), (1, 2)]
+        expected = [
+            transpose(np.flip(plain(np.flip(transpose(x, t), f)), f), t)
+            for t in (False, True)
+            for f in flips
+        ]
+    else:
+        expected = [np.rot90(plain(np.rot90(x, k, (1, 2))), -k, (1, 2)) for k in range(4)]
+    tta = inference.TTA(mirror_axes=mirror, rot90_plane=(0, 1))
+    assert len(tta.transforms()) == len(expected)
+    got = np.asarray(make_predict_fn(model, tta)(params, x))
+    np.testing.assert_allclose(got, np.mean(expected, axis=0), rtol=1e-5, atol=1e-6)
+    mirrored_only = np.asarray(make_predict_fn(model, mirror)(params, x))
+    assert not np.allclose(got, mirrored_only, atol=1e-3)  # the rotations matter here
+    logits = inference.window_logits(model, params, tta)(x)
+    assert logits.shape == (len(expected), *x.shape[:-1], K)
+
+
+def test_full_plane_tta_makes_any_model_rotation_equivariant():
+    """Averaging over the plane's whole symmetry group makes the prediction commute with a
+    quarter turn of the input (np.rot90), which no single pass of _Tilted does."""
+    model = _Tilted()
+    x = np.random.default_rng(7).normal(size=(1, 6, 6, C)).astype(np.float32)
+    params = model.init(jax.random.key(0), x)["params"]
+    turn = lambda v: np.rot90(v, 1, (1, 2))
+    for tta, equivariant in (((0, 1), False), (inference.TTA((0, 1), (0, 1)), True)):
+        predict = lambda v, tta=tta: np.asarray(make_predict_fn(model, tta)(params, v))
+        close = np.allclose(predict(turn(x)), turn(predict(x)), atol=1e-5)
+        assert close == equivariant
+
+
+def test_rot90_tta_needs_a_square_plane():
+    config = base_config()
+    config.data.patch_size = (32, 48)
+    config.eval.tta_rot90 = True
+    with pytest.raises(ConfigError, match="eval.tta_rot90"):
+        inference.tta_from_config(config, 2)
+    config.data.patch_size = (32, 32)
+    assert inference.tta_from_config(config, 2) == inference.TTA((0, 1), (0, 1))
+    assert inference.tta_from_config(config, 2, enabled=False) == inference.TTA()
 
 
 def test_ensemble_predictor_averages():

@@ -63,8 +63,9 @@ def _load(workdir, split, max_cases, tta):
     by_id = {c.case_id: c for c in spec.training}
     if not wanted or any(c not in by_id for c in wanted):
         raise JaxsegError(f"{run.workdir}: the {split} split is empty or not in {spec.root}")
-    axes = inference.tta_axes(run.config, run.info.dims) if tta else ()
-    predictor = inference.window_predictor(run.model, run.params, axes)
+    predictor = inference.window_predictor(
+        run.model, run.params, inference.tta_from_config(run.config, run.info.dims, enabled=tta)
+    )
     window = inference.window_options(run.config, run.info.num_classes)
     prep = Preprocessing.from_config(run.config.data, run.info.modalities)
     cases = []

@@ -93,7 +93,7 @@ def export_run(
             label_values=info.label_values,
             overlap=config.eval.overlap,
             gaussian_sigma_scale=config.eval.gaussian_sigma_scale,
-            mirror_axes=inference.tta_axes(config, info.dims) if tta else (),
+            tta=inference.tta_from_config(config, info.dims, enabled=tta),
             temperature=temperature,
         )
         target_spacing = description["target_spacing"]
@@ -101,7 +101,7 @@ def export_run(
             "inputs": "image [*spatial, C] float32 in the scanner's units, canonical (RAS) "
             "voxel order; spacing [dims] float32 mm",
             "outputs": "labels [*spatial] (label-file values), probabilities [*spatial, K]",
-            "tta_mirror_axes": list(inference.tta_axes(config, info.dims) if tta else ()),
+            **inference.tta_from_config(config, info.dims, enabled=tta).describe(),
             "target_spacing": target_spacing,
             "postprocessing": "not in the graph: apply postprocessing.json on the client",
         }

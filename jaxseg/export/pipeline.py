@@ -174,13 +174,13 @@ def segment_function(
     label_values: Sequence[int],
     overlap: float,
     gaussian_sigma_scale: float,
-    mirror_axes: Sequence[int] = (),
+    tta: inference.TTA | Sequence[int] = (),
     temperature: float = 1.0,
 ) -> Callable:
     """`segment(params, image [*S, C]) -> {"labels": [*S], "probabilities": [*S, K]}`
     (see the module docstring); `description` is `Preprocessing.describe()`."""
     check_exportable(description)
-    predict = inference.make_predict_fn(model, mirror_axes, temperature)
+    predict = inference.make_predict_fn(model, tta, temperature)
     schemes = description["normalization"]
     values = np.asarray(list(label_values) or range(num_classes))
     dtype = np.uint8 if values.max(initial=0) <= 255 else np.uint16
