@@ -12,16 +12,12 @@ The size is --config.model.name=lightseg_tiny | lightseg_small | lightseg_base.
 
 import ml_collections
 
-from jaxseg.defaults import base_config
+from jaxseg.defaults import phantom_3d_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.root = "data/demo3d"  # written by `python -m jaxseg.data.synthetic --dims 3`
-    c.data.patch_size = (64, 64, 64)  # a multiple of the total stride 32 needs no internal padding
-    c.data.batch_size = 2
+    c = phantom_3d_config("lightseg_small")
 
-    c.model.name = "lightseg_small"
     c.model.args.window_sizes = (4, 4, 2, 2)  # multi-scale windows (4^3 = 64 tokens, then 2^3)
     c.model.args.shift_windows = (
         None  # Swin shifted windows on every second block; None = on unless halo or routing
@@ -42,10 +38,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.args.drop_path = 0.1  # stochastic depth, max rate (linear over blocks)
     c.model.args.attention_impl = "auto"  # jaxseg.ops implementation
 
-    c.train.steps = 500  # sized for 2 CPU cores; not tuned
-    c.train.warmup_steps = 50
-    c.train.learning_rate = 1e-3
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 250
-    c.eval.batch_size = 1  # sliding windows per forward pass
     return c

@@ -9,16 +9,13 @@ the checkpoint (e.g. feature_size=48 for the BTCV/BraTS checkpoints).
 
 import ml_collections
 
-from jaxseg.defaults import base_config
+from jaxseg.defaults import phantom_3d_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.root = "data/demo3d"  # written by `python -m jaxseg.data.synthetic --dims 3`
-    c.data.patch_size = (64, 64, 64)  # a multiple of 32 needs no internal padding (paper: 96^3)
+    c = phantom_3d_config("swinunetr")
     c.data.batch_size = 1  # paper: 1 per GPU
 
-    c.model.name = "swinunetr"
     c.model.args.feature_size = 24  # MONAI's default; the paper's large model: 48
     c.model.args.depths = (2, 2, 2, 2)  # MONAI default
     c.model.args.num_heads = (3, 6, 12, 24)  # MONAI default
@@ -27,11 +24,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.args.downsample = "merging"  # "merging" (v0.9 channel order) or "mergingv2"
     c.model.args.dropout_path_rate = 0.0  # stochastic depth, linear over the blocks
 
-    c.train.steps = 500  # sized for 2 CPU cores; not tuned
-    c.train.warmup_steps = 50
     c.train.learning_rate = 1e-4  # the paper's AdamW lr
     c.train.weight_decay = 1e-5  # the paper's
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 250
-    c.eval.batch_size = 1  # sliding windows per forward pass
     return c

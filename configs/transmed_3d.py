@@ -8,16 +8,12 @@ Ablations: --config.model.args.variant=unet | axial (TransMed-A) | dynamic (Tran
 
 import ml_collections
 
-from jaxseg.defaults import base_config
+from jaxseg.defaults import phantom_3d_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.root = "data/demo3d"  # written by `python -m jaxseg.data.synthetic --dims 3`
-    c.data.patch_size = (64, 64, 64)  # a multiple of 2^(levels-1) = 8 needs no padding
-    c.data.batch_size = 2
+    c = phantom_3d_config("transmed")
 
-    c.model.name = "transmed"
     c.model.args.variant = "full"  # "unet" | "axial" | "dynamic" | "full"
     c.model.args.features = (24, 48, 96, 192)  # channels per encoder level
     c.model.args.axial_levels = None  # None: the two deepest levels (1/4 and 1/8 resolution)
@@ -33,10 +29,4 @@ def get_config() -> ml_collections.ConfigDict:
         False  # True: recompute conv and axial blocks in the backward pass (less memory)
     )
 
-    c.train.steps = 500  # sized for 2 CPU cores; not tuned
-    c.train.warmup_steps = 50
-    c.train.learning_rate = 1e-3
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 250
-    c.eval.batch_size = 1  # sliding windows per forward pass
     return c

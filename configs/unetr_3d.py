@@ -10,16 +10,12 @@ the paper's ViT-B/16 is hidden_size 768, mlp_dim 3072, num_heads 12 (MONAI's def
 
 import ml_collections
 
-from jaxseg.defaults import base_config
+from jaxseg.defaults import phantom_3d_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = base_config()
-    c.data.root = "data/demo3d"  # written by `python -m jaxseg.data.synthetic --dims 3`
-    c.data.patch_size = (64, 64, 64)  # multiple of 16 (paper: 96^3)
-    c.data.batch_size = 2
+    c = phantom_3d_config("unetr")
 
-    c.model.name = "unetr"
     c.model.args.img_size = (
         64,
         64,
@@ -36,11 +32,6 @@ def get_config() -> ml_collections.ConfigDict:
         False  # True: recompute ViT and conv blocks in the backward pass (less memory)
     )
 
-    c.train.steps = 500  # sized for 2 CPU cores; not tuned
-    c.train.warmup_steps = 50
     c.train.learning_rate = 1e-4  # the paper's AdamW lr
     c.train.weight_decay = 1e-5
-    c.train.eval_every = 250
-    c.train.checkpoint_every = 250
-    c.eval.batch_size = 1
     return c

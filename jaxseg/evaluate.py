@@ -5,7 +5,9 @@ reliability-diagram data at the run's calibrated temperature) and reliability.pn
 prints a table. The run's
 postprocessing decision (DIR/postprocessing.json), when there is one, is applied, then the
 run's postprocessing chain (DIR/postprocess_chain.json, else the config's eval.postprocess;
-docs/postprocessing.md); summary.json records both.
+docs/postprocessing.md); summary.json records both. A model with a classification head
+also gets its case classification scored (AUC, accuracy, sensitivity, specificity:
+summary.json's `classification`, docs/evaluation.md).
 
 Cross-validation: python -m jaxseg.evaluate --workdir DIR_F0,DIR_F1,...  (the folds of one
 plan, trained with --config.data.fold=k) scores each fold's validation cases with that
@@ -60,15 +62,20 @@ def evaluate_run(
     chain = load_postprocess_chain(run.workdir, config, info)
     temperature = load_temperature(run)  # 1 unless jaxseg.calibrate fitted one
     reliability = calibration.Reliability.empty()
+    preprocessing = Preprocessing.from_config(config.data, info.modalities)
+    window = inference.window_options(config, info.num_classes)
+    classifier = _case_classifier(run, spec, window, preprocessing)
+    if classifier is not None:
+        cases = classifier.wrap(cases)
     with io.limit_image_bytes(_max_image_bytes(max_image_bytes, config)):
         rows, timing = evaluation.evaluate_cases(
             cases,
             inference.window_predictor(
                 run.model, run.params, augmentation, temperature=temperature
             ),
-            window=inference.window_options(config, info.num_classes),
+            window=window,
             labels=info.labels,
-            preprocessing=Preprocessing.from_config(config.data, info.modalities),
+            preprocessing=preprocessing,
             postprocessing=postprocessing,
             chain=chain,
             progress=progress,
@@ -89,6 +96,8 @@ def evaluate_run(
         "calibration": {"temperature": temperature, "ece": diagram["ece"], "reliability": diagram},
         "report_dir": str(out_dir),
     }
+    if classifier is not None:  # the class head's case classification
+        summary["classification"] = classifier.summary()
     evaluation.write_report(rows, summary, out_dir)
     calibration.write_reliability_png(
         [(f"{split}, T={temperature:.3g}", diagram)], out_dir / RELIABILITY_PNG
@@ -164,6 +173,25 @@ def cross_validate_runs(
     for run in runs:
         postprocess.save_decision(decision, run.workdir / POSTPROCESSING_FILE)
     return summary
+
+
+def _case_classifier(run, spec, window, preprocessing):
+    """An `evaluation.CaseClassifier` when the run's model has a classification head
+    (`num_case_classes` > 0), with the run's `loss.class_target`; else None."""
+    from jaxseg import evaluation, inference, losses
+
+    heads = getattr(run.model, "num_case_classes", 0)
+    if not heads:
+        return None
+    target = losses.resolve_class_target(run.config.loss, spec.case_classes, run.info.labels)
+    losses.check_class_head(target, heads, run.config.model.name)
+    return evaluation.CaseClassifier(
+        inference.class_window_predictor(run.model, run.params),
+        target,
+        window,
+        preprocessing,
+        {c.case_id: c.case_class for c in spec.training},
+    )
 
 
 def _max_image_bytes(flag: int | None, config) -> int:
@@ -277,6 +305,13 @@ def main(argv) -> int:
         cal = summary["calibration"]
         print(
             f"expected calibration error: {cal['ece']:.4f} (temperature {cal['temperature']:.3g})"
+        )
+    if "classification" in summary:
+        c = summary["classification"]
+        print(
+            f"case classification ({c['target']}, {c['num_cases']} cases): AUC {c['auc']:.4f}, "
+            f"accuracy {c['accuracy']:.4f}, sensitivity {c['sensitivity']:.4f}, "
+            f"specificity {c['specificity']:.4f}"
         )
     print(f"report: {summary['report_dir']}")
     return 0

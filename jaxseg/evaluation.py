@@ -12,6 +12,7 @@ pooled out-of-fold metrics and the postprocessing decision).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -24,8 +25,68 @@ from etils import epath
 from jaxseg import calibration, inference, metrics, postprocess
 from jaxseg.data.io import Image
 from jaxseg.data.preprocess import CaseGrid, Preprocessing
-from jaxseg.errors import ConfigError, JaxsegError
+from jaxseg.errors import ConfigError, DataError, JaxsegError
+from jaxseg.losses import ClassTarget
 from jaxseg.metrics import METRIC_NAMES
+from jaxseg.metrics.classification import classification_metrics
+
+
+@dataclasses.dataclass
+class CaseClassifier:
+    """Collects a class head's case probabilities next to the segmentation (`wrap`), then
+    `summary()`: `metrics.classification.classification_metrics` over the cases.
+
+    A case's probabilities are `inference.case_class_probabilities` over its windows:
+    pooled by "max" for a derived target ("the patch holds class K": the case is positive
+    when any window is; K's presence in the case's label is its target), by "mean" for
+    dataset.json's per-case `class` (`case_classes`: case id -> class index).
+    """
+
+    predictor: object  # inference.class_window_predictor
+    target: ClassTarget
+    window: dict
+    preprocessing: Preprocessing
+    case_classes: dict
+    probs: list = dataclasses.field(default_factory=list)
+    targets: list = dataclasses.field(default_factory=list)
+
+    @property
+    def pooling(self) -> str:
+        return "max" if self.target.derived else "mean"
+
+    def wrap(self, cases: Iterable) -> Iterator:
+        """Yields the (case_id, Image, label) triples unchanged, classifying each first."""
+        for case_id, image, label in cases:
+            if self.target.derived:
+                if label is None:
+                    raise DataError(f"case '{case_id}': no label to derive its class from.")
+                truth = int((label == self.target.foreground_class).any())
+            else:
+                truth = self.case_classes.get(case_id)
+                if truth is None:
+                    raise DataError(f"case '{case_id}' has no 'class' in dataset.json.")
+            self.probs.append(
+                inference.case_class_probabilities(
+                    image.data,
+                    image.spacing,
+                    self.predictor,
+                    window=self.window,
+                    preprocessing=self.preprocessing,
+                    pooling=self.pooling,
+                    case=case_id,
+                )
+            )
+            self.targets.append(truth)
+            yield case_id, image, label
+
+    def summary(self) -> dict:
+        found = classification_metrics(np.stack(self.probs), np.asarray(self.targets))
+        return {
+            **found,
+            "target": self.target.describe(),
+            "pooling": self.pooling,
+            "classes": list(self.target.names),
+        }
 
 
 def predict_cases(

@@ -6,7 +6,10 @@
 grid: preprocessing (`jaxseg.data.preprocess.Preprocessing`: crop, normalise, resample),
 sliding windows (host loop, device predictions, optional TTA (mirroring, 90° rotations)
 inside the jitted function), resampling back, then the memory-bounded `argmax_labels`. Several folds'
-predictors average into one with `ensemble_predictor`.
+predictors average into one with `ensemble_predictor`. A multimodal model gets the
+modalities present (`presence`, absent ones masked out) through `make_predict_fn`; a model
+with a classification head gives per-window class probabilities (`class_window_predictor`),
+pooled per case by `case_class_probabilities`.
 
 `sliding_window_predict` behaves like MONAI's `sliding_window_inference`:
 
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -69,7 +73,11 @@ __all__ = [
     "uncrop_probabilities",
     "mirror_combinations",
     "make_predict_fn",
+    "make_patch_and_class_fn",
+    "accepts_presence",
     "window_predictor",
+    "class_window_predictor",
+    "case_class_probabilities",
     "window_logits",
     "TTA",
     "as_tta",
@@ -188,16 +196,7 @@ def sliding_window_predict(
     )
     batch_size, num_classes = int(batch_size), int(num_classes)
     spatial = image.shape[:-1]
-    channels = image.shape[-1]
-
-    # Pad axes shorter than the patch with the value training patches are padded with
-    # (`preprocess.PAD_VALUE`), split before/after as MONAI does.
-    pads = []
-    for n, p in zip(spatial, patch_size):
-        diff = max(p - n, 0)
-        pads.append((diff // 2, diff - diff // 2))
-    if any(before or after for before, after in pads):
-        image = np.pad(image, pads + [(0, 0)], constant_values=preprocess.PAD_VALUE)
+    image, pads = _pad_to_patch(image, patch_size)
     padded = image.shape[:-1]
 
     if mode == "gaussian":
@@ -209,14 +208,9 @@ def sliding_window_predict(
     probs = np.zeros((*padded, num_classes), np.float32)
     weights = np.zeros(padded, np.float32)
     windows = window_slices(padded, patch_size, overlap)
-    batch = np.zeros((batch_size, *patch_size, channels), np.float32)
     expected = (batch_size, *patch_size, num_classes)
 
-    for first in range(0, len(windows), batch_size):
-        group = windows[first : first + batch_size]
-        for i, sl in enumerate(group):
-            batch[i] = image[sl]
-        batch[len(group) :] = 0.0  # padding windows; outputs discarded
+    for group, batch in _window_batches(image, windows, patch_size, batch_size):
         out = np.asarray(predict_fn(batch), dtype=np.float32)
         if out.shape != expected:
             raise JaxsegError(
@@ -232,6 +226,30 @@ def sliding_window_predict(
     probs /= weights[..., None]
     crop = tuple(slice(before, before + n) for (before, _), n in zip(pads, spatial))
     return probs[crop]
+
+
+def _pad_to_patch(image: np.ndarray, patch_size) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Pads axes shorter than the patch with the value training patches are padded with
+    (`preprocess.PAD_VALUE`), split before/after as MONAI does -> (image, pads per axis)."""
+    pads = []
+    for n, p in zip(image.shape[:-1], patch_size):
+        diff = max(p - n, 0)
+        pads.append((diff // 2, diff - diff // 2))
+    if any(before or after for before, after in pads):
+        image = np.pad(image, pads + [(0, 0)], constant_values=preprocess.PAD_VALUE)
+    return image, pads
+
+
+def _window_batches(image, windows, patch_size, batch_size):
+    """Yields `(windows of the batch, batch [batch_size, *patch, C])`; the batch is one
+    buffer, refilled: the last one is padded with zero windows (outputs to discard)."""
+    batch = np.zeros((batch_size, *patch_size, image.shape[-1]), np.float32)
+    for first in range(0, len(windows), batch_size):
+        group = windows[first : first + batch_size]
+        for i, sl in enumerate(group):
+            batch[i] = image[sl]
+        batch[len(group) :] = 0.0
+        yield group, batch
 
 
 def argmax_labels(probs: np.ndarray) -> np.ndarray:
@@ -320,8 +338,38 @@ def _tta_outputs(apply: Callable, tta: TTA, params, x) -> list:
     return out
 
 
+def accepts_presence(model: nn.Module) -> bool:
+    """Whether `model.apply` takes a `presence` vector (multimodal models: lightseg_fusion)."""
+    return "presence" in inspect.signature(type(model).__call__).parameters
+
+
+def _presence_kwargs(model: nn.Module, presence) -> dict:
+    """`{"presence": p}` for `model.apply` (or {} for None), p a bool `[1, M]` tuple row;
+    ConfigError naming the model when it takes none."""
+    if presence is None:
+        return {}
+    if not accepts_presence(model):
+        name = getattr(model, "model_name", type(model).__name__)
+        raise ConfigError(
+            f"model {name!r} takes no presence vector (missing modalities); only multimodal "
+            "models such as lightseg_fusion do. Give every channel instead of --modalities."
+        )
+    return {"presence": np.asarray(presence, bool).reshape(1, -1)}
+
+
+def _apply_with_presence(model: nn.Module, params, x, presence: dict, **kw):
+    """`model.apply` with the `[1, M]` presence broadcast over the batch of x."""
+    if presence:
+        p = jnp.broadcast_to(presence["presence"], (x.shape[0], presence["presence"].shape[1]))
+        kw["presence"] = p
+    return model.apply({"params": params}, x, train=False, **kw)
+
+
 def make_predict_fn(
-    model: nn.Module, tta: TTA | Sequence[int] = (), temperature: float = 1.0
+    model: nn.Module,
+    tta: TTA | Sequence[int] = (),
+    temperature: float = 1.0,
+    presence: Sequence[bool] | None = None,
 ) -> Callable:
     """Returns `predict(params, image [b, *patch, C]) -> probabilities [b, *patch, K] f32`.
 
@@ -329,11 +377,15 @@ def make_predict_fn(
     the mean over the TTA's transforms of the input, each output transformed back. `()`:
     no TTA.
     temperature: the softmax temperature (`jaxseg.calibration`); 1 is the model as trained.
+    presence: M bools (or `[1, M]`), the modalities present in every window, passed as
+    `presence=` to `model.apply` (absent ones are masked out); None: not passed. Only a
+    model that takes it (`accepts_presence`) may get one, else ConfigError.
     """
     inverse_temperature = 1.0 / float(temperature)
+    present = _presence_kwargs(model, presence)
 
     def probabilities(params, x):
-        logits = model.apply({"params": params}, x, train=False).astype(jnp.float32)
+        logits = _apply_with_presence(model, params, x, present).astype(jnp.float32)
         if inverse_temperature != 1.0:
             logits = logits * inverse_temperature
         return jax.nn.softmax(logits, axis=-1)
@@ -348,19 +400,102 @@ def make_predict_fn(
     return predict
 
 
+def make_patch_and_class_fn(model: nn.Module, temperature: float = 1.0) -> Callable:
+    """For a model with a classification head: `f(params, image [b, *patch, C]) ->
+    (probabilities [b, *patch, K], class probabilities [b, num_case_classes])` f32, one
+    forward pass, no TTA (the export's patch signature); the temperature scales the
+    segmentation logits only (it was fitted on them)."""
+    inverse_temperature = 1.0 / float(temperature)
+
+    def predict(params, x):
+        logits, classes = model.apply({"params": params}, x, train=False, with_class_logits=True)
+        logits = logits.astype(jnp.float32)
+        if inverse_temperature != 1.0:
+            logits = logits * inverse_temperature
+        return jax.nn.softmax(logits, -1), jax.nn.softmax(classes.astype(jnp.float32), -1)
+
+    return predict
+
+
 @functools.lru_cache(maxsize=8)
-def _jitted_predict(model: nn.Module, tta: TTA, temperature: float) -> Callable:
-    return jax.jit(make_predict_fn(model, tta, temperature))
+def _jitted_predict(model: nn.Module, tta: TTA, temperature: float, presence) -> Callable:
+    return jax.jit(make_predict_fn(model, tta, temperature, presence))
+
+
+def _presence_key(presence) -> tuple[bool, ...] | None:
+    return None if presence is None else tuple(bool(v) for v in np.ravel(presence))
 
 
 def window_predictor(
-    model: nn.Module, params, tta: TTA | Sequence[int] = (), temperature: float = 1.0
+    model: nn.Module,
+    params,
+    tta: TTA | Sequence[int] = (),
+    temperature: float = 1.0,
+    presence: Sequence[bool] | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """`f(windows [b, *patch, C]) -> probabilities [b, *patch, K]`; compiled once per model,
-    TTA, temperature and window-batch shape, so new params (validation during training)
-    reuse it."""
-    predict = _jitted_predict(model, as_tta(tta), float(temperature))
+    TTA, temperature, presence (`make_predict_fn`) and window-batch shape, so new params
+    (validation during training) reuse it."""
+    predict = _jitted_predict(model, as_tta(tta), float(temperature), _presence_key(presence))
     return lambda windows: np.asarray(predict(params, windows))
+
+
+def class_window_predictor(
+    model: nn.Module, params, presence: Sequence[bool] | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """`f(windows [b, *patch, C]) -> class probabilities [b, num_case_classes]`: the softmax
+    of a classification head (`model.apply(..., with_class_logits=True)`), no TTA."""
+    present = _presence_kwargs(model, presence)
+
+    def classify(p, x):
+        _, logits = _apply_with_presence(model, p, x, present, with_class_logits=True)
+        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    jitted = jax.jit(classify)
+    return lambda windows: np.asarray(jitted(params, windows))
+
+
+# How a case's class probability is pooled from its windows' (`case_class_probabilities`).
+CLASS_POOLING = ("mean", "max")
+
+
+def case_class_probabilities(
+    image: np.ndarray,
+    spacing: Sequence[float],
+    class_predictor: Callable[[np.ndarray], np.ndarray],
+    *,
+    window: dict,
+    preprocessing: Preprocessing,
+    pooling: str,
+    case: str | None = None,
+) -> np.ndarray:
+    """A case as read -> its class probabilities `[C]` float64, pooled over the sliding
+    windows of the preprocessed case (the windows `sliding_window_predict` uses).
+
+    pooling: "mean", the mean of the windows' softmax (a per-case target: every window
+    shows the same case); "max", for 2 classes, P(class 1) = the largest window's (a target
+    "the patch holds class K" is 1 for the case when any window holds it), P(class 0) =
+    1 - that.
+    """
+    if pooling not in CLASS_POOLING:
+        raise ConfigError(f"case_class_probabilities: pooling {pooling!r} not in {CLASS_POOLING}")
+    x, _ = preprocessing.image(image, spacing, case=case)
+    patch = tuple(int(p) for p in window["patch_size"])
+    x, _ = _pad_to_patch(np.asarray(x, np.float32), patch)
+    windows = window_slices(x.shape[:-1], patch, window["overlap"])
+    out = [
+        np.asarray(class_predictor(batch), np.float64)[: len(group)]
+        for group, batch in _window_batches(x, windows, patch, int(window["batch_size"]))
+    ]
+    probs = np.concatenate(out)
+    if pooling == "mean":
+        return probs.mean(axis=0)
+    if probs.shape[1] != 2:
+        raise ConfigError(
+            f"case_class_probabilities: max pooling needs 2 classes, got {probs.shape[1]}"
+        )
+    top = probs[:, 1].max()
+    return np.array([1.0 - top, top])
 
 
 def window_logits(

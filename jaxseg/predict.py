@@ -12,6 +12,10 @@ files (0/255 for a model trained on 0/255 masks), as uint8 (uint16 when a value 
 --probabilities PATH also writes each case's class probabilities (16-bit NIfTI on the
 input's grid, classes on the last axis), at the temperature python -m jaxseg.calibrate
 fitted (none: the raw softmax): a file for one input file, else a folder of CASE.nii.gz.
+
+--modalities FLAIR,T1c: the input holds only these channels (exactly as many, in this
+order: a multi-channel file, or nnU-Net channel files _0000, _0001, ...); the model's other
+channels are absent (zeros, masked out by the presence vector; multimodal models only).
 """
 
 from __future__ import annotations
@@ -53,6 +57,14 @@ def main(argv) -> int:
         help="also write calibrated class probabilities (16-bit NIfTI, classes last): a "
         ".nii.gz file for one input file, else a folder",
     )
+    parser.add_argument(
+        "--modalities",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated channel names (dataset.json's channel_names) the input holds, "
+        "in its channel order; the others are absent (multimodal models, e.g. "
+        "lightseg_fusion). Default: every channel",
+    )
     cli.add_max_image_bytes(parser)
     args = parser.parse_args(argv)
 
@@ -65,6 +77,7 @@ def main(argv) -> int:
         tta=not args.no_tta,
         tta_rot90=args.tta_rot90,
         max_image_bytes=args.max_image_bytes,
+        modalities=None if args.modalities is None else args.modalities.split(","),
     )
     written = segmenter.segment_path(
         args.input, args.output, args.output_format, probabilities=args.probabilities

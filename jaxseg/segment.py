@@ -9,8 +9,8 @@ A GIF input gets a PNG mask.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,10 +18,10 @@ import numpy as np
 import tqdm
 
 from jaxseg import evaluation, inference
-from jaxseg.data import dicom, dicom_seg, io, outputs
+from jaxseg.data import dicom, dicom_seg, folders, io, outputs
 from jaxseg.data.labels import classes_to_values, values_to_classes
 from jaxseg.data.preprocess import Preprocessing
-from jaxseg.errors import DataError, JaxsegError
+from jaxseg.errors import ConfigError, DataError, JaxsegError
 from jaxseg.workdir import (
     load_postprocess_chain,
     load_postprocessing,
@@ -29,18 +29,10 @@ from jaxseg.workdir import (
     load_trained,
 )
 
-IMAGE_SUFFIXES = io.NIFTI_SUFFIXES + io.PIL_SUFFIXES
+IMAGE_SUFFIXES = folders.IMAGE_SUFFIXES
 # "auto": a mask like the input (NIfTI for NIfTI and DICOM, PNG for PNG/GIF, TIFF for TIFF);
 # "dicom-seg": a DICOM-SEG referencing the input series (DICOM input only).
 OUTPUT_FORMATS = ("auto", "dicom-seg")
-_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def _split_suffix(name: str) -> tuple[str, str]:
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix) :]
-    return name, ""
 
 
 class Segmenter:
@@ -55,6 +47,11 @@ class Segmenter:
     run's `eval.tta_rot90`). max_image_bytes: the largest image a file
     may claim (`io.read_image`); None: the run's `data.max_image_bytes`. Every output path
     is checked before the first case is segmented (`jaxseg.data.outputs`).
+    modalities: the channel names (dataset.json's `channel_names`, `RunInfo.channel_names`)
+    a case's files supply, in that order (a file with exactly that many channels, or that
+    many nnU-Net channel files `_0000`, `_0001`, ...); the other channels are zeros and
+    marked absent in the presence vector the model gets (`inference.make_predict_fn`;
+    multimodal models only). None: every channel.
     """
 
     max_image_bytes: int | None = None  # None: io.read_image's limit_image_bytes setting
@@ -67,6 +64,7 @@ class Segmenter:
         tta: bool = True,
         tta_rot90: bool | None = None,
         max_image_bytes: int | None = None,
+        modalities: Sequence[str] | None = None,
     ):
         if isinstance(workdirs, (str, os.PathLike)):
             workdirs = [workdirs]
@@ -93,12 +91,33 @@ class Segmenter:
         # Each run's softmax at the temperature jaxseg.calibrate fitted for it (1 if none):
         # the argmax of one run is unchanged; ensembles and probability maps are calibrated.
         self.temperatures = [load_temperature(r) for r in runs]
+        # The channels the files hold (indices into the run's), and the presence vector.
+        self._listed, presence = _listed_modalities(modalities, self.info)
         self._predictor = inference.ensemble_predictor(
             [
-                inference.window_predictor(r.model, r.params, augmentation, temperature=t)
+                inference.window_predictor(
+                    r.model, r.params, augmentation, temperature=t, presence=presence
+                )
                 for r, t in zip(runs, self.temperatures, strict=True)
             ]
         )
+
+    @property
+    def input_channels(self) -> int:
+        """The channels a case's files hold: the listed modalities', else the model's."""
+        return self.info.in_channels if self._listed is None else len(self._listed)
+
+    def _full_channels(self, image: io.Image) -> io.Image:
+        """The image with the listed channels in their places and zeros for the absent."""
+        if self._listed is None:
+            return image
+        data = np.zeros((*image.data.shape[:-1], self.info.in_channels), np.float32)
+        data[..., list(self._listed)] = image.data
+        return dataclasses.replace(image, data=data)
+
+    def _channel_names(self) -> list[str]:
+        names = self.info.channel_names or self.info.modalities
+        return list(names) if self._listed is None else [names[i] for i in self._listed]
 
     def segment(self, image: io.Image) -> np.ndarray:
         """Label map `[X, Y, (Z)]` on the image's own (canonical) grid, in label-file
@@ -113,11 +132,13 @@ class Segmenter:
         model's (TTA- and fold-averaged) softmax before postprocessing; background has
         probability 1 outside a nonzero crop."""
         channels = image.data.shape[-1]
-        if channels != self.info.in_channels:
+        if channels != self.input_channels:
+            listed = "" if self._listed is None else " listed by --modalities"
             raise JaxsegError(
-                f"{image.path} has {channels} channel(s); the model was "
-                f"trained on {self.info.in_channels} ({', '.join(self.info.modalities)})"
+                f"{image.path} has {channels} channel(s); the model takes "
+                f"{self.input_channels}{listed} ({', '.join(self._channel_names())})"
             )
+        image = self._full_channels(image)
         probs = None
         if probabilities:
             probs = evaluation.image_probabilities(
@@ -190,15 +211,10 @@ class Segmenter:
             named = output.name.lower().endswith((".dcm", *IMAGE_SUFFIXES))
             target = output if named else output / f"{input_path.name}{dicom_ending}"
             return self._run([([input_path], target, probs)], output_format)
-        cases: dict[str, list[Path]] = {}
-        suffix_of: dict[str, str] = {}
-        for path in sorted(input_path.iterdir()):
-            stem, suffix = _split_suffix(path.name)
-            if not suffix:
-                continue
-            match = _CHANNEL_FILE.match(stem) if self.info.in_channels > 1 else None
-            case = match["case"] if match else stem
-            cases.setdefault(case, []).append(path)
+        cases = folders.image_cases(input_path, self.input_channels)
+        suffix_of = {}
+        for case, paths in cases.items():
+            suffix = folders.split_suffix(paths[0].name)[1]
             suffix_of[case] = ".png" if suffix.lower() == ".gif" else suffix  # GIF is read-only
         if not cases:  # a folder of DICOM series folders
             for sub in sorted(p for p in input_path.iterdir() if p.is_dir()):
@@ -258,10 +274,37 @@ class Segmenter:
         ]
 
 
+def _listed_modalities(names, info) -> tuple[tuple[int, ...] | None, tuple[bool, ...] | None]:
+    """`--modalities` names -> (their channel indices, in the order given; presence per
+    channel), or (None, None) for None. ConfigError on an empty list, an undeclared or
+    repeated name, or a run.json without channel names."""
+    if names is None:
+        return None, None
+    names = [str(n).strip() for n in names]
+    declared = list(info.channel_names)
+    if not declared:
+        raise ConfigError(
+            "--modalities: this run's run.json records no channel names (trained before "
+            "they were recorded); retrain, or give every channel."
+        )
+    if not [n for n in names if n]:
+        raise ConfigError(f"--modalities is empty; name at least one of {', '.join(declared)}.")
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise ConfigError(
+            f"--modalities: {unknown[0]!r} is not a channel of the dataset; the declared "
+            f"channels are {', '.join(declared)}."
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--modalities names a channel twice: {', '.join(names)}.")
+    listed = tuple(declared.index(n) for n in names)
+    return listed, tuple(i in listed for i in range(len(declared)))
+
+
 def _is_series_folder(folder: Path) -> bool:
     """A folder holding files, none of them NIfTI/PNG/TIFF/GIF: a DICOM series."""
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    return bool(files) and not any(_split_suffix(p.name)[1] for p in files)
+    return bool(files) and not any(folders.split_suffix(p.name)[1] for p in files)
 
 
 def _check_dicom_seg_request(channel_paths: list[Path], output: Path) -> None:

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -32,6 +33,7 @@ from jaxseg import models, ops, postprocess
 from jaxseg.config import config_from_json
 from jaxseg.data.labels import check_label_values
 from jaxseg.errors import ConfigError, JaxsegError
+from jaxseg.models.peft import finetune_model
 from jaxseg.models.quantized import QuantizedModel
 
 CONFIG_FILE, RUN_FILE, SPLITS_FILE = "config.json", "run.json", "splits.json"
@@ -68,7 +70,9 @@ class RunInfo:
 
     `labels` maps class index -> name; `label_values[k]` is the value class k has in the
     dataset's label files, so predictions are written in those values (empty, as in
-    run.json files written before it existed: the identity).
+    run.json files written before it existed: the identity). `channel_names` are
+    dataset.json's names of the input channels, in order (`predict --modalities`), and
+    `case_classes` its case class names (a class head's); both empty in older run.json files.
     """
 
     dims: int
@@ -78,6 +82,8 @@ class RunInfo:
     modalities: tuple[str, ...]
     dataset_root: str
     label_values: tuple[int, ...] = ()
+    channel_names: tuple[str, ...] = ()
+    case_classes: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(
@@ -96,6 +102,8 @@ class RunInfo:
             modalities=tuple(spec.modalities),
             dataset_root=str(spec.root),
             label_values=tuple(spec.label_values),
+            channel_names=tuple(spec.channel_names),
+            case_classes=tuple(spec.case_classes),
         )
 
     def to_json(self) -> str:
@@ -106,7 +114,8 @@ class RunInfo:
         d = json.loads(text)
         d["labels"] = {int(k): v for k, v in d["labels"].items()}
         d["modalities"] = tuple(d["modalities"])
-        d["label_values"] = tuple(d.get("label_values", ()))
+        for key in ("label_values", "channel_names", "case_classes"):
+            d[key] = tuple(d.get(key, ()))
         return cls(**d)
 
 
@@ -240,7 +249,8 @@ def load_temperature(run: TrainedRun) -> float:
 
 def model_from_config(config: ml_collections.ConfigDict, info: RunInfo) -> nn.Module:
     """The model `config.model` names, for the data `info` describes, computing in
-    `train.compute_dtype` (its parameters stay float32)."""
+    `train.compute_dtype` (its parameters stay float32), with the LoRA or adapter layers
+    `finetune.method` adds (`jaxseg.models.peft`)."""
     args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in config.model.args.items()}
     dtype = config.train.get("compute_dtype", "float32")
     if dtype not in COMPUTE_DTYPES:
@@ -253,6 +263,8 @@ def model_from_config(config: ml_collections.ConfigDict, info: RunInfo) -> nn.Mo
         num_classes=info.num_classes,
         **args,
     )
+    # finetune.method lora / adapter: the same tree plus the LoRA or adapter leaves.
+    model = finetune_model(model, config, config.model.name)
     if is_quantized(config):  # written by python -m jaxseg.compress quantize
         scales = tuple((str(k), float(v)) for k, v in config[QUANTIZATION_KEY].act_scales)
         model = QuantizedModel(inner=model, act_scales=scales)
@@ -348,6 +360,46 @@ def load_trained(workdir: str | os.PathLike, which: str = AUTO) -> TrainedRun:
         f"no {what}checkpoint in {workdir}; train first with "
         f"python -m jaxseg.train --workdir {workdir}"
     )
+
+
+def read_params(workdir: str | os.PathLike, which: str = AUTO) -> tuple[Any, int, str]:
+    """`(params, step, slot)`: the `params` subtree of a checkpoint's train state as numpy
+    arrays, in the tree the checkpoint holds, with no model built (so a pretraining run's
+    parameters read back as well). `which` as in `load_trained`."""
+    workdir = as_path(workdir)
+    if which not in (AUTO, LATEST, BEST):
+        raise JaxsegError(f"unknown checkpoint {which!r}; use {AUTO!r}, {LATEST!r} or {BEST!r}")
+    for slot in (BEST, LATEST) if which == AUTO else (which,):
+        if not checkpoint_dir(workdir, slot).is_dir():
+            continue
+        manager = _params_reader(workdir, slot)
+        try:
+            step = checkpoint_step(manager, slot)
+            if step is None:
+                continue
+            stored = manager.item_metadata(step)[STATE_ITEM]
+            stored = getattr(stored, "tree", stored)
+            if "params" not in stored:
+                raise JaxsegError(f"{workdir}: the checkpoint of step {step} holds no params")
+            as_numpy = jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored["params"]
+            )
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        STATE_ITEM: ocp.args.PyTreeRestore(
+                            item={"params": stored["params"]},
+                            restore_args={"params": as_numpy},
+                            partial_restore=True,
+                        )
+                    }
+                ),
+            )
+        finally:
+            manager.close()
+        return restored[STATE_ITEM]["params"], int(step), slot
+    raise JaxsegError(f"no checkpoint in {workdir}; train (or pretrain) there first")
 
 
 def _params_reader(workdir: epath.Path, which: str) -> ocp.CheckpointManager:

@@ -2,7 +2,8 @@
 
 Geometry is checked against scipy.ndimage (affine_transform, map_coordinates,
 gaussian_filter1d) and numpy (flip, rot90, roll, FFT); intensity transforms against their
-formulas written out in numpy. Runtime ~60-90 s on the shared 2-core machine (mostly XLA
+formulas written out in numpy (the MRI artefacts, against torchio, are in
+tests/test_augment_mri.py). Runtime ~60-90 s on the shared 2-core machine (mostly XLA
 compile time); each test compiles a few small functions.
 """
 
@@ -16,6 +17,7 @@ import pytest
 from scipy import ndimage
 
 from jaxseg import augment
+from jaxseg.augment.stages import _stages
 from jaxseg.defaults import base_config
 from jaxseg.errors import ConfigError
 
@@ -154,7 +156,7 @@ def test_spatial_stage_in_batch_equals_scipy_on_its_own_parameters():
     cfg = _only(rotation_prob=1.0, scale_prob=1.0)
     x, y = augment.augment_batch(jax.random.key(5), image, label, cfg)
     resolved = augment.resolve_config(cfg)
-    stage = augment._stages(resolved, shape[1:], 1)[0]
+    stage = _stages(resolved, shape[1:], 1)[0]
     keys = jax.random.split(jax.random.key(5), 4)
     draws = jax.vmap(lambda k: jax.random.uniform(k, (stage.n_draws,)))(keys)
     for i in range(4):

@@ -25,6 +25,7 @@ LAYERS = {
     "jaxseg.streaming": 5,
     "jaxseg.compress": 5,
     "jaxseg.explain": 5,
+    "jaxseg.explain_maps": 5,
     "jaxseg.workdir": 4,
     "jaxseg.inference": 4,
     "jaxseg.postprocess": 4,
@@ -40,6 +41,7 @@ LAYERS = {
 UTILITIES = ("jaxseg.errors", "jaxseg.config", "jaxseg.defaults", "jaxseg")
 FACES = {
     "jaxseg.train",
+    "jaxseg.pretrain",
     "jaxseg.evaluate",
     "jaxseg.predict",
     "jaxseg.benchmark",
@@ -47,6 +49,7 @@ FACES = {
     "jaxseg.calibrate",
     "jaxseg.stream",
     "jaxseg.explain_cli",
+    "jaxseg.explain",  # python -m jaxseg.explain; the maps are jaxseg.explain_maps
     "jaxseg.cli",
     "jaxseg.export.__main__",
     "jaxseg.models.__main__",

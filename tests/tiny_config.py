@@ -19,7 +19,7 @@ def write_tiny_config(
     steps: int,
     warmup: int = 1,
     every: int | None = None,
-    features: tuple[int, ...] = (8, 16),
+    features: tuple[int, ...] | None = (8, 16),
     patch_size: tuple[int, ...] = (32, 32),
     batch_size: int = 2,
     max_val_cases: int = 1,
@@ -27,7 +27,8 @@ def write_tiny_config(
 ) -> Path:
     """Writes a `get_config()` file training `unet(features)` for `steps` steps on `root`,
     validating and checkpointing every `every` steps (default: once, at the end).
-    `settings` (dotted key -> value, e.g. `{"eval.tta": False}`) come last and win."""
+    `settings` (dotted key -> value, e.g. `{"eval.tta": False}`) come last and win;
+    `features=None` leaves model.args empty for another model named in `settings`."""
     every = every or steps
     values = {
         "data.root": str(root),
@@ -35,7 +36,7 @@ def write_tiny_config(
         "data.batch_size": batch_size,
         "data.num_threads": 1,
         "model.name": "unet",
-        "model.args.features": tuple(features),
+        **({} if features is None else {"model.args.features": tuple(features)}),
         "train.steps": steps,
         "train.warmup_steps": warmup,
         "train.log_every": every,

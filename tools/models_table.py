@@ -57,6 +57,23 @@ ZOO = [
     ("mobilenetv3_unet", "mobilenetv3_unet", {}, "Howard et al. 2019 (encoder)", (2, 3)),
     ("shufflenetv2_unet", "shufflenetv2_unet", {}, "Ma et al. 2018 (encoder)", (2, 3)),
     ("deeplabv3plus", "deeplabv3plus", {}, "Chen et al. 2018", (2,)),
+    ("umamba-bot", "umamba", {"variant": "bot"}, "Ma, Li & Wang 2024 (U-Mamba Bot)", (2, 3)),
+    ("umamba-enc", "umamba", {"variant": "enc"}, "Ma, Li & Wang 2024 (U-Mamba Enc)", (2, 3)),
+    (
+        "umamba-bot (identity)",
+        "umamba",
+        {"variant": "bot", "mixer": "identity"},
+        "U-Mamba Bot without its Mamba block (ablation)",
+        (2, 3),
+    ),
+    (
+        "umamba-bot (conv)",
+        "umamba",
+        {"variant": "bot", "mixer": "conv"},
+        "U-Mamba Bot, Mamba block replaced by a residual conv block (ablation)",
+        (2, 3),
+    ),
+    ("hcmamba", "hcmamba", {}, "Xu 2024 (HC-Mamba)", (2, 3)),
 ]
 SIZES = {2: 256, 3: 96}
 
@@ -139,6 +156,9 @@ def main(argv=None) -> None:
         "--render", type=Path, help="print the table of an earlier --out file; measure nothing"
     )
     p.add_argument("--only", nargs="*", help="row labels to measure (default: all)")
+    p.add_argument(
+        "--dims", type=int, nargs="*", default=[2, 3], help="2, 3 or both (default both)"
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     a = p.parse_args(argv)
@@ -155,7 +175,7 @@ def main(argv=None) -> None:
         for label, name, args, _, dims_ok in ZOO:
             if a.only and label not in a.only:
                 continue
-            for dims in dims_ok:
+            for dims in (d for d in dims_ok if d in a.dims):
                 row = measure(name, args, dims, a.repeats, a.warmup)
                 row["label"] = label
                 rows[(label, dims)] = row

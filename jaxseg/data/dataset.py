@@ -28,6 +28,13 @@ Cases
     `labelsTr/{case}{file_ending}` (test cases likewise from `imagesTs/`). `numTraining` /
     `numTest`, when given, must match.
 
+Case classes (a jaxseg extension, for a classification head next to segmentation)
+    `"case_classes": {"0": "absent", "1": "present"}` declares the class names (keys
+    0..C-1); a case entry's `"class"` is one of them, by index (`1`) or by name
+    (`"present"`), read into `Case.case_class` (the index). Either every training entry has
+    a `class` or none has (the error names the first without one); test entries may have one.
+    A `class` without `case_classes` is an error.
+
 Common keys
     `"dims"` (2 or 3) overrides `tensorImageSize`; without either, dims is 2 for
     PNG/TIFF/GIF and for NIfTI whose first training image has a singleton third axis, else 3.
@@ -88,6 +95,7 @@ class Case:
     image_paths: tuple[Path, ...]
     label_path: Path | None
     patient_id: str
+    case_class: int | None = None  # index into DatasetSpec.case_classes; None: not given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +115,7 @@ class DatasetSpec:
     training: tuple[Case, ...]
     test: tuple[Case, ...]
     label_values: tuple[int, ...] = ()
+    case_classes: tuple[str, ...] = ()  # declared case class names (dataset.json case_classes)
 
     def __post_init__(self):
         object.__setattr__(
@@ -276,7 +285,8 @@ def _entry_case(root: Path, entry: Any, path: Path, where: str, need_label: bool
         raise DataError(f"{path}: training case '{case_id}' has no 'label'.")
     label_path = _resolve(root, label) if label else None
     patient = str(entry.get("patient", case_id))
-    return Case(case_id, image_paths, label_path, patient)
+    # The raw `class` value; `_case_classes` checks it and turns it into an index.
+    return Case(case_id, image_paths, label_path, patient, entry.get("class"))
 
 
 def _listed_cases(root: Path, entries: Any, path: Path, where: str, need_label: bool) -> list[Case]:
@@ -320,6 +330,58 @@ def _discover(
         label = root / label_folder / f"{cid}{ending}" if label_folder else None
         cases.append(Case(cid, tuple(chans[c] for c in want), label, cid))
     return cases
+
+
+def _case_classes(
+    meta: dict, cases: dict[str, list[Case]], path: Path
+) -> tuple[tuple[str, ...], dict[str, list[Case]]]:
+    """`case_classes` and each case's `class` -> (class names, cases with `case_class` the
+    index). Raises DataError naming the key or the case."""
+    declared = meta.get("case_classes")
+    names: tuple[str, ...] = ()
+    if declared is not None:
+        if not isinstance(declared, dict) or not declared:
+            raise DataError(
+                f"{path}: 'case_classes' must be a non-empty mapping of class index to name, "
+                'like {"0": "absent", "1": "present"}.'
+            )
+        keys = sorted(_int_string(k) if _int_string(k) is not None else -1 for k in declared)
+        if keys != list(range(len(declared))):
+            raise DataError(
+                f"{path}: 'case_classes' keys must be the indices 0..{len(declared) - 1}; "
+                f"got {sorted(declared)}."
+            )
+        names = tuple(str(declared[str(i)]) for i in range(len(declared)))
+    out = {}
+    for where, listed in cases.items():
+        given = [c for c in listed if c.case_class is not None]
+        if given and not names:
+            raise DataError(
+                f"{path}: case '{given[0].case_id}' has a 'class' but no 'case_classes' "
+                'declares the class names; add e.g. "case_classes": {"0": "absent", '
+                '"1": "present"}.'
+            )
+        if where == "training" and given and len(given) < len(listed):
+            first = next(c for c in listed if c.case_class is None)
+            raise DataError(
+                f"{path}: training case '{first.case_id}' has no 'class' but "
+                f"{len(given)} of {len(listed)} training cases have one; give every training "
+                "case a 'class' or none."
+            )
+        resolved = []
+        for c in listed:
+            v = c.case_class
+            if v is not None:
+                index = names.index(v) if isinstance(v, str) and v in names else v
+                if not _is_int(index) or not 0 <= index < len(names):
+                    raise DataError(
+                        f"{path}: case '{c.case_id}' has class {v!r}; the declared classes "
+                        f"are {dict(enumerate(names))} (give an index or a name)."
+                    )
+                c = dataclasses.replace(c, case_class=int(index))
+            resolved.append(c)
+        out[where] = resolved
+    return names, out
 
 
 def _check_files(cases: Sequence[Case], path: Path) -> None:
@@ -443,6 +505,8 @@ def load_dataset(root: str | Path) -> DatasetSpec:
         test = []
     for key, cases in (("numTraining", training), ("numTest", test)):
         _check_count(meta, key, len(cases), path)
+    case_classes, found = _case_classes(meta, {"training": training, "test": test}, path)
+    training, test = found["training"], found["test"]
     _check_files(training, path)
     _check_files(test, path)
     dims = _infer_dims(meta, training or test, path)
@@ -456,6 +520,7 @@ def load_dataset(root: str | Path) -> DatasetSpec:
         training=tuple(training),
         test=tuple(test),
         label_values=tuple(value_names),
+        case_classes=case_classes,
     )
 
 

@@ -535,9 +535,7 @@ def write_mask(
     else:
         img = nib.Nifti1Image(np.ascontiguousarray(disk), reference.original_affine)
         img.set_data_dtype(dtype)
-        img.header.set_qform(reference.original_affine, code=1)
-        img.header.set_sform(reference.original_affine, code=1)
-        nib.save(img, str(path))
+        _save_nifti(img, reference, path)
     return path
 
 
@@ -575,6 +573,32 @@ def write_probabilities(probs_canonical: np.ndarray, reference: Image, path: str
     img = nib.Nifti1Image(np.ascontiguousarray(fixed), reference.original_affine)
     img.set_data_dtype(np.uint16)
     img.header.set_slope_inter(1.0 / PROBABILITY_SCALE, 0.0)
+    return _save_nifti(img, reference, path)
+
+
+def write_float_map(map_canonical: np.ndarray, reference: Image, path: str | Path) -> Path:
+    """Writes a float map `[X, Y, (Z)]` (canonical order, the reference's grid; a Grad-CAM
+    map) as a float32 NIfTI with the reference file's on-disk shape and affine, via a
+    temporary file renamed into place."""
+    path = Path(path)
+    data = np.asarray(map_canonical, np.float32)
+    if data.shape != reference.data.shape[:-1]:
+        raise DataError(
+            f"{path}: a map of shape {data.shape} does not match the reference image "
+            f"{reference.path} shape {reference.data.shape[:-1]}."
+        )
+    if _suffix(path) not in NIFTI_SUFFIXES:
+        raise DataError(f"{path}: float maps are written as NIfTI; use .nii.gz or .nii.")
+    img = nib.Nifti1Image(
+        np.ascontiguousarray(_to_disk_grid(data, reference)), reference.original_affine
+    )
+    img.set_data_dtype(np.float32)
+    return _save_nifti(img, reference, path)
+
+
+def _save_nifti(img, reference: Image, path: Path) -> Path:
+    """`img` with the reference's affine as qform and sform, written to a temporary file
+    renamed into place, so an interrupted write leaves no partial file."""
     img.header.set_qform(reference.original_affine, code=1)
     img.header.set_sform(reference.original_affine, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,9 @@
   voxels outside it are 0, as nnU-Net does when cropping removed a large share of each
   image. Otherwise, if more than half of the channel's voxels are exactly 0 (skull-stripped
   MRI, zero-padded scans), the statistics are over the nonzero voxels and zeros stay 0.
+  `data.normalize_mask` chooses the voxels explicitly (`NORMALIZE_MASKS`; `normalize`'s
+  `nonzero_mask` and `stats_mask`): "foreground" the nonzero mask always, "label" the
+  mean/std of the label's foreground (training only) applied over the nonzero mask.
 - "minmax01": `(x - min) / max(max - min, 1e-8)`, in [0, 1], per image.
 - "minmax11": `2 (x - min) / max(max - min, 1e-8) - 1`, in [-1, 1], per image.
 - "ct_window": clip to the window `(lo, hi)` HU and scale linearly to [-1, 1],
@@ -39,6 +42,7 @@ from jaxseg.errors import ConfigError, DataError
 
 __all__ = [
     "METHODS",
+    "NORMALIZE_MASKS",
     "channel_methods",
     "normalization_scheme",
     "normalize",
@@ -50,6 +54,12 @@ _EPS = 1e-8
 # The names `data.normalize` accepts; "percentile_clip+<one of _AFTER_CLIP>" as well.
 METHODS = ("auto", "zscore", "minmax01", "minmax11", "ct_window", "none", "percentile_clip")
 _AFTER_CLIP = ("zscore", "minmax01", "minmax11", "ct_window")
+
+# `data.normalize_mask`: which voxels z-score statistics come from (preprocess.Preprocessing).
+# "none": the rules above; "foreground": the nonzero mask (any channel, holes filled, as
+# nnU-Net's use_mask_for_norm), 0 outside; "label": the label's foreground voxels when the
+# case has a label (training patches), the nonzero mask when it has none (inference).
+NORMALIZE_MASKS = ("none", "foreground", "label")
 
 _FORMULAS = {
     "ct_window": "(clip(x, lo, hi) - (lo + hi) / 2) / ((hi - lo) / 2)",
@@ -117,15 +127,20 @@ def _stats_mask(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
     return mask
 
 
-def _zscore(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def _zscore(
+    x: np.ndarray, mask: np.ndarray | None, stats_mask: np.ndarray | None = None
+) -> np.ndarray:
+    # stats_mask: the voxels mean and std come from (default: those of `mask`).
     x = x.astype(np.float64)
     mask = _stats_mask(x, mask)
+    vals = x[stats_mask] if stats_mask is not None else (x if mask is None else x[mask])
+    if not vals.size:
+        return np.zeros_like(x) if mask is not None else x - x.mean()
+    mean, std = vals.mean(), max(vals.std(), _EPS)
     if mask is None:
-        return (x - x.mean()) / max(x.std(), _EPS)
+        return (x - mean) / std
     out = np.zeros_like(x)
-    vals = x[mask]
-    if vals.size:
-        out[mask] = (vals - vals.mean()) / max(vals.std(), _EPS)
+    out[mask] = (x[mask] - mean) / std
     return out
 
 
@@ -186,6 +201,7 @@ def normalization_scheme(
     nonzero_mask: bool = False,
     methods: Sequence[str] | None = None,
     clip_percentiles: tuple[float, float] = (0.5, 99.5),
+    normalize_mask: str = "none",
 ) -> list[dict]:
     """What `normalize` does to each channel, as JSON-ready dicts (export metadata).
 
@@ -197,9 +213,11 @@ def normalization_scheme(
     methods = channel_methods(methods, len(modalities))
     zscore_rule = (
         "over the nonzero mask (holes filled, any channel; 0 outside it)"
-        if nonzero_mask
+        if nonzero_mask or normalize_mask != "none"
         else "over the nonzero voxels (zeros kept 0) when more than half of the channel is 0"
     )
+    if normalize_mask == "label":  # this describes inference, where there is no label
+        zscore_rule += "; in training the mean and std came from the label's foreground"
     out = []
     stats_all = _channel_stats(intensity_stats, len(modalities))
     for c, (m, stats, method) in enumerate(zip(modalities, stats_all, methods)):
@@ -241,6 +259,7 @@ def normalize(
     nonzero_mask: np.ndarray | None = None,
     methods: Sequence[str] | str | None = None,
     clip_percentiles: tuple[float, float] = (0.5, 99.5),
+    stats_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Normalises each channel of `image` `[..., C]` by `methods[c]` (module docstring).
 
@@ -248,6 +267,9 @@ def normalize(
     intensity_stats: None, or per channel None / (p0.5, p99.5, mean, std) for CT channels.
     nonzero_mask: bool `[...]`; z-scored channels use it for their statistics and are 0
       outside it (None: the automatic more-than-half-zeros rule).
+    stats_mask: bool `[...]` or None; z-scored channels take mean and std from these voxels
+      (the label's foreground for `data.normalize_mask="label"`) instead, and apply them
+      where `nonzero_mask` says. Nothing else reads it.
     Returns float32 of the same shape. Raises DataError when the channel count and the
     number of modalities differ, ConfigError for an unknown method, an empty CT window,
     bad percentiles or bad statistics.
@@ -286,6 +308,6 @@ def normalize(
             if name == "minmax11":
                 y = 2.0 * y - 1.0
         else:
-            y = _zscore(x, nonzero_mask)
+            y = _zscore(x, nonzero_mask, stats_mask)
         out[..., c] = y
     return out

@@ -72,19 +72,27 @@ def load_training_arrays(
     spec: DatasetSpec,
     cases: Sequence[Case],
     preprocessing: preprocess.Preprocessing | None = None,
+    *,
+    labels: bool = True,
 ) -> list[_CaseArrays]:
     """Loads, validates and preprocesses labelled cases once (kept in memory): cropped,
     normalised and resampled to the model's grid (`preprocess.Preprocessing`; default:
-    normalisation only). A class that resampling makes vanish from a case is warned about."""
+    normalisation only). A class that resampling makes vanish from a case is warned about.
+    labels=False (pretraining): the cases' labels are not read, and every label is 0."""
     prep = preprocessing or preprocess.Preprocessing(spec.modalities)
     out = []
     for case in tqdm.tqdm(cases, desc="load", unit="case", leave=False, disable=len(cases) < 20):
+        if not labels:
+            case = dataclasses.replace(case, label_path=None)
         image, label = load_case(spec, case)
-        if label is None:
+        if label is None and not labels:
+            label = np.zeros(image.data.shape[:-1], np.int32)
+        elif label is None:
             raise DataError(
                 f"case '{case.case_id}': has no label file; training cases need labels."
             )
-        data, grid = prep.image(image.data, image.spacing, case=case.case_id)
+        # the label only for data.normalize_mask="label" (training cases alone have it here)
+        data, grid = prep.image(image.data, image.spacing, case=case.case_id, label=label)
         label, vanished = prep.label(label, grid, spec.num_classes)
         for k in vanished:
             warnings.warn(
@@ -223,6 +231,8 @@ def train_batches(
     num_workers: int = 0,
     preprocessing: preprocess.Preprocessing | None = None,
     distance_maps: bool = False,
+    labels: bool = True,
+    case_classes: bool = False,
 ) -> BatchIterator:
     """An endless iterator of this process's training batches.
 
@@ -235,7 +245,9 @@ def train_batches(
     iterator (`.close()`) to stop the threads and join the workers. `distance_maps=True`
     (the boundary loss asks for it) adds `"distance_maps": f32 [b, *patch_size, K - 1]`, the
     signed distance maps of each patch's label (`data.distance_maps`, in voxels); without
-    it nothing is computed.
+    it nothing is computed. `labels=False` (pretraining) reads no label files: every
+    label is 0 (use foreground_fraction=0). `case_classes=True` (a class head trained on
+    dataset.json's `class`) adds `"case_class": int32 [b]`, each patch's `Case.case_class`.
     """
     patch = check_patch_size(patch_size, spec)
     if not 0.0 <= foreground_fraction <= 1.0:
@@ -257,7 +269,15 @@ def train_batches(
             f"processes ({nproc})."
         )
     per_process = batch_size // nproc
-    arrays = load_training_arrays(spec, cases, preprocessing)
+    if case_classes:
+        unclassed = [c.case_id for c in cases if c.case_class is None]
+        if unclassed:
+            raise DataError(
+                f"{spec.root}: training case '{unclassed[0]}' has no 'class' in dataset.json; "
+                'loss.class_target "field" needs one per training case.'
+            )
+    classes = np.asarray([c.case_class or 0 for c in cases], np.int32)
+    arrays = load_training_arrays(spec, cases, preprocessing, labels=labels)
 
     n = len(arrays)
 
@@ -272,6 +292,8 @@ def train_batches(
         )
         if distance_maps:
             out["distance_maps"] = signed_distance_maps(out["label"], spec.num_classes)
+        if case_classes:
+            out["case_class"] = classes[case]
         return out
 
     ds = (

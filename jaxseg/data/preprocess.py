@@ -28,6 +28,7 @@ import numpy as np
 from jaxseg.data import resample
 from jaxseg.data.enhance import Enhancement
 from jaxseg.data.normalize import (
+    NORMALIZE_MASKS,
     _channel_stats,
     _check_percentiles,
     channel_methods,
@@ -81,6 +82,7 @@ class Preprocessing:
 
     normalize: one canonical `jaxseg.data.normalize` method per channel, or None ("auto"
     for every channel). enhancement: denoising and CLAHE (off by default).
+    normalize_mask: the voxels z-score statistics come from (`normalize.NORMALIZE_MASKS`).
     """
 
     modalities: tuple[str, ...]
@@ -91,8 +93,13 @@ class Preprocessing:
     normalize: tuple[str, ...] | None = None
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     enhancement: Enhancement = Enhancement()
+    normalize_mask: str = "none"
 
     def __post_init__(self):
+        if self.normalize_mask not in NORMALIZE_MASKS:
+            raise ConfigError(
+                f"data.normalize_mask = {self.normalize_mask!r}: expected one of {NORMALIZE_MASKS}."
+            )
         # One spelling per meaning, so that equal plans compare equal (fold ensembles).
         if self.normalize is not None:
             methods = channel_methods(self.normalize, len(self.modalities))
@@ -128,6 +135,7 @@ class Preprocessing:
             normalize=channel_methods(data.get("normalize"), len(modalities)),
             clip_percentiles=_check_percentiles(data.get("clip_percentiles", (0.5, 99.5))),
             enhancement=Enhancement.from_config(data),
+            normalize_mask=data.get("normalize_mask", "none"),
         )
         _channel_stats(prep.intensity_stats, len(prep.modalities))
         prep.enhancement.check_channels(len(prep.modalities))
@@ -143,18 +151,29 @@ class Preprocessing:
                 self.crop_nonzero,
                 self.normalize,
                 self.clip_percentiles,
+                self.normalize_mask,
             ),
             "crop_nonzero": self.crop_nonzero,
             "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
+            # only when set, so that the metadata of earlier runs is unchanged
+            **({"normalize_mask": self.normalize_mask} if self.normalize_mask != "none" else {}),
             **self.enhancement.describe(),
         }
 
     def image(
-        self, data: np.ndarray, spacing: Sequence[float], *, case: str | None = None
+        self,
+        data: np.ndarray,
+        spacing: Sequence[float],
+        *,
+        case: str | None = None,
+        label: np.ndarray | None = None,
     ) -> tuple[np.ndarray, CaseGrid]:
         """`data [*S, C]` at `spacing` -> (float32 `[*S', C]` on the model's grid, CaseGrid).
 
-        case: the case's name, for errors (CLAHE on a constant channel)."""
+        case: the case's name, for errors (CLAHE on a constant channel).
+        label: class indices `[*S]` of a training case; read only with
+          `normalize_mask="label"` (statistics over its foreground). Never pass it for
+          validation or inference: the input would then depend on the answer."""
         data = np.asarray(data)
         shape = tuple(data.shape[:-1])
         spacing = tuple(float(s) for s in spacing)
@@ -169,6 +188,13 @@ class Preprocessing:
             mask = resample.nonzero_mask(data)
         else:
             box, mask = tuple(slice(0, n) for n in shape), None
+            if self.normalize_mask != "none":
+                mask = resample.nonzero_mask(data)
+        stats_mask = None
+        if self.normalize_mask == "label" and label is not None:
+            fg = resample.crop(np.asarray(label), box) > 0
+            # a case without foreground has no label statistics: its nonzero mask's instead
+            stats_mask = fg if fg.any() else None
         if self.enhancement.active:
             data = self.enhancement.apply(
                 data, spacing, case="<unnamed image>" if case is None else case
@@ -181,6 +207,7 @@ class Preprocessing:
             mask,
             self.normalize,
             self.clip_percentiles,
+            stats_mask,
         )
         model_spacing = spacing
         if self.target_spacing is not None:

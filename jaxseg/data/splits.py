@@ -3,6 +3,8 @@
 `make_splits(cases, seed=..., fold=..., num_folds=...)` is the one entry point; training
 calls it with `data.split_seed`, `data.fold` and `data.num_folds` and records the case ids
 in `workdir/splits.json`. It returns `{"train": cases, "val": cases, "test": cases}`.
+`labelled_subset` keeps a fraction of the training split's patients (`data.train_fraction`,
+for learning curves); val and test are never subsampled.
 
 fold None: the 7:1:2 split (`split_cases`)
     Patients (not cases) are shuffled by `seed` (from their sorted ids, so the input order
@@ -84,6 +86,20 @@ def make_splits(
         "val": tuple(c for c in pool if c.patient_id in val),
         "test": test,
     }
+
+
+def labelled_subset(cases: Sequence[Case], fraction: float, *, seed: int) -> tuple[Case, ...]:
+    """`ceil(fraction * patients)` patients of `cases` (at least one), drawn by `seed`, with
+    all their cases, in input order: the training split of a learning curve
+    (`data.train_fraction`). fraction 1 returns `cases` unchanged."""
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ConfigError(f"data.train_fraction = {fraction!r}: expected a fraction in (0, 1].")
+    if float(fraction) == 1.0:
+        return tuple(cases)
+    patients = sorted({c.patient_id for c in cases})
+    keep = max(1, int(np.ceil(float(fraction) * len(patients))))
+    chosen = set(np.random.default_rng(seed).permutation(patients)[:keep].tolist())
+    return tuple(c for c in cases if c.patient_id in chosen)
 
 
 def split_requirement(fold: int | None, num_folds: int = 5) -> str:

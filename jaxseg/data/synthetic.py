@@ -22,6 +22,12 @@ resolution, blurred and block-averaged (partial volume), then multiplied by a sm
 bias field and corrupted with Rician noise. Structure sizes scale with the image: at 128x128
 the organ is ~55-85 px across, the lesion ~20-30 px and the core >= ~10 px.
 
+With `--modalities 2` (`make_multimodal_case`) each case has two channels, "A" and "B":
+label 1 "structure_A" is bright in A only, label 2 "structure_B" in B only, and distractors
+are bright in both, so only the two modalities together segment the image. structure_B is
+missing from every third case; dataset.json gives each case a `class` (1: structure_B
+present) and declares the names in `case_classes` (docs/data.md, docs/multimodal.md).
+
 Geometry is generated in canonical (RAS) voxel order; the files are written with a
 non-canonical orientation (axes permuted and flipped, LPS-like) and a small random rotation
 in the affine, identical for image and label, with anisotropic spacing (default 0.7 x 0.9 mm
@@ -42,7 +48,16 @@ import numpy as np
 from nibabel import orientations as nio
 from scipy import ndimage
 
-__all__ = ["LABELS", "make_case", "write_dataset", "main"]
+__all__ = [
+    "CASE_CLASSES",
+    "LABELS",
+    "MULTIMODAL_LABELS",
+    "has_structure_b",
+    "make_case",
+    "make_multimodal_case",
+    "write_dataset",
+    "main",
+]
 
 LABELS = {0: "background", 1: "organ", 2: "edema", 3: "core"}
 _SS = 2  # supersampling factor for the partial-volume rendering
@@ -100,6 +115,24 @@ def _bias_field(rng: np.random.Generator, shape, strength: float) -> np.ndarray:
     return np.exp(strength * f).astype(np.float32)
 
 
+def _place(
+    rng, placed: list, centre, body_axes, radius: tuple[float, float], scale: float, tries: int
+):
+    """A blob inside the body, clear of the `placed` (centre, radius) pairs by 3 px: up to
+    `tries` draws of a radius (uniform in `radius`, times `scale`) and a centre. Returns (centre, radius), appended to
+    `placed`, or None when every draw failed."""
+    dims = len(centre)
+    for _ in range(tries):
+        r = rng.uniform(*radius) * scale
+        c = centre + rng.uniform(-1, 1, dims) * (body_axes - r - 2)
+        if np.sum(((c - centre) / (body_axes - r - 2)) ** 2) <= 1.0 and all(
+            np.linalg.norm(c - pc) > r + pr + 3 for pc, pr in placed
+        ):
+            placed.append((c, r))
+            return c, r
+    return None
+
+
 def make_case(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """One phantom in canonical voxel order -> (image float32 `[*shape]`, label uint8 `[*shape]`)."""
     shape = tuple(int(s) for s in shape)
@@ -152,16 +185,10 @@ def make_case(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarra
     kinds = rng.permutation([0, 1, 2] + list(rng.integers(0, 3, size=max(n_dis - 3, 0))))[:n_dis]
     placed = [(organ_c, organ_axes.max() + 2)]
     for kind in kinds:
-        for _ in range(30):
-            r = rng.uniform(0.05, 0.10) * m
-            c = centre_img + rng.uniform(-1, 1, dims) * (body_axes - r - 2)
-            if np.sum(((c - centre_img) / (body_axes - r - 2)) ** 2) <= 1.0 and all(
-                np.linalg.norm(c - pc) > r + pr + 3 for pc, pr in placed
-            ):
-                break
-        else:
+        spot = _place(rng, placed, centre_img, body_axes, (0.05, 0.10), m, tries=30)
+        if spot is None:
             continue
-        placed.append((c, r))
+        c, r = spot
         d_axes, d_rot = r * ratios(0.7, 1.0), _rotation(rng, dims)
         d_hr, _ = ellipse(c, d_axes, d_rot)
         if kind == 0:
@@ -179,22 +206,84 @@ def make_case(rng: np.random.Generator, shape: Sequence[int]) -> tuple[np.ndarra
     img[les_hr] = _EDEMA
     img[core_hr] = _CORE
 
-    # Partial volume: blur at high resolution, then average blocks of SS^dims samples.
-    img = ndimage.gaussian_filter(img, 0.5 * _SS)
-    img = img.reshape([v for s in shape for v in (s, _SS)]).mean(axis=tuple(range(1, 2 * dims, 2)))
-
-    # Bias field, global gain, Rician noise.
-    img = img * _bias_field(rng, shape, 0.25) * rng.uniform(0.85, 1.15)
-    sigma = 0.05 * rng.uniform(0.8, 1.2)
-    n1 = rng.normal(0, sigma, shape).astype(np.float32)
-    n2 = rng.normal(0, sigma, shape).astype(np.float32)
-    img = np.sqrt((img + n1) ** 2 + n2**2) * 1000.0  # MR-like arbitrary units
-
+    img = _acquire(rng, img, shape)
     label = np.zeros(shape, np.uint8)
     label[organ_lr] = 1
     label[les_lr] = 2
     label[core_lr] = 3
-    return img.astype(np.float32), label
+    return img, label
+
+
+def _acquire(rng: np.random.Generator, img_hr: np.ndarray, shape) -> np.ndarray:
+    """High-res intensities -> the "scanned" image `[*shape]` float32: partial volume (blur
+    at high resolution, average blocks of SS^dims samples), a smooth bias field, a global
+    gain and Rician noise, in MR-like arbitrary units."""
+    dims = len(shape)
+    img = ndimage.gaussian_filter(img_hr, 0.5 * _SS)
+    img = img.reshape([v for s in shape for v in (s, _SS)]).mean(axis=tuple(range(1, 2 * dims, 2)))
+    img = img * _bias_field(rng, shape, 0.25) * rng.uniform(0.85, 1.15)
+    sigma = 0.05 * rng.uniform(0.8, 1.2)
+    n1 = rng.normal(0, sigma, shape).astype(np.float32)
+    n2 = rng.normal(0, sigma, shape).astype(np.float32)
+    return (np.sqrt((img + n1) ** 2 + n2**2) * 1000.0).astype(np.float32)
+
+
+# Two-modality phantoms (`--modalities 2`): intensities in modality A and modality B.
+MULTIMODAL_LABELS = {0: "background", 1: "structure_A", 2: "structure_B"}
+CASE_CLASSES = {0: "absent", 1: "present"}  # the case class: is structure_B in the case?
+MULTIMODAL_CHANNELS = ("A", "B")
+_TISSUE_AB, _BRIGHT_AB = (0.30, 0.45), (0.75, 0.85)
+
+
+def has_structure_b(index: int) -> bool:
+    """Whether case `index` of a 2-modality phantom set holds structure_B: every case but
+    each third one (1, 4, 7, ...), so the case class is never constant from 3 cases on."""
+    return index % 3 != 1
+
+
+def make_multimodal_case(
+    rng: np.random.Generator, shape: Sequence[int], with_b: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-modality phantom in canonical voxel order -> (image float32 `[*shape, 2]`, label
+    uint8 `[*shape]`).
+
+    A body of textured tissue (seen in both modalities, with different contrast) holds:
+    label 1 "structure_A", an ellipse bright in modality A only (B shows plain tissue there);
+    label 2 "structure_B" (when `with_b`), bright in modality B only; and 2-4 distractors,
+    bright in BOTH modalities (background). So neither modality alone segments the image:
+    in A, structure_A looks like a distractor, and only B tells them apart (and vice versa).
+    Each modality gets its own bias field and noise (`_acquire`, as `make_case`)."""
+    shape = tuple(int(s) for s in shape)
+    dims = len(shape)
+    m = float(min(shape))
+    centre_img = np.array([(s - 1) / 2 for s in shape])
+    lo, hi = _Grid(shape, _SS), _Grid(shape, 1)
+    body_axes = np.array([0.47 * s for s in shape]) * rng.uniform(0.9, 1.0, dims)
+    body_hr = lo.quad(centre_img, body_axes, np.eye(dims)) < 1.0
+    texture = _smooth_noise(rng, lo.shape, 3.0 * _SS)
+    imgs = [np.full(lo.shape, _AIR, np.float32) for _ in range(2)]
+    for img, tissue in zip(imgs, _TISSUE_AB):
+        img[body_hr] = tissue
+        img += body_hr * (0.05 * texture)
+
+    placed: list[tuple[np.ndarray, float]] = []
+    label = np.zeros(shape, np.uint8)
+    # (label, modalities it is bright in): the structures first, so they always find room.
+    kinds = [(1, (0,))] + ([(2, (1,))] if with_b else [])
+    kinds += [(0, (0, 1))] * int(rng.integers(2, 5))
+    for value, bright in kinds:  # one size range for all: size tells nothing
+        spot = _place(rng, placed, centre_img, body_axes, (0.07, 0.13), m, tries=50)
+        if spot is None:
+            continue
+        c, r = spot
+        axes, rot = r * rng.uniform(0.7, 1.0, dims), _rotation(rng, dims)
+        inside_hr = lo.quad(c, axes, rot) < 1.0
+        for i in bright:
+            imgs[i][inside_hr] = _BRIGHT_AB[i] + rng.uniform(-0.03, 0.03)
+        if value:
+            label[hi.quad(c, axes, rot) < 1.0] = value
+    image = np.stack([_acquire(rng, img, shape) for img in imgs], axis=-1)
+    return image, label
 
 
 # On-disk orientation of the canonical axes (rows: world axis, flip): disk axis 0 runs
@@ -238,6 +327,7 @@ def write_dataset(
     num_test: int = 0,
     spacing: Sequence[float] | None = None,
     name: str = "phantom",
+    modalities: int = 1,
 ) -> Path:
     """Writes a phantom dataset in MSD layout and returns `out_dir`.
 
@@ -250,7 +340,13 @@ def write_dataset(
       num_test: extra cases in imagesTs/ (their labels in labelsTs/, not in dataset.json).
       spacing: voxel size in mm along the canonical axes; default (0.7, 0.9) or (0.8, 0.8, 2.5).
       name: dataset and file-name prefix.
+      modalities: 1 (`make_case`, one file per case) or 2 (`make_multimodal_case`: one file
+        per channel, `{name}_XXX_0000.nii.gz` for A and `_0001` for B; dataset.json declares
+        `channel_names` {"0": "A", "1": "B"} and `case_classes` {"0": "absent", "1": "present"},
+        and every case entry a `class`: 1 when structure_B is in it, see `has_structure_b`).
     """
+    if modalities not in (1, 2):
+        raise ValueError(f"modalities must be 1 or 2, got {modalities}")
     if dims not in (2, 3):
         raise ValueError(f"dims must be 2 or 3, got {dims}")
     shape = tuple(int(s) for s in shape)
@@ -268,28 +364,60 @@ def write_dataset(
     training, test = [], []
     for i in range(num_cases + num_test):
         rng = np.random.default_rng([seed, i])
-        img, lab = make_case(rng, shape)
+        if modalities == 1:
+            img, lab = make_case(rng, shape)
+            channels = [img]
+        else:
+            img, lab = make_multimodal_case(rng, shape, with_b=has_structure_b(i))
+            channels = [img[..., k] for k in range(modalities)]
         affine = _case_affine(rng, shape, spacing)
-        img3, lab3 = (img[..., None], lab[..., None]) if dims == 2 else (img, lab)
-        img_d, aff_d = _to_disk(img3, affine)
-        lab_d, _ = _to_disk(lab3, affine)
+        lab3 = lab[..., None] if dims == 2 else lab
+        lab_d, aff_d = _to_disk(lab3, affine)
         fname = f"{name}_{i:03d}.nii.gz"
         split = "Tr" if i < num_cases else "Ts"
-        _save(img_d, aff_d, dirs[f"images{split}"] / fname, np.float32)
+        files = []
+        for k, channel in enumerate(channels):
+            img_d, _ = _to_disk(channel[..., None] if dims == 2 else channel, affine)
+            cname = fname if modalities == 1 else f"{name}_{i:03d}_{k:04d}.nii.gz"
+            _save(img_d, aff_d, dirs[f"images{split}"] / cname, np.float32)
+            files.append(f"./images{split}/{cname}")
         _save(lab_d, aff_d, dirs[f"labels{split}"] / fname, np.uint8)
+        if modalities == 1:
+            entry = {"image": files[0], "label": f"./labelsTr/{fname}"}
+        else:  # the structure_B class from the label, the truth whatever the placement did
+            entry = {
+                "image": files,
+                "label": f"./labels{split}/{fname}",
+                "class": int((lab == 2).any()),
+            }
         if split == "Tr":
-            training.append({"image": f"./imagesTr/{fname}", "label": f"./labelsTr/{fname}"})
-        else:
-            test.append(f"./imagesTs/{fname}")
+            training.append(entry)
+        elif modalities == 1:
+            test.append(files[0])
+        else:  # labelsTs/ is for scoring, kept out of dataset.json as in the 1-modality set
+            test.append({"image": files, "class": entry["class"]})
+    if modalities == 1:
+        what = "organ with a lesion (edema rim around a core) among distractors."
+        channels_meta = {"modality": {"0": "MRI"}}
+        labels = LABELS
+    else:
+        what = (
+            "2 modalities; structure_A bright in A only, structure_B in B only (absent from "
+            "every third case: the case class), distractors bright in both."
+        )
+        channels_meta = {
+            "channel_names": dict(enumerate(MULTIMODAL_CHANNELS)),
+            "case_classes": {str(k): v for k, v in CASE_CLASSES.items()},
+        }
+        labels = MULTIMODAL_LABELS
     meta = {
         "name": name,
-        "description": f"jaxseg synthetic {dims}D phantoms (seed {seed}); organ with a lesion "
-        "(edema rim around a core) among distractors.",
+        "description": f"jaxseg synthetic {dims}D phantoms (seed {seed}); {what}",
         "reference": "jaxseg.data.synthetic",
         "licence": "CC0",
         "tensorImageSize": f"{dims}D",
-        "modality": {"0": "MRI"},
-        "labels": {str(k): v for k, v in LABELS.items()},
+        **channels_meta,
+        "labels": {str(k): v for k, v in labels.items()},
         "numTraining": num_cases,
         "numTest": num_test,
         "training": training,
@@ -310,6 +438,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-test", type=int, default=0)
     p.add_argument("--spacing", default=None, help="comma-separated mm, e.g. 0.7,0.9")
+    p.add_argument(
+        "--modalities",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: two-channel phantoms, one structure visible in each channel, a case class",
+    )
     a = p.parse_args(argv)
     try:
         shape = tuple(int(v) for v in a.shape.split(","))
@@ -322,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=a.seed,
             num_test=a.num_test,
             spacing=spacing,
+            modalities=a.modalities,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ from jaxseg.data.preprocess import Preprocessing
 from jaxseg.export.pipeline import segment_function
 from jaxseg.export.saved_model import METADATA_FILENAME, export_saved_model
 from jaxseg.export.tflite import write_tflite_float16
+from jaxseg.models import peft
 from jaxseg.workdir import TrainedRun, load_temperature, load_trained
 
 
@@ -21,6 +22,8 @@ def platform_model(model, platform: str):
     kernels on TPU, XLA and CPU-fast forms elsewhere). The choices change how attention
     and convolutions are computed, never which parameters exist; models without an
     implementation field ignore them."""
+    if isinstance(model, (peft.LoraModel, peft.AdapterModel)):  # the choices are inner's
+        return model.clone(inner=platform_model(model.inner, platform))
     fields = {f.name for f in dataclasses.fields(model)}
     choices = {k: v for k, v in ops.platform_choices(platform).items() if k in fields}
     return model.clone(**choices) if choices else model
@@ -28,11 +31,13 @@ def platform_model(model, platform: str):
 
 def platform_predict_fns(model, platforms, temperature: float = 1.0) -> dict:
     """`{platform: predict(params, x)}` over one parameter tree, each with that
-    platform's operator choices (`platform_model`) and the run's softmax temperature."""
-    return {
-        p: inference.make_predict_fn(platform_model(model, p), temperature=temperature)
-        for p in platforms
-    }
+    platform's operator choices (`platform_model`) and the run's softmax temperature. A
+    model with a classification head (`num_case_classes` > 0) predicts (probabilities,
+    class probabilities), the signature's two outputs."""
+    make = inference.make_predict_fn
+    if getattr(model, "num_case_classes", 0):
+        make = inference.make_patch_and_class_fn
+    return {p: make(platform_model(model, p), temperature=temperature) for p in platforms}
 
 
 def export_metadata(run: TrainedRun) -> dict:
@@ -57,6 +62,17 @@ def export_metadata(run: TrainedRun) -> dict:
     }
 
 
+def merged_lora(run: TrainedRun) -> TrainedRun:
+    """`run` with its LoRA factors folded into the kernels (`W + (alpha / r) A B`,
+    `peft.merge_lora`) and the plain model, so the export is an ordinary one; any other run
+    as it is (adapters cannot merge: they are exported as part of the model)."""
+    model = run.model
+    if not isinstance(model, peft.LoraModel) or not peft.mergeable(run.params):
+        return run
+    params = peft.merge_lora(run.params, model.alpha)
+    return dataclasses.replace(run, model=model.inner, params=params)
+
+
 def export_run(
     workdir: str | os.PathLike,
     output: str | os.PathLike,
@@ -78,7 +94,7 @@ def export_run(
     export (it is replaced), never the workdir, a folder holding it, or anything else.
     """
     outputs.check_export_dir(output, marker=METADATA_FILENAME, protect=[workdir])
-    run = load_trained(workdir, which)
+    run = merged_lora(load_trained(workdir, which))
     temperature = load_temperature(run)
     metadata = export_metadata(run)
     segment_fn = target_spacing = None

@@ -48,6 +48,8 @@ FORMAT_VERSION = 1
 SUPPORTED_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+# The second output of a model with a case-classification head: [b, C] softmax per window.
+CLASS_OUTPUT_NAME = "class_probabilities"
 SEGMENT_SIGNATURE = "segment"
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -180,6 +182,9 @@ def _output_shape(fn: ApplyFn, params, patch: tuple[int, ...], in_channels: int,
         x = jax.ShapeDtypeStruct((b, *patch, in_channels), jnp.float32)
         try:
             out = jax.eval_shape(fn, p, x)
+            classes = None
+            if isinstance(out, tuple) and len(out) == 2:  # (probabilities, class probabilities)
+                out, classes = out
         except Exception as e:  # add a hint, keep the original error and traceback
             e.add_note(
                 f"jaxseg.export: tracing apply_fn for platform {platform!r} on an image "
@@ -198,13 +203,22 @@ def _output_shape(fn: ApplyFn, params, patch: tuple[int, ...], in_channels: int,
                 f"{in_channels}] to {got}; it must return one array of probabilities "
                 f"[{b}, {shape_txt}, K] for any batch size. Check patch_size and in_channels."
             )
+        if classes is not None and (
+            not isinstance(classes, jax.ShapeDtypeStruct)
+            or len(classes.shape) != 2
+            or classes.shape[0] != b
+        ):
+            raise JaxsegError(
+                f"export: apply_fn for platform {platform!r} returns class probabilities "
+                f"{getattr(classes, 'shape', classes)}; they must be [{b}, C]."
+            )
         if not jnp.issubdtype(out.dtype, jnp.floating):
             raise JaxsegError(
                 f"export: apply_fn for platform {platform!r} returns dtype {out.dtype}; it must "
                 "return floating-point probabilities (compose model.apply with a softmax)."
             )
         if b == 1:
-            result = out
+            result = out if classes is None else (out, classes)
     return result
 
 
@@ -227,7 +241,9 @@ def export_saved_model(
     """Export ``apply_fn(params, image)`` as a TensorFlow SavedModel.
 
     Args:
-      apply_fn: ``apply_fn(params, x f32 [b, *patch, C]) -> probabilities [b, *patch, K]``,
+      apply_fn: ``apply_fn(params, x f32 [b, *patch, C]) -> probabilities [b, *patch, K]``
+        (or, for a model with a classification head, ``(probabilities, class probabilities
+        [b, C])``: the signature then has a second output ``class_probabilities``),
         a pure JAX function (e.g. ``lambda p, x: jax.nn.softmax(model.apply({"params": p},
         x), -1)``); it must not depend on the concrete batch size. Or a mapping
         ``{platform: fn}`` with one function per entry of ``platforms``, all over the same
@@ -287,6 +303,16 @@ def export_saved_model(
 
     # Check shapes before any expensive conversion; infer K.
     out_shapes = {p: _output_shape(fns[p], params_np, patch, in_channels, p) for p in platforms}
+    # A model with a class head returns (probabilities, class probabilities [b, C]).
+    class_counts = {
+        p: int(s[1].shape[-1]) if isinstance(s, tuple) else None for p, s in out_shapes.items()
+    }
+    if len(set(class_counts.values())) != 1:
+        raise JaxsegError(
+            f"export: the per-platform apply_fns disagree on class outputs: {class_counts}."
+        )
+    num_case_classes = next(iter(class_counts.values()))
+    out_shapes = {p: s[0] if isinstance(s, tuple) else s for p, s in out_shapes.items()}
     ks = {p: int(s.shape[-1]) for p, s in out_shapes.items()}
     if len(set(ks.values())) != 1:
         raise JaxsegError(
@@ -315,7 +341,10 @@ def export_saved_model(
         fn = fns[platform]
 
         def fn_f32(p, x):
-            return jnp.asarray(fn(p, x), jnp.float32)
+            out = fn(p, x)
+            if num_case_classes is None:
+                return jnp.asarray(out, jnp.float32)
+            return tuple(jnp.asarray(o, jnp.float32) for o in out)
 
         converted = jax2tf.convert(
             fn_f32,
@@ -327,7 +356,10 @@ def export_saved_model(
         @tf.function(input_signature=[image_spec], autograph=False)
         def serve(image):
             p = jax.tree_util.tree_unflatten(treedef, list(module.params))
-            return {OUTPUT_NAME: converted(p, image)}
+            out = converted(p, image)
+            if num_case_classes is None:
+                return {OUTPUT_NAME: out}
+            return {OUTPUT_NAME: out[0], CLASS_OUTPUT_NAME: out[1]}
 
         try:
             return serve.get_concrete_function()
@@ -365,6 +397,17 @@ def export_saved_model(
         "signatures": signature_platforms,
         "input": {"name": INPUT_NAME, "shape": [None, *patch, in_channels], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": [None, *patch, k], "dtype": "float32"},
+        **(
+            {}
+            if num_case_classes is None
+            else {
+                "class_output": {
+                    "name": CLASS_OUTPUT_NAME,
+                    "shape": [None, num_case_classes],
+                    "dtype": "float32",
+                }
+            }
+        ),
         "versions": {
             "jaxseg": jaxseg.__version__,
             "jax": jax.__version__,

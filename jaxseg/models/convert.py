@@ -137,7 +137,7 @@ def _flax_path(key: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _convert(key: str, value: np.ndarray, target_shape: tuple[int, ...], leaf: str) -> np.ndarray:
+def _convert(key: str, value: np.ndarray, leaf: str) -> np.ndarray:
     if leaf == "kernel":
         if value.ndim == 2:
             value = value.T
@@ -177,6 +177,26 @@ def _fmt(keys, n: int = 25) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def monai_to_flax(
+    state_dict, targets
+) -> tuple[dict[tuple[str, ...], tuple[str, tuple[int, ...], np.ndarray]], list[str]]:
+    """MONAI weights in Flax layout, by the Flax path among `targets` (a model's parameter
+    paths, tuples of names) each key maps to: `{path: (key, MONAI shape, array)}`, shapes
+    unchecked; and the keys that map to none of `targets`."""
+    out, unexpected = {}, []
+    for key, value in normalize_monai_keys(state_dict).items():
+        path = _flax_path(key)
+        candidates = (
+            [path[:-1] + ("kernel",), path[:-1] + ("scale",)] if path[-1] == "weight" else [path]
+        )
+        hit = next((c for c in candidates if c in targets), None)
+        if hit is None:
+            unexpected.append(key)
+            continue
+        out[hit] = (key, tuple(value.shape), _convert(key, value, hit[-1]))
+    return out, unexpected
+
+
 def from_monai(
     state_dict, model: nn.Module | None = None, *, params=None, strict: bool = True
 ) -> dict:
@@ -201,23 +221,12 @@ def from_monai(
 
         model = build_model(name, **kwargs)
     targets = _target_shapes(model)
+    converted, unexpected = monai_to_flax(sd, targets)
     out: dict[tuple[str, ...], Any] = {}
-    unexpected, mismatched = [], []
-    for key, value in sd.items():
-        path = _flax_path(key)
-        leaf = path[-1]
-        candidates = (
-            [path[:-1] + ("kernel",), path[:-1] + ("scale",)] if leaf == "weight" else [path]
-        )
-        hit = next((c for c in candidates if c in targets), None)
-        if hit is None:
-            unexpected.append(key)
-            continue
-        v = _convert(key, value, targets[hit], hit[-1])
+    mismatched = []
+    for hit, (key, shape, v) in converted.items():
         if tuple(v.shape) != targets[hit]:
-            mismatched.append(
-                f"{key} {tuple(value.shape)} -> {'/'.join(hit)} expects {targets[hit]}"
-            )
+            mismatched.append(f"{key} {shape} -> {'/'.join(hit)} expects {targets[hit]}")
             continue
         out[hit] = jnp.asarray(v, jnp.float32)
     missing = [p for p in targets if p not in out]

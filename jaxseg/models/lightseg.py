@@ -574,8 +574,16 @@ class LightSeg(nn.Module):
         """x `[B, *S, C]` float -> logits `[B, *S, num_classes]` float32."""
         self._validate()
         check_input(x, model=self.model_name, dims=self.dims, in_channels=self.in_channels)
+        x, shape = pad_to_multiple(x.astype(self.dtype), self.total_stride)
+        x, skips = self._encode(x, train)
+        return self._decode(x, skips, shape)
+
+    def _encode(self, x, train: bool):
+        """Stem and stages on `[B, *S, C]` (S a multiple of `total_stride`) -> (the deepest
+        stage's map, skips `[stride 1, stride 2, stage 0, ..., stage K-2]`). A helper of a
+        compact method: its submodules belong to the caller's scope (`lightseg_fusion` runs
+        it per modality through a subclass)."""
         dt = self.dtype
-        x, shape = pad_to_multiple(x.astype(dt), self.total_stride)
 
         # ---- stem
         conv = dict(norm=self.norm, dtype=dt)
@@ -677,8 +685,12 @@ class LightSeg(nn.Module):
                 block_id += 1
             x = crop_to(x, f)
             x = nn.LayerNorm(epsilon=1e-5, dtype=dt, name=f"stage{i}_norm")(x)
+        return x, skips
 
-        # ---- decoder
+    def _decode(self, x, skips, shape):
+        """Decoder and head: the deepest map and `_encode`'s skips -> logits `[B, *shape, K]`
+        float32 (cropped to the unpadded `shape`). A helper of a compact method, like `_encode`."""
+        dt = self.dtype
         dec_dims = (self.stem_dims[0], self.stem_dims[1], *self.embed_dims[:-1])
         refine = self.refine_kernels()
         for level in reversed(range(len(skips))):

@@ -25,6 +25,9 @@ IMPL_AUTO: Mapping[str, Mapping[str, str]] = {
     "depthwise_impl": {"cpu": "shifted", "default": "xla"},
     # per-sample conv: XLA:CPU runs grouped convs far slower than a loop of dense ones.
     "dynamic_impl": {"cpu": "map", "default": "grouped"},
+    # selective scan (Mamba): the chunked SSD form on TPU (memory bounded by the chunk);
+    # elsewhere the one measured faster on XLA:CPU (docs/kernels.md).
+    "scan_impl": {"tpu": "chunked", "default": "sequential"},
 }
 IMPL_ARGS = tuple(IMPL_AUTO)
 

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import ml_collections
@@ -59,7 +59,23 @@ def train(
         {name: [c.case_id for c in cases] for name, cases in splits.items()},
     )
     setup = build_training(config, spec, splits)
-    info = setup.info
+    if jax.process_index() == 0:
+        print(setup.finetune_summary(), flush=True)  # what trains, and its optimiser memory
+    validation = lambda: _Validation(config, spec, splits["val"], setup.model, setup.info)
+    return run_training(setup, workdir, validation, stop_at=stop_at)
+
+
+def run_training(
+    setup: TrainingSetup,
+    workdir: epath.Path,
+    evaluator: Callable[[], Evaluator],
+    *,
+    stop_at: int | None = None,
+) -> dict:
+    """The loop of `train` (and of `jaxseg.training.pretrain`) over a built setup: restore
+    or initialise, step, evaluate, checkpoint, until `train.steps`. `evaluator()` is made
+    only when there are steps left to run."""
+    config = setup.config
     schedule = optimizer_lib.learning_rate_schedule(config.train)
     init_key, step_key = jax.random.split(jax.random.key(config.seed))
 
@@ -86,7 +102,7 @@ def train(
                     "raise --config.train.steps to train further."
                 )
             return {"step": start}
-        validation = _Validation(config, spec, splits["val"], setup.model, info)
+        validation = evaluator()
         writer = _summary_writer(workdir)
         if writer is not None:
             cleanup.callback(writer.close)
@@ -110,7 +126,7 @@ class _Run:
     setup: TrainingSetup
     batches: pipeline.BatchIterator
     ckpts: checkpoint.Checkpoints
-    validation: _Validation
+    validation: Evaluator
     writer: Any  # tensorboardX.SummaryWriter on process 0, else None
     preemption: distributed.PreemptionWatch
     schedule: Callable[[int], Any]
@@ -150,7 +166,7 @@ def _run_steps(
         _check_pending(pending, workdir)
         pending = (done, finite, metrics)
         log_now = done % train_cfg.log_every == 0 or done == total
-        eval_now = (done % train_cfg.eval_every == 0 or done == total) and run.validation.cases
+        eval_now = (done % train_cfg.eval_every == 0 or done == total) and run.validation.enabled
         save_now = done % train_cfg.checkpoint_every == 0 or done == total
         if not (log_now or eval_now or save_now):
             continue
@@ -163,10 +179,16 @@ def _run_steps(
             _log(run.writer, done, "train", last)
             progress.set_postfix(loss=f"{last['loss']:.4f}")
         if eval_now:
-            last["val_dice"] = run.validation(state.params)
-            _log(run.writer, done, "val", {"dice": last["val_dice"]})
-            progress.write(f"step {done}: validation Dice {last['val_dice']:.4f}")
-            run.ckpts.save(state, run.batches, val_dice=last["val_dice"], best=True)
+            measured = run.validation(state.params, done, run.writer)
+            last.update(measured)
+            # TensorBoard's val/dice, val/sample_l1, ...; the log line "validation dice 0.8123".
+            named = {k.removeprefix("val_"): v for k, v in measured.items()}
+            _log(run.writer, done, "val", named)
+            text = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in named.items())
+            progress.write(f"step {done}: validation {text}")
+            best = run.validation.best_metric
+            if best is not None:
+                run.ckpts.save(state, run.batches, val_dice=measured[best], best=True)
         if save_now:
             run.ckpts.save(state, run.batches)
     else:
@@ -195,15 +217,32 @@ def _finite(metrics, step: int, workdir: epath.Path) -> dict:
     return values
 
 
+class Evaluator(Protocol):
+    """What the loop runs every `train.eval_every` steps, when `enabled`: metrics of the
+    params by name (logged under `val/`); `best_metric` names the one (higher is better)
+    the best checkpoint is kept by, or is None for no best checkpoint."""
+
+    enabled: bool
+    best_metric: str | None
+
+    def __call__(self, params, step: int, writer) -> dict[str, float]: ...
+
+
 class _Validation:
     """Mean foreground Dice over (up to `eval.max_val_cases`) validation cases."""
 
+    best_metric = "val_dice"
+
     def __init__(self, config, spec, cases, model, info: RunInfo):
         self.cases = list(pipeline.eval_cases(spec, cases[: config.eval.max_val_cases]))
+        self.enabled = bool(self.cases)
         self.preprocessing = Preprocessing.from_config(config.data, info.modalities)
         self.model, self.config, self.info = model, config, info
 
-    def __call__(self, params) -> float:
+    def __call__(self, params, step: int, writer) -> dict[str, float]:
+        return {"val_dice": self.dice(params)}
+
+    def dice(self, params) -> float:
         rows, _ = evaluation.evaluate_cases(
             self.cases,
             inference.window_predictor(self.model, params),

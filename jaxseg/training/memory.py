@@ -10,7 +10,7 @@ import ml_collections
 from jaxseg.errors import ConfigError
 from jaxseg.training import mesh as mesh_lib
 from jaxseg.training import optimizer as optimizer_lib
-from jaxseg.training.setup import abstract_state
+from jaxseg.training.setup import abstract_state, trainable_params
 from jaxseg.training.steps import make_train_step
 from jaxseg.workdir import RunInfo, model_from_config
 
@@ -26,7 +26,8 @@ def measure_train_step(config: ml_collections.ConfigDict, info: RunInfo) -> dict
     """
     mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:1])
     model = model_from_config(config, info)
-    optimizer = optimizer_lib.make_optimizer(config.train)
+    trainable = trainable_params(model, config, info)  # finetune.method: frozen leaves
+    optimizer = optimizer_lib.make_optimizer(config.train, trainable)
     state = abstract_state(model, optimizer, config, info, mesh)
     sharding = mesh_lib.batch_sharding(mesh)
     shape = (int(config.data.batch_size), *config.data.patch_size)
@@ -34,7 +35,7 @@ def measure_train_step(config: ml_collections.ConfigDict, info: RunInfo) -> dict
         "image": jax.ShapeDtypeStruct((*shape, info.in_channels), jnp.float32, sharding=sharding),
         "label": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sharding),
     }
-    step = jax.jit(make_train_step(model, optimizer, config), donate_argnums=0)
+    step = jax.jit(make_train_step(model, optimizer, config, trainable), donate_argnums=0)
     compiled = step.lower(state, batch, jax.eval_shape(lambda: jax.random.key(0))).compile()
     ma = compiled.memory_analysis()
     if ma is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import ml_collections
 import optax
@@ -27,7 +29,19 @@ def learning_rate_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
 # convolution kernels, and so get weight decay: Dense/Conv kernels, lightseg's low-rank
 # factors and TransMed's expert kernels. Everything else is a bias, a norm scale, a
 # relative-position table, a position embedding or a learned token, and is not decayed.
-DECAYED_PARAMS = frozenset({"kernel", "kernel_down", "kernel_up", "experts"})
+# LoRA factors and adapter matrices (`jaxseg.models.peft`) are weight matrices too.
+DECAYED_PARAMS = frozenset(
+    {
+        "kernel",
+        "kernel_down",
+        "kernel_up",
+        "experts",
+        "lora_a",
+        "lora_b",
+        "adapter_down",
+        "adapter_up",
+    }
+)
 
 
 def decay_mask(params):
@@ -45,10 +59,23 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.chain(
+TRAINABLE, FROZEN = "trainable", "frozen"  # optax.multi_transform labels
+
+
+def make_optimizer(
+    train: ml_collections.ConfigDict, trainable: Any | None = None
+) -> optax.GradientTransformation:
+    """Clipped AdamW (`train`). With `trainable` (a bool per parameter leaf,
+    `jaxseg.training.finetune`), it runs on the True leaves only: `optax.multi_transform`
+    gives the others `set_to_zero`, so they hold no moments and the clipping norm is
+    over the trainable gradients."""
+    adamw = optax.chain(
         optax.clip_by_global_norm(train.grad_clip_norm),
         optax.adamw(
             learning_rate_schedule(train), weight_decay=train.weight_decay, mask=decay_mask
         ),
     )
+    if trainable is None:
+        return adamw
+    labels = jax.tree_util.tree_map(lambda t: TRAINABLE if t else FROZEN, trainable)
+    return optax.multi_transform({TRAINABLE: adamw, FROZEN: optax.set_to_zero()}, labels)

@@ -1,7 +1,7 @@
 import pytest
 
 from jaxseg.data.dataset import Case
-from jaxseg.data.splits import make_splits, split_cases
+from jaxseg.data.splits import labelled_subset, make_splits, split_cases
 from jaxseg.errors import ConfigError, DataError
 
 
@@ -150,3 +150,21 @@ def test_split_requirement_names_what_each_split_needs():
 
     assert "at least 3 patients" in split_requirement(None)
     assert "at least 3 patients and 4 in the training pool" in split_requirement(1, 4)
+
+
+@pytest.mark.parametrize("fraction, patients", [(0.1, 2), (0.25, 5), (0.01, 1), (1.0, 20)])
+def test_labelled_subset_keeps_whole_patients(fraction, patients):
+    """ceil(fraction x 20 patients), at least one, every case of each, in input order; the
+    same seed gives the same subset."""
+    cases = _fake_cases(20, per_patient=3)
+    subset = labelled_subset(cases, fraction, seed=4)
+    assert len({c.patient_id for c in subset}) == patients
+    assert len(subset) == 3 * patients
+    assert [c for c in cases if c in subset] == list(subset)
+    assert subset == labelled_subset(cases, fraction, seed=4)
+    if fraction < 1:
+        assert {c.patient_id for c in labelled_subset(cases, 0.5, seed=5)} != {
+            c.patient_id for c in labelled_subset(cases, 0.5, seed=4)
+        }
+    with pytest.raises(ConfigError, match="data.train_fraction"):
+        labelled_subset(cases, 0.0, seed=4)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxseg import ops
-from jaxseg.ops import _impl, attention, conv
+from jaxseg.ops import _impl, attention, conv, scan
 
 
 class _Resolved(Exception):
@@ -21,7 +21,7 @@ def _auto_resolution(monkeypatch, platform, call):
     def spy(*args, **kwargs):
         raise _Resolved(_impl.resolve_impl(*args, **kwargs))
 
-    for module in (attention, conv):
+    for module in (attention, conv, scan):
         monkeypatch.setattr(module, "resolve_impl", spy)
     with pytest.raises(_Resolved) as e:
         call()
@@ -45,6 +45,11 @@ OPS = {
     "dynamic_impl": {
         "dynamic_conv": lambda: ops.dynamic_conv(jnp.ones((2, 4, 4, 2)), jnp.ones((2, 3, 3, 2, 3)))
     },
+    "scan_impl": {
+        "selective_scan": lambda: ops.selective_scan(
+            *(jnp.ones(s) for s in ((1, 4, 2), (1, 4, 2), (2, 3), (1, 4, 3), (1, 4, 3), (2,)))
+        )
+    },
 }
 
 
@@ -65,16 +70,19 @@ def test_platform_choices_values():
         "attention_impl": "pallas",
         "depthwise_impl": "xla",
         "dynamic_impl": "grouped",
+        "scan_impl": "chunked",
     }
     assert ops.platform_choices("cpu") == {
         "attention_impl": "xla",
         "depthwise_impl": "shifted",
         "dynamic_impl": "map",
+        "scan_impl": "sequential",
     }
     assert ops.platform_choices("gpu") == {
         "attention_impl": "xla",
         "depthwise_impl": "xla",
         "dynamic_impl": "grouped",
+        "scan_impl": "sequential",
     }
     choices = ops.platform_choices("cpu")
     choices["attention_impl"] = "pallas"  # a fresh dict each call: callers may edit theirs
