@@ -55,6 +55,7 @@ class Segmenter:
     """
 
     max_image_bytes: int | None = None  # None: io.read_image's limit_image_bytes setting
+    _listed: tuple[int, ...] | None = None  # --modalities' channel indices; None: all
 
     def __init__(
         self,
